@@ -1,0 +1,139 @@
+//! The `check` command: configuration, Postgres and the API, each with a plain-words fix.
+
+use std::fmt;
+
+use crate::client::{AdminClient, ApiError, ClientOptions, ListParams, RetryPolicy};
+use crate::config::Settings;
+use crate::store;
+
+/// The result of one check: what was found, or what is wrong and how to fix it.
+#[derive(Debug, Clone)]
+pub struct CheckLine {
+    pub name: &'static str,
+    pub outcome: Result<String, Problem>,
+}
+
+/// A failed check.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub what: String,
+    pub fix: String,
+}
+
+impl fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Ok(found) => write!(f, "ok    {}: {found}", self.name),
+            Err(problem) => write!(
+                f,
+                "FAIL  {}: {}\n      fix: {}",
+                self.name, problem.what, problem.fix
+            ),
+        }
+    }
+}
+
+/// Runs every check, each independent of the others' success.
+pub async fn run_checks(settings: &Settings) -> Vec<CheckLine> {
+    let mut lines = vec![CheckLine {
+        name: "configuration",
+        outcome: Ok(format!(
+            "valid (API {}, page size {}, schedule \"{}\")",
+            settings.openai.base_url, settings.openai.page_size, settings.sync.schedule
+        )),
+    }];
+    lines.push(check_database(settings).await);
+    lines.push(check_api(settings).await);
+    lines
+}
+
+async fn check_database(settings: &Settings) -> CheckLine {
+    let name = "database";
+    let outcome = async {
+        let url = settings.database_url().map_err(|e| Problem {
+            what: "no database URL".into(),
+            fix: e.to_string(),
+        })?;
+        let pool = store::connect(&url, 1).await.map_err(|e| Problem {
+            what: e.to_string(),
+            fix: "check that Postgres runs and that database.url (DATABASE_URL) names the right host, port, database, user and password".into(),
+        })?;
+        store::ping(&pool).await.map_err(|e| Problem {
+            what: e.to_string(),
+            fix: "the server accepted the connection but not a query; check the user's rights".into(),
+        })?;
+        pool.close().await;
+        Ok("reachable".to_owned())
+    }
+    .await;
+    CheckLine { name, outcome }
+}
+
+async fn check_api(settings: &Settings) -> CheckLine {
+    let name = "OpenAI Admin API";
+    let outcome = async {
+        let admin_key = settings.admin_key().map_err(|e| Problem {
+            what: "no admin key".into(),
+            fix: e.to_string(),
+        })?;
+        let base_url = settings.base_url().map_err(|e| Problem {
+            what: e.to_string(),
+            fix: "correct openai.base_url".into(),
+        })?;
+        let client = AdminClient::new(ClientOptions {
+            base_url: base_url.clone(),
+            admin_key,
+            timeout: settings
+                .timeout()
+                .unwrap_or(std::time::Duration::from_secs(30)),
+            retry: RetryPolicy {
+                max_retries: 1,
+                ..RetryPolicy::default()
+            },
+        })
+        .map_err(|e| Problem {
+            what: e.to_string(),
+            fix: "set the admin key again, without surrounding quotes or line breaks".into(),
+        })?;
+        let params = ListParams {
+            limit: 1,
+            after: None,
+            include_archived: true,
+        };
+        match client.list_page(&params).await {
+            Ok(page) => Ok(format!(
+                "{base_url} answered the projects list{}",
+                if page.data.is_empty() {
+                    " (the organization has no projects yet)"
+                } else {
+                    ""
+                }
+            )),
+            Err(error) => Err(explain_api_error(&error, settings)),
+        }
+    }
+    .await;
+    CheckLine { name, outcome }
+}
+
+/// Turns an API failure into the sentence an operator needs.
+pub fn explain_api_error(error: &ApiError, settings: &Settings) -> Problem {
+    let base = &settings.openai.base_url;
+    let fix = match error.root() {
+        ApiError::Status { status: 401, .. } => "the admin key was refused. Admin keys start with \"sk-admin-\" and are made under Organization settings → Admin keys; set OPENAI_ADMIN_KEY (or openai.admin_key_file) to one".to_owned(),
+        ApiError::Status { status: 403, .. } => "the key may not manage projects. Use an organization admin key (\"sk-admin-...\"), not a project or user key".to_owned(),
+        ApiError::Status { status: 404, .. } => format!("{base} has no projects endpoint; openai.base_url should end in /v1, e.g. https://api.openai.com/v1"),
+        ApiError::Status { status: 429, .. } => "the API is rate limiting this key; wait a minute and run check again".to_owned(),
+        ApiError::Status { status, .. } if *status >= 500 => "the API is failing right now; try again later".to_owned(),
+        ApiError::Status { .. } => "the API refused the call; the message above says why".to_owned(),
+        ApiError::Connect(_) => format!("could not reach {base}; check openai.base_url, DNS, firewalls and any proxy"),
+        ApiError::Timeout(_) => "no answer in time; check the network, or raise openai.timeout".to_owned(),
+        ApiError::Transport(_) => "the connection broke; check the network and any proxy between here and the API".to_owned(),
+        ApiError::Decode { .. } => format!("{base} did not answer like the OpenAI API; check openai.base_url"),
+        ApiError::GaveUp { .. } | ApiError::Pagination { .. } => "try again later".to_owned(),
+    };
+    Problem {
+        what: error.to_string(),
+        fix,
+    }
+}

@@ -1,0 +1,260 @@
+//! Command-line parsing and dispatch; maps failures to exit codes (1 runtime, 2 usage or configuration).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings, Sources};
+use crate::emulator::{self, EmulatorConfig, Endpoint, FaultRates, ListOrder};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "openai-project-sync",
+    version,
+    about = "Keeps an organization's OpenAI projects in Postgres, with full change history"
+)]
+pub struct Cli {
+    /// A configuration file read after config/default.toml and config/local.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The folder holding default.toml and local.toml.
+    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: migrations, scheduled sync, request worker, health and metrics.
+    Run,
+    /// One full walk of the project list now; prints a summary.
+    Sync,
+    /// Processes the request queue until nothing is due, then exits.
+    Requests,
+    /// Applies database migrations.
+    Migrate,
+    /// Validates configuration and reaches Postgres and the API.
+    Check,
+    /// Serves a local, stateful emulator of the Admin API's project endpoints.
+    Emulator(EmulatorArgs),
+    /// Emulator, local Postgres and daemon in one command, for a first look.
+    Demo,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: SocketAddr,
+    /// The only admin key accepted (default: OPENAI_ADMIN_KEY).
+    #[arg(long, env = "OPENAI_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Projects generated at start.
+    #[arg(long, default_value_t = 1250)]
+    pub projects: usize,
+    /// Share of generated projects that are archived (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    pub archived_ratio: f64,
+    /// Seed of the generated organization and of random faults.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Order of the project list.
+    #[arg(long, value_enum, default_value = "newest-first")]
+    pub order: ListOrder,
+    /// Latency added to every call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of calls answered 429.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_429: f64,
+    /// The retry-after of those 429s, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub retry_after_ms: u64,
+    /// Share of calls answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_5xx: f64,
+    /// Share of calls that hang until --hang-secs, then answer 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_hang: f64,
+    /// How long a hanging call hangs.
+    #[arg(long, default_value_t = 600)]
+    pub hang_secs: u64,
+    /// Share of calls whose connection is dropped without an answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_drop: f64,
+    /// Share of creates that create the project but answer 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_lost: f64,
+}
+
+/// Why a command did not succeed, and so which exit code it ends with.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or configuration: exit 2.
+    Usage(String),
+    /// Anything that went wrong while running: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(error: ConfigError) -> Self {
+        Failure::Usage(error.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Runtime(error)
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
+    let settings = Settings::load(&Sources {
+        config_dir: Some(cli.config_dir.clone()),
+        file: cli.config.clone(),
+        env: None,
+    })?;
+    crate::telemetry::init(settings.log.format, &settings.log.level);
+    Ok(settings)
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    match &cli.command {
+        Command::Check => {
+            let settings = load_settings(&cli)?;
+            let lines = crate::check::run_checks(&settings).await;
+            for line in &lines {
+                println!("{line}");
+            }
+            let failed = lines.iter().filter(|l| l.outcome.is_err()).count();
+            if failed == 0 {
+                println!("all checks passed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{failed} check(s) failed");
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Emulator(args) => {
+            crate::telemetry::init(crate::config::LogFormat::Text, "info");
+            serve_emulator(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run | Command::Sync | Command::Requests | Command::Migrate | Command::Demo => {
+            load_settings(&cli)?;
+            Err(Failure::Runtime(anyhow::anyhow!(
+                "this command is not available yet in this version; `check` and `emulator` are"
+            )))
+        }
+    }
+}
+
+fn share(name: &str, value: f64) -> Result<f64, Failure> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Failure::Usage(format!(
+            "--{name} is {value}; give a share between 0 and 1"
+        )))
+    }
+}
+
+/// Turns the emulator flags into its configuration and fault rates.
+pub fn emulator_setup(
+    args: &EmulatorArgs,
+) -> Result<(EmulatorConfig, Vec<(Endpoint, FaultRates)>), Failure> {
+    let admin_key = args
+        .admin_key
+        .clone()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| Failure::Usage("the emulator needs the admin key it should accept: pass --admin-key or set OPENAI_ADMIN_KEY".into()))?;
+    let config = EmulatorConfig {
+        admin_key,
+        projects: args.projects,
+        archived_ratio: share("archived-ratio", args.archived_ratio)?,
+        seed: args.seed,
+        order: args.order,
+        hang_for: Duration::from_secs(args.hang_secs),
+    };
+    let rates = FaultRates {
+        latency_ms: args.latency_ms,
+        too_many_requests: share("rate-429", args.rate_429)?,
+        retry_after_ms: args.retry_after_ms,
+        server_error: share("rate-5xx", args.rate_5xx)?,
+        hang: share("rate-hang", args.rate_hang)?,
+        drop: share("rate-drop", args.rate_drop)?,
+        lost_response: 0.0,
+    };
+    let create_rates = FaultRates {
+        lost_response: share("rate-lost", args.rate_lost)?,
+        ..rates.clone()
+    };
+    let per_endpoint = Endpoint::ALL
+        .into_iter()
+        .map(|e| {
+            (
+                e,
+                if e == Endpoint::Create {
+                    create_rates.clone()
+                } else {
+                    rates.clone()
+                },
+            )
+        })
+        .collect();
+    Ok((config, per_endpoint))
+}
+
+async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
+    let (config, rates) = emulator_setup(args)?;
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the emulator listens beyond loopback; it is a development tool");
+    }
+    let handle = emulator::start(args.listen, config)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    for (endpoint, rates) in rates {
+        handle.set_rates(endpoint, rates);
+    }
+    let stats = handle.stats();
+    println!(
+        "emulator listening on {} with {} projects; set OPENAI_BASE_URL={} (Ctrl-C stops it)",
+        handle.addr(),
+        stats.projects,
+        handle.base_url()
+    );
+    crate::shutdown::on_signal().cancelled().await;
+    handle.shutdown();
+    Ok(())
+}

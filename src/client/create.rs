@@ -1,0 +1,51 @@
+//! What a create call's result means for whoever must never create twice.
+
+use std::time::Duration;
+
+use super::{ApiError, Project};
+
+/// The outcome of one `POST /organization/projects`, classified for the request queue.
+#[derive(Debug, Clone)]
+pub enum CreateOutcome {
+    /// The project exists and this is it.
+    Created(Project),
+    /// The API refused the request for good; the message says why.
+    Rejected(ApiError),
+    /// Nothing was created (rate limited, or the request never left); safe to try later.
+    RefusedForNow {
+        error: ApiError,
+        retry_after: Option<Duration>,
+    },
+    /// The project may or may not exist; only looking it up can tell.
+    Ambiguous(ApiError),
+}
+
+impl CreateOutcome {
+    /// Sorts a single create attempt's result into its class.
+    pub(super) fn classify(result: Result<Project, ApiError>) -> CreateOutcome {
+        let error = match result {
+            Ok(project) => return CreateOutcome::Created(project),
+            Err(error) => error,
+        };
+        match &error {
+            ApiError::Status {
+                status: 429,
+                retry_after,
+                ..
+            } => CreateOutcome::RefusedForNow {
+                retry_after: *retry_after,
+                error,
+            },
+            ApiError::Status { status, .. } if (400..500).contains(status) && *status != 408 => {
+                CreateOutcome::Rejected(error)
+            }
+            ApiError::Connect(_) => CreateOutcome::RefusedForNow {
+                error,
+                retry_after: None,
+            },
+            // 408, 5xx, timeouts, broken connections and unreadable successes may all hide a
+            // project that was created.
+            _ => CreateOutcome::Ambiguous(error),
+        }
+    }
+}

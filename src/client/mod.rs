@@ -1,0 +1,277 @@
+//! The Admin API client: the only module that speaks HTTP to OpenAI.
+
+// An error keeps the API's own words for the operator; its size is nothing next to a network call.
+#![allow(clippy::result_large_err)]
+
+mod create;
+mod error;
+mod project;
+mod retry;
+mod walk;
+
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderValue, USER_AGENT};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use create::CreateOutcome;
+pub use error::ApiError;
+pub use project::{CreateProject, ListParams, ModifyProject, Project, ProjectPage};
+pub use retry::{RetryPolicy, is_retryable};
+pub use walk::ProjectWalk;
+
+/// The value of the `User-Agent` header on every call.
+pub const USER_AGENT_VALUE: &str = concat!("openai-project-sync/", env!("CARGO_PKG_VERSION"));
+
+/// How to reach the API.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub base_url: Url,
+    pub admin_key: SecretString,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// A cheap-to-clone handle on the Admin API's project endpoints.
+#[derive(Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base_url: Url,
+    auth: HeaderValue,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminClient")
+            .field("base_url", &self.base_url.as_str())
+            .field("auth", &"[REDACTED]")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// One successful answer: its body and the request id the API gave it.
+struct Answer {
+    body: bytes::Bytes,
+    request_id: Option<String>,
+}
+
+impl AdminClient {
+    /// Builds a client; fails only when the key cannot be a header value.
+    pub fn new(options: ClientOptions) -> Result<AdminClient, ApiError> {
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", options.admin_key.expose_secret()))
+                .map_err(|_| {
+                    ApiError::Connect(
+                        "the admin key holds characters that cannot be sent in a header".into(),
+                    )
+                })?;
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ApiError::Connect(format!("could not build the HTTP client: {e}")))?;
+        Ok(AdminClient {
+            http,
+            base_url: options.base_url,
+            auth,
+            timeout: options.timeout,
+            retry: options.retry,
+        })
+    }
+
+    /// Fetches one page of projects, retrying transient failures.
+    pub async fn list_page(&self, params: &ListParams) -> Result<ProjectPage, ApiError> {
+        let mut url = self.url(&["organization", "projects"]);
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("limit", &params.limit.to_string());
+            if let Some(after) = &params.after {
+                query.append_pair("after", after);
+            }
+            query.append_pair("include_archived", &params.include_archived.to_string());
+        }
+        self.call_retrying("list", Method::GET, url, None::<&()>)
+            .await
+    }
+
+    /// Starts a walk over every page of the project list.
+    pub fn walk_projects(&self, page_size: u32, include_archived: bool) -> ProjectWalk {
+        ProjectWalk::new(self.clone(), page_size, include_archived)
+    }
+
+    /// Creates a project exactly once: never retried, the outcome says what is known.
+    pub async fn create_project(&self, body: &CreateProject) -> CreateOutcome {
+        let url = self.url(&["organization", "projects"]);
+        let answer = self.send("create", Method::POST, url, Some(body)).await;
+        CreateOutcome::classify(answer.and_then(|a| decode::<Project>(&a)))
+    }
+
+    /// Fetches one project by id.
+    pub async fn retrieve_project(&self, id: &str) -> Result<Project, ApiError> {
+        let url = self.url(&["organization", "projects", id]);
+        self.call_retrying("retrieve", Method::GET, url, None::<&()>)
+            .await
+    }
+
+    /// Renames a project or changes its key; retried because repeating it changes nothing more.
+    pub async fn modify_project(
+        &self,
+        id: &str,
+        body: &ModifyProject,
+    ) -> Result<Project, ApiError> {
+        let url = self.url(&["organization", "projects", id]);
+        self.call_retrying("modify", Method::POST, url, Some(body))
+            .await
+    }
+
+    /// Archives a project; retried because archiving twice is the same as once.
+    pub async fn archive_project(&self, id: &str) -> Result<Project, ApiError> {
+        let url = self.url(&["organization", "projects", id, "archive"]);
+        self.call_retrying("archive", Method::POST, url, None::<&()>)
+            .await
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    async fn call_retrying<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ApiError> {
+        let mut retry = 0;
+        loop {
+            let result = self
+                .send(endpoint, method.clone(), url.clone(), body)
+                .await
+                .and_then(|answer| decode::<T>(&answer));
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let Some(delay) = self.retry.delay_for(retry, &error) else {
+                return Err(if retry > 0 && is_retryable(&error) {
+                    ApiError::GaveUp {
+                        attempts: retry + 1,
+                        last: Box::new(error),
+                    }
+                } else {
+                    error
+                });
+            };
+            metrics::counter!("openai_api_retries_total", "endpoint" => endpoint).increment(1);
+            tracing::warn!(
+                endpoint,
+                attempt = retry + 1,
+                retry_in_ms = delay.as_millis() as u64,
+                error = %error,
+                "API call failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            retry += 1;
+        }
+    }
+
+    /// Sends one request and reads the whole answer, without retrying.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+    ) -> Result<Answer, ApiError> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .timeout(self.timeout)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(USER_AGENT, USER_AGENT_VALUE);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let result = self.exchange(request).await;
+        let label = match &result {
+            Ok(_) => "200".to_owned(),
+            Err(ApiError::Status { status, .. }) => status.to_string(),
+            Err(ApiError::Timeout(_)) => "timeout".to_owned(),
+            Err(ApiError::Connect(_)) => "connect_error".to_owned(),
+            Err(_) => "transport_error".to_owned(),
+        };
+        metrics::counter!("openai_api_requests_total", "endpoint" => endpoint, "status" => label)
+            .increment(1);
+        result
+    }
+
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Answer, ApiError> {
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if status == StatusCode::OK || status.is_success() {
+            return Ok(Answer { body, request_id });
+        }
+        let error = ApiError::from_response(
+            status,
+            &body,
+            request_id,
+            retry::retry_after(&headers),
+            retry::should_retry(&headers),
+        );
+        tracing::debug!(error = %error, "API call answered with an error");
+        Err(error)
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> ApiError {
+        let detail = error_chain(error);
+        if error.is_connect() {
+            ApiError::Connect(detail)
+        } else if error.is_timeout() {
+            ApiError::Timeout(self.timeout)
+        } else {
+            ApiError::Transport(detail)
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, ApiError> {
+    serde_json::from_slice(&answer.body).map_err(|e| ApiError::Decode {
+        message: e.to_string(),
+        request_id: answer.request_id.clone(),
+    })
+}
+
+/// Joins an error with its sources, since reqwest's own message hides the cause.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,76 @@
+//! Walking every page of the project list, refusing pagination that would loop or stop early.
+
+use std::collections::HashSet;
+
+use super::{AdminClient, ApiError, ListParams, ProjectPage};
+
+/// A cursor over all pages of `GET /organization/projects`.
+#[derive(Debug)]
+pub struct ProjectWalk {
+    client: AdminClient,
+    page_size: u32,
+    include_archived: bool,
+    cursor: Option<String>,
+    cursors_seen: HashSet<String>,
+    pages: u64,
+    done: bool,
+}
+
+impl ProjectWalk {
+    pub(super) fn new(client: AdminClient, page_size: u32, include_archived: bool) -> ProjectWalk {
+        ProjectWalk {
+            client,
+            page_size,
+            include_archived,
+            cursor: None,
+            cursors_seen: HashSet::new(),
+            pages: 0,
+            done: false,
+        }
+    }
+
+    /// Fetches the next page, or `None` once the API said there is no more.
+    pub async fn next_page(&mut self) -> Result<Option<ProjectPage>, ApiError> {
+        if self.done {
+            return Ok(None);
+        }
+        let params = ListParams {
+            limit: self.page_size,
+            after: self.cursor.clone(),
+            include_archived: self.include_archived,
+        };
+        let page = self.client.list_page(&params).await?;
+        self.pages += 1;
+        if !page.has_more {
+            self.done = true;
+            return Ok(Some(page));
+        }
+        if page.data.is_empty() {
+            self.done = true;
+            return Err(ApiError::Pagination {
+                page: self.pages,
+                problem: "the API said has_more on an empty page".into(),
+            });
+        }
+        let next = page
+            .last_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .or_else(|| page.data.last().map(|p| p.id.clone()))
+            .unwrap_or_default();
+        if !self.cursors_seen.insert(next.clone()) {
+            self.done = true;
+            return Err(ApiError::Pagination {
+                page: self.pages,
+                problem: format!("cursor {next} came back a second time; the walk would loop"),
+            });
+        }
+        self.cursor = Some(next);
+        Ok(Some(page))
+    }
+
+    /// How many pages have been fetched so far.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+}

@@ -1,0 +1,268 @@
+//! A local, stateful emulator of the Admin API's project endpoints, for tests, benchmarks and the demo.
+
+mod faults;
+mod routes;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt;
+
+use crate::client::Project;
+pub use faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
+pub use store::ListOrder;
+use store::ProjectStore;
+
+/// How the emulated organization starts out.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// The only bearer token accepted.
+    pub admin_key: String,
+    pub projects: usize,
+    pub archived_ratio: f64,
+    pub seed: u64,
+    pub order: ListOrder,
+    /// How long a `Hang` fault holds a call before answering 500.
+    pub hang_for: Duration,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            admin_key: "sk-admin-emulator-placeholder".into(),
+            projects: 0,
+            archived_ratio: 0.2,
+            seed: 1,
+            order: ListOrder::NewestFirst,
+            hang_for: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Calls received per endpoint, and projects created through the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EmulatorStats {
+    pub list_calls: u64,
+    pub create_calls: u64,
+    pub retrieve_calls: u64,
+    pub modify_calls: u64,
+    pub archive_calls: u64,
+    pub projects_created: u64,
+    pub projects: u64,
+}
+
+/// Tells a connection's task to close the socket without answering.
+#[derive(Clone)]
+struct ConnectionKill(Arc<Notify>);
+
+struct Shared {
+    admin_key: String,
+    hang_for: Duration,
+    store: Mutex<ProjectStore>,
+    faults: Mutex<faults::FaultPlan>,
+    counters: [AtomicU64; 5],
+    projects_created: AtomicU64,
+    request_counter: AtomicU64,
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, ProjectStore> {
+        // A panic while holding the lock cannot leave the store half-written: every change is one assignment.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self) -> EmulatorStats {
+        let count = |e: Endpoint| self.counters[e.slot()].load(Ordering::Relaxed);
+        EmulatorStats {
+            list_calls: count(Endpoint::List),
+            create_calls: count(Endpoint::Create),
+            retrieve_calls: count(Endpoint::Retrieve),
+            modify_calls: count(Endpoint::Modify),
+            archive_calls: count(Endpoint::Archive),
+            projects_created: self.projects_created.load(Ordering::Relaxed),
+            projects: self.store().len() as u64,
+        }
+    }
+}
+
+/// A running emulator; dropping the last handle does not stop it, `shutdown` does.
+#[derive(Clone)]
+pub struct EmulatorHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+/// Starts the emulator on `listen` (port 0 picks a free one) and serves until `shutdown`.
+pub async fn start(listen: SocketAddr, config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let mut store = ProjectStore::seeded(config.projects, config.archived_ratio, config.seed);
+    store.order = config.order;
+    let shared = Arc::new(Shared {
+        admin_key: config.admin_key,
+        hang_for: config.hang_for,
+        store: Mutex::new(store),
+        faults: Mutex::new(faults::FaultPlan::new(config.seed)),
+        counters: Default::default(),
+        projects_created: AtomicU64::new(0),
+        request_counter: AtomicU64::new(0),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let router = routes::router(shared.clone());
+    tokio::spawn(accept_loop(listener, router, stopped));
+    Ok(EmulatorHandle { addr, shared, stop })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stopped.changed() => return,
+        };
+        let router = router.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let kill = ConnectionKill(Arc::new(Notify::new()));
+            let killer = kill.clone();
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(killer.clone());
+                    router.clone().oneshot(request)
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            // Dropping the connection future closes the socket with no answer: a dropped connection.
+            tokio::select! {
+                _ = connection => {}
+                _ = kill.0.notified() => {}
+                _ = stopped.changed() => {}
+            }
+        });
+    }
+}
+
+impl EmulatorHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to give a client, ending in `/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Stops accepting and closes open connections.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Calls received so far and projects created through the API.
+    pub fn stats(&self) -> EmulatorStats {
+        self.shared.stats()
+    }
+
+    /// Adds a scripted fault.
+    pub fn push_fault(&self, rule: FaultRule) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(rule);
+    }
+
+    /// Sets random faults and latency on one endpoint.
+    pub fn set_rates(&self, endpoint: Endpoint, rates: FaultRates) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_rates(endpoint, rates);
+    }
+
+    /// Removes every fault and latency.
+    pub fn clear_faults(&self) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Changes the order the list answers in.
+    pub fn set_order(&self, order: ListOrder) {
+        self.shared.store().order = order;
+    }
+
+    /// One project as the API would show it now.
+    pub fn project(&self, id: &str) -> Option<Project> {
+        self.shared.store().get(id).cloned()
+    }
+
+    /// Every project, oldest first.
+    pub fn projects(&self) -> Vec<Project> {
+        self.shared.store().all().to_vec()
+    }
+
+    /// Renames a project behind the daemon's back.
+    pub fn rename(&self, id: &str, name: &str) -> Option<Project> {
+        self.shared
+            .store()
+            .update(id, |p| p.name = Some(name.to_owned()))
+    }
+
+    /// Archives a project behind the daemon's back.
+    pub fn archive(&self, id: &str) -> Option<Project> {
+        self.shared.store().archive(id)
+    }
+
+    /// Creates a project behind the daemon's back (not counted as an API create).
+    pub fn create(&self, name: &str) -> Project {
+        self.shared.store().create(name.to_owned(), None, None)
+    }
+
+    /// Sets a field the product does not model on one project.
+    pub fn set_field(&self, id: &str, key: &str, value: Value) -> Option<Project> {
+        self.shared.store().set_extra(id, key, value)
+    }
+
+    /// Renames, archives and creates a few projects at random, as a living organization does.
+    pub fn churn(&self, renames: usize, archives: usize, creates: usize) {
+        let mut store = self.shared.store();
+        let stamp = chrono::Utc::now().format("%H:%M:%S");
+        for n in 0..renames {
+            if let Some(id) = store.random_id() {
+                store.update(&id, |p| {
+                    if p.status.as_deref() != Some("archived") {
+                        p.name = Some(format!("Renamed {stamp} #{n}"));
+                    }
+                });
+            }
+        }
+        for _ in 0..archives {
+            if let Some(id) = store.random_id() {
+                store.archive(&id);
+            }
+        }
+        for n in 0..creates {
+            store.create(format!("New at {stamp} #{n}"), None, None);
+        }
+    }
+}

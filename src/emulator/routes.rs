@@ -1,0 +1,510 @@
+//! The emulated `/v1/organization/projects` endpoints and the `/_emulator` control side channel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
+use super::store::ListOrder;
+use super::{ConnectionKill, Shared};
+
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/organization/projects", get(list).post(create))
+        .route("/organization/projects/{id}", get(retrieve).post(modify))
+        .route("/organization/projects/{id}/archive", post(archive));
+    let control = Router::new()
+        .route("/stats", get(stats))
+        .route("/faults", post(push_fault).delete(clear_faults))
+        .route("/rates/{endpoint}", post(set_rates))
+        .route("/order", post(set_order))
+        .route("/projects", post(create_behind_back))
+        .route("/projects/{id}", post(change_behind_back));
+    Router::new()
+        .nest("/v1", api)
+        .nest("/_emulator", control)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            authenticate,
+        ))
+        .with_state(shared)
+}
+
+/// The OpenAI error envelope.
+fn api_error(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    (status, Json(body)).into_response()
+}
+
+fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
+    api_error(
+        StatusCode::BAD_REQUEST,
+        message,
+        "invalid_request_error",
+        param,
+        code,
+    )
+}
+
+fn no_such_project(id: &str) -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        &format!("No project found with id '{id}'."),
+        "invalid_request_error",
+        Some("project_id"),
+        Some("not_found"),
+    )
+}
+
+async fn not_found() -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "Unknown request URL.",
+        "invalid_request_error",
+        None,
+        Some("unknown_url"),
+    )
+}
+
+async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let number = shared.request_counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(endpoint) = endpoint_of(request.method(), request.uri().path()) {
+        shared.counters[endpoint.slot()].fetch_add(1, Ordering::Relaxed);
+    }
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let mut response = if presented == Some(shared.admin_key.as_str()) {
+        next.run(request).await
+    } else {
+        api_error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        )
+    };
+    if let Ok(id) = HeaderValue::from_str(&format!("req_emu{number:012x}")) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+/// Which emulated endpoint a call is for, so refused calls are counted too.
+fn endpoint_of(method: &axum::http::Method, path: &str) -> Option<Endpoint> {
+    let rest = path.strip_prefix("/v1/organization/projects")?;
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let post = method == axum::http::Method::POST;
+    match (segments.as_slice(), post) {
+        ([], false) => Some(Endpoint::List),
+        ([], true) => Some(Endpoint::Create),
+        ([_], false) => Some(Endpoint::Retrieve),
+        ([_], true) => Some(Endpoint::Modify),
+        ([_, "archive"], true) => Some(Endpoint::Archive),
+        _ => None,
+    }
+}
+
+/// Plays the call's latency and fault; `Some` is the fault to answer with.
+async fn intercept(shared: &Shared, endpoint: Endpoint, kill: &ConnectionKill) -> Option<Fault> {
+    let (latency, fault) = shared
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .decide(endpoint);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match fault {
+        Some(Fault::LostResponse { .. }) | None => fault,
+        Some(other) => {
+            fail(shared, &other, kill).await;
+            Some(other)
+        }
+    }
+}
+
+/// Plays a failure on the wire; `Hang` and `Drop` never return a response worth sending.
+async fn fail(shared: &Shared, fault: &Fault, kill: &ConnectionKill) {
+    match fault {
+        Fault::Hang | Fault::LostResponse { then: LostAs::Hang } => {
+            tokio::time::sleep(shared.hang_for).await;
+        }
+        Fault::Drop | Fault::LostResponse { then: LostAs::Drop } => {
+            kill.0.notify_one();
+            std::future::pending::<()>().await;
+        }
+        _ => {}
+    }
+}
+
+/// The failure answer for every fault but a lost response, which first lets the call take effect.
+fn answered_early(fault: &Option<Fault>) -> Option<Response> {
+    match fault {
+        None
+        | Some(Fault::LostResponse { .. } | Fault::IgnoreCursor | Fault::EmptyPageWithMore) => None,
+        Some(other) => Some(fault_response(other)),
+    }
+}
+
+fn fault_response(fault: &Fault) -> Response {
+    match fault {
+        Fault::TooManyRequests { retry_after_ms } => {
+            let mut response = api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests. Please try again later.",
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
+            );
+            let headers = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&retry_after_ms.to_string()) {
+                headers.insert("retry-after-ms", v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&retry_after_ms.div_ceil(1000).to_string()) {
+                headers.insert("retry-after", v);
+            }
+            response
+        }
+        Fault::ServerError { status } => api_error(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+            None,
+        ),
+        _ => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+            None,
+        ),
+    }
+}
+
+/// Answers with `ok`, unless the call's fault says the answer is lost.
+async fn deliver(
+    shared: &Shared,
+    fault: Option<Fault>,
+    kill: &ConnectionKill,
+    ok: Response,
+) -> Response {
+    match fault {
+        None | Some(Fault::IgnoreCursor | Fault::EmptyPageWithMore) => ok,
+        Some(lost @ Fault::LostResponse { .. }) => {
+            fail(shared, &lost, kill).await;
+            fault_response(&lost)
+        }
+        Some(other) => fault_response(&other),
+    }
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let fault = intercept(&shared, Endpoint::List, &kill).await;
+    if let Some(early) = answered_early(&fault) {
+        return early;
+    }
+    let limit = match query.get("limit").map(|v| v.parse::<i64>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n as usize,
+        Some(_) => {
+            return invalid(
+                "Invalid 'limit': must be an integer between 1 and 100.",
+                Some("limit"),
+                Some("integer_out_of_range"),
+            );
+        }
+    };
+    let include_archived = match query.get("include_archived").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return invalid(
+                "Invalid 'include_archived': expected a boolean.",
+                Some("include_archived"),
+                None,
+            );
+        }
+    };
+    let after = query
+        .get("after")
+        .filter(|a| !a.is_empty() && fault != Some(Fault::IgnoreCursor));
+    if fault == Some(Fault::EmptyPageWithMore) {
+        let body = json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": true});
+        return Json(body).into_response();
+    }
+    let page = {
+        let store = shared.store();
+        if let Some(after) = after
+            && !store.contains(after)
+        {
+            return invalid(
+                &format!("Invalid 'after': no project with id '{after}'."),
+                Some("after"),
+                None,
+            );
+        }
+        store.list(limit, after.map(String::as_str), include_archived)
+    };
+    let body = json!({
+        "object": "list",
+        "first_id": page.data.first().map(|p| &p.id),
+        "last_id": page.data.last().map(|p| &p.id),
+        "has_more": page.has_more,
+        "data": page.data,
+    });
+    deliver(&shared, fault, &kill, Json(body).into_response()).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: Option<String>,
+    #[serde(default)]
+    external_key_id: Option<String>,
+    #[serde(default)]
+    geography: Option<String>,
+    #[serde(default)]
+    residency: Option<String>,
+}
+
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
+    body: axum::body::Bytes,
+) -> Response {
+    let fault = intercept(&shared, Endpoint::Create, &kill).await;
+    if let Some(early) = answered_early(&fault) {
+        return early;
+    }
+    let body: CreateBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return invalid(&format!("Invalid request body: {e}."), None, None),
+    };
+    let name = match body.name {
+        Some(name) if !name.trim().is_empty() => name,
+        _ => return invalid("Project name must not be empty.", Some("name"), None),
+    };
+    if body.geography.is_some() && body.residency.is_some() {
+        return invalid(
+            "Only one of 'geography' and 'residency' may be given.",
+            Some("residency"),
+            None,
+        );
+    }
+    let residency = body.residency.or(body.geography);
+    let project = shared.store().create(name, body.external_key_id, residency);
+    shared.projects_created.fetch_add(1, Ordering::Relaxed);
+    deliver(&shared, fault, &kill, Json(project).into_response()).await
+}
+
+async fn retrieve(
+    State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
+    Path(id): Path<String>,
+) -> Response {
+    let fault = intercept(&shared, Endpoint::Retrieve, &kill).await;
+    if let Some(early) = answered_early(&fault) {
+        return early;
+    }
+    let found = shared.store().get(&id).cloned();
+    match found {
+        Some(project) => deliver(&shared, fault, &kill, Json(project).into_response()).await,
+        None => no_such_project(&id),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModifyBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    external_key_id: Option<String>,
+}
+
+async fn modify(
+    State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let fault = intercept(&shared, Endpoint::Modify, &kill).await;
+    if let Some(early) = answered_early(&fault) {
+        return early;
+    }
+    let body: ModifyBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return invalid(&format!("Invalid request body: {e}."), None, None),
+    };
+    if body.name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        return invalid("Project name must not be empty.", Some("name"), None);
+    }
+    let outcome = {
+        let mut store = shared.store();
+        match store.get(&id) {
+            None => Err(no_such_project(&id)),
+            Some(p) if p.status.as_deref() == Some("archived") => Err(invalid(
+                "Archived projects cannot be modified.",
+                None,
+                Some("project_archived"),
+            )),
+            Some(_) => Ok(store.update(&id, |p| {
+                if let Some(name) = body.name {
+                    p.name = Some(name);
+                }
+                if let Some(key) = body.external_key_id {
+                    p.external_key_id = Some(key);
+                }
+            })),
+        }
+    };
+    match outcome {
+        Ok(project) => deliver(&shared, fault, &kill, Json(project).into_response()).await,
+        Err(response) => response,
+    }
+}
+
+async fn archive(
+    State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
+    Path(id): Path<String>,
+) -> Response {
+    let fault = intercept(&shared, Endpoint::Archive, &kill).await;
+    if let Some(early) = answered_early(&fault) {
+        return early;
+    }
+    let archived = shared.store().archive(&id);
+    match archived {
+        Some(project) => deliver(&shared, fault, &kill, Json(project).into_response()).await,
+        None => no_such_project(&id),
+    }
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Json<super::EmulatorStats> {
+    Json(shared.stats())
+}
+
+async fn push_fault(State(shared): State<Arc<Shared>>, Json(rule): Json<FaultRule>) -> StatusCode {
+    shared
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(rule);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_faults(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn set_rates(
+    State(shared): State<Arc<Shared>>,
+    Path(endpoint): Path<String>,
+    Json(rates): Json<FaultRates>,
+) -> Response {
+    let Ok(endpoint) = serde_json::from_value::<Endpoint>(Value::String(endpoint)) else {
+        return invalid(
+            "Unknown endpoint; use list, create, retrieve, modify or archive.",
+            None,
+            None,
+        );
+    };
+    shared
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_rates(endpoint, rates);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct OrderBody {
+    order: ListOrder,
+}
+
+async fn set_order(State(shared): State<Arc<Shared>>, Json(body): Json<OrderBody>) -> StatusCode {
+    shared.store().order = body.order;
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct BehindBackCreate {
+    name: String,
+    #[serde(default)]
+    external_key_id: Option<String>,
+    #[serde(default)]
+    residency: Option<String>,
+}
+
+async fn create_behind_back(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<BehindBackCreate>,
+) -> Response {
+    let project = shared
+        .store()
+        .create(body.name, body.external_key_id, body.residency);
+    Json(project).into_response()
+}
+
+#[derive(Deserialize)]
+struct BehindBackChange {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    archive: bool,
+    #[serde(default)]
+    fields: serde_json::Map<String, Value>,
+}
+
+async fn change_behind_back(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Json(body): Json<BehindBackChange>,
+) -> Response {
+    let mut store = shared.store();
+    if !store.contains(&id) {
+        return no_such_project(&id);
+    }
+    if let Some(name) = body.name {
+        store.update(&id, |p| p.name = Some(name));
+    }
+    if body.archive {
+        store.archive(&id);
+    }
+    for (key, value) in body.fields {
+        store.set_extra(&id, &key, value);
+    }
+    let project = store.get(&id).cloned();
+    Json(project).into_response()
+}

@@ -1,0 +1,11 @@
+//! openai-project-sync: keeps an organization's OpenAI projects in Postgres.
+
+pub mod check;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod emulator;
+pub mod local_postgres;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

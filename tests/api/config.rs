@@ -1,0 +1,242 @@
+//! Configuration layering, validation messages, and secrets kept out of sight.
+
+use std::path::Path;
+
+use openai_project_sync::config::{ConfigError, Settings, Sources};
+use secrecy::ExposeSecret;
+
+use crate::helpers::{output_text, run_binary};
+
+fn env(vars: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
+    Some(
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn load(dir: &Path, file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    Settings::load(&Sources {
+        config_dir: Some(dir.to_path_buf()),
+        file: file.map(Path::to_path_buf),
+        env: env(vars),
+    })
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ops-config-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn built_in_defaults_match_the_contract() {
+    let settings = load(&temp_dir("defaults"), None, &[]).expect("defaults are valid");
+
+    assert_eq!(settings.openai.base_url, "https://api.openai.com/v1");
+    assert_eq!(settings.openai.page_size, 100);
+    assert_eq!(settings.sync.schedule, "0 */10 * * * *");
+    assert_eq!(settings.http.listen, "127.0.0.1:9187");
+    assert!(settings.openai.admin_key.is_none());
+}
+
+#[test]
+fn the_shipped_default_toml_is_valid_and_holds_no_secret() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let text = std::fs::read_to_string(dir.join("default.toml")).expect("config/default.toml");
+
+    load(&dir, None, &[]).expect("config/default.toml loads");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("admin_key ="))
+    );
+    assert!(!text.lines().any(|l| l.trim_start().starts_with("url =")));
+}
+
+#[test]
+fn layers_apply_in_order_defaults_files_conventional_variables_then_app_variables() {
+    let dir = temp_dir("layers");
+    std::fs::write(
+        dir.join("default.toml"),
+        "[openai]\npage_size = 10\ntimeout = \"10s\"\nmax_retries = 1\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("local.toml"),
+        "[openai]\npage_size = 20\ntimeout = \"20s\"\n",
+    )
+    .expect("write");
+    let extra = dir.join("extra.toml");
+    std::fs::write(&extra, "[openai]\npage_size = 30\n").expect("write");
+
+    let files_only = load(&dir, Some(&extra), &[]).expect("valid");
+    let with_env = load(
+        &dir,
+        Some(&extra),
+        &[
+            ("APP_OPENAI__PAGE_SIZE", "40"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+            ("DATABASE_URL", "postgres://conventional@127.0.0.1/a"),
+            ("APP_DATABASE__URL", "postgres://specific@127.0.0.1/b"),
+        ],
+    )
+    .expect("valid");
+
+    assert_eq!(
+        files_only.openai.max_retries, 1,
+        "default.toml over built-ins"
+    );
+    assert_eq!(
+        files_only.openai.timeout, "20s",
+        "local.toml over default.toml"
+    );
+    assert_eq!(files_only.openai.page_size, 30, "--config over local.toml");
+    assert_eq!(with_env.openai.page_size, 40, "APP_ over files");
+    assert_eq!(with_env.openai.base_url, "http://127.0.0.1:9/v1");
+    let url = with_env.database_url().expect("url");
+    assert_eq!(
+        url.expose_secret(),
+        "postgres://specific@127.0.0.1/b",
+        "APP_ over the conventional name"
+    );
+}
+
+fn invalid_message(vars: &[(&str, &str)]) -> String {
+    load(&temp_dir("invalid"), None, vars)
+        .expect_err("must be refused")
+        .to_string()
+}
+
+#[test]
+fn bad_values_are_refused_with_the_key_and_the_fix() {
+    let five_fields = invalid_message(&[("APP_SYNC__SCHEDULE", "*/10 * * * *")]);
+    let zero = invalid_message(&[("APP_OPENAI__PAGE_SIZE", "0")]);
+    let too_many = invalid_message(&[("APP_OPENAI__PAGE_SIZE", "101")]);
+    let url = invalid_message(&[("OPENAI_BASE_URL", "not a url")]);
+    let unknown = invalid_message(&[("APP_OPENAI__PAGESIZE", "5")]);
+    let nonsense_cron = invalid_message(&[("APP_SYNC__SCHEDULE", "0 */99 * * * nonsense")]);
+    let timeout = invalid_message(&[("APP_OPENAI__TIMEOUT", "soon")]);
+
+    assert!(
+        five_fields.contains("sync.schedule")
+            && five_fields.contains("5 fields")
+            && five_fields.contains("seconds first"),
+        "{five_fields}"
+    );
+    assert!(
+        zero.contains("openai.page_size") && zero.contains("1 to 100"),
+        "{zero}"
+    );
+    assert!(too_many.contains("openai.page_size"), "{too_many}");
+    assert!(
+        url.contains("openai.base_url") && url.contains("https://api.openai.com/v1"),
+        "{url}"
+    );
+    assert!(
+        unknown.contains("pagesize") && unknown.contains("unknown field"),
+        "{unknown}"
+    );
+    assert!(nonsense_cron.contains("sync.schedule"), "{nonsense_cron}");
+    assert!(timeout.contains("openai.timeout"), "{timeout}");
+}
+
+#[test]
+fn the_admin_key_comes_from_the_environment_or_a_key_file() {
+    let dir = temp_dir("keyfile");
+    let key_file = dir.join("admin-key");
+    std::fs::write(&key_file, "sk-admin-from-file-placeholder\n").expect("write");
+    let path = key_file.to_string_lossy().to_string();
+
+    let from_env = load(
+        &dir,
+        None,
+        &[("OPENAI_ADMIN_KEY", "sk-admin-env-placeholder")],
+    )
+    .expect("valid");
+    let from_app = load(
+        &dir,
+        None,
+        &[("APP_OPENAI__ADMIN_KEY", "sk-admin-app-placeholder")],
+    )
+    .expect("valid");
+    let from_file =
+        load(&dir, None, &[("APP_OPENAI__ADMIN_KEY_FILE", path.as_str())]).expect("valid");
+    let missing = load(&dir, None, &[]).expect("valid");
+    let missing_file = load(
+        &dir,
+        None,
+        &[("APP_OPENAI__ADMIN_KEY_FILE", "/nonexistent/key")],
+    )
+    .expect("valid");
+
+    assert_eq!(
+        from_env.admin_key().expect("key").expose_secret(),
+        "sk-admin-env-placeholder"
+    );
+    assert_eq!(
+        from_app.admin_key().expect("key").expose_secret(),
+        "sk-admin-app-placeholder"
+    );
+    assert_eq!(
+        from_file.admin_key().expect("key").expose_secret(),
+        "sk-admin-from-file-placeholder"
+    );
+    assert!(matches!(
+        missing.admin_key(),
+        Err(ConfigError::MissingAdminKey)
+    ));
+    assert!(
+        missing_file
+            .admin_key()
+            .expect_err("unreadable")
+            .to_string()
+            .contains("/nonexistent/key")
+    );
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let canary = "sk-admin-CANARY-debug-0000";
+    let settings = load(
+        &temp_dir("debug"),
+        None,
+        &[
+            ("OPENAI_ADMIN_KEY", canary),
+            ("DATABASE_URL", "postgres://u:CANARYPASSWORD@127.0.0.1/db"),
+        ],
+    )
+    .expect("valid");
+
+    let debug = format!("{settings:?} {:?}", settings.admin_key());
+
+    assert!(!debug.contains("CANARY"), "{debug}");
+}
+
+#[test]
+fn the_binary_exits_2_on_bad_configuration_and_names_the_key() {
+    let dir = temp_dir("binary");
+    let dir_arg = dir.to_string_lossy().to_string();
+    let output = run_binary(
+        &["check", "--config-dir", &dir_arg],
+        &[
+            ("APP_OPENAI__PAGE_SIZE", "101"),
+            ("OPENAI_ADMIN_KEY", "sk-admin-placeholder"),
+        ],
+    );
+    let five = run_binary(
+        &["check", "--config-dir", &dir_arg],
+        &[("APP_SYNC__SCHEDULE", "0 * * * *")],
+    );
+    let missing_file = run_binary(&["check", "--config", "/nonexistent/extra.toml"], &[]);
+    let usage = run_binary(&["frobnicate"], &[]);
+
+    assert_eq!(output.status.code(), Some(2), "{}", output_text(&output));
+    assert!(output_text(&output).contains("openai.page_size"));
+    assert_eq!(five.status.code(), Some(2));
+    assert!(output_text(&five).contains("5 fields"));
+    assert_eq!(missing_file.status.code(), Some(2));
+    assert!(output_text(&missing_file).contains("/nonexistent/extra.toml"));
+    assert_eq!(usage.status.code(), Some(2));
+}

@@ -1,0 +1,113 @@
+//! Shared test fixtures: databases, emulators, clients, the binary.
+
+mod postgres;
+
+use std::time::Duration;
+
+use openai_project_sync::client::{AdminClient, ClientOptions, Project, ProjectWalk, RetryPolicy};
+use openai_project_sync::emulator::{self, EmulatorConfig, EmulatorHandle};
+use secrecy::SecretString;
+
+pub use postgres::TestDb;
+
+/// The key every test emulator accepts; an obvious placeholder.
+pub const TEST_KEY: &str = "sk-admin-test-placeholder";
+
+/// Starts an emulator on a free loopback port with `projects` generated projects.
+pub async fn start_emulator(projects: usize) -> EmulatorHandle {
+    start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects,
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
+/// Starts an emulator with a configuration of the test's choosing.
+pub async fn start_emulator_with(config: EmulatorConfig) -> EmulatorHandle {
+    emulator::start("127.0.0.1:0".parse().expect("loopback address"), config)
+        .await
+        .expect("start the emulator")
+}
+
+/// A retry policy with short delays, so retried tests run fast.
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 6,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(50),
+    }
+}
+
+/// A client for `emulator` with the given key and timeout.
+pub fn client_with(base_url: &str, key: &str, timeout: Duration) -> AdminClient {
+    AdminClient::new(ClientOptions {
+        base_url: base_url.parse().expect("base URL parses"),
+        admin_key: SecretString::from(key.to_owned()),
+        timeout,
+        retry: fast_retries(),
+    })
+    .expect("build the client")
+}
+
+/// A client for `emulator` with the right key.
+pub fn client_for(emulator: &EmulatorHandle) -> AdminClient {
+    client_with(&emulator.base_url(), TEST_KEY, Duration::from_secs(5))
+}
+
+/// Walks every page, returning the projects and the page count.
+pub async fn walk_all(
+    mut walk: ProjectWalk,
+) -> Result<(Vec<Project>, u64), openai_project_sync::client::ApiError> {
+    let mut projects = Vec::new();
+    while let Some(page) = walk.next_page().await? {
+        projects.extend(page.data);
+    }
+    Ok((projects, walk.pages()))
+}
+
+/// Runs the real binary with `args` and `env` (and no inherited configuration variables).
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openai-project-sync"));
+    command.args(args);
+    for var in [
+        "DATABASE_URL",
+        "OPENAI_ADMIN_KEY",
+        "OPENAI_BASE_URL",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    for (key, _) in std::env::vars() {
+        if key.starts_with("APP_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run the binary")
+}
+
+/// Runs the binary on a blocking thread so the test's emulator keeps serving.
+pub async fn run_binary_async(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_binary(&args, &env)
+    })
+    .await
+    .expect("the binary's thread")
+}
+
+/// Stdout and stderr of a finished process, as one text.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,8 @@
+//! The one integration-test binary: real Postgres, the emulator, the real binary.
+
+mod check;
+mod client;
+mod config;
+mod emulator;
+mod harness;
+mod helpers;
