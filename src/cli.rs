@@ -171,13 +171,105 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             serve_emulator(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run | Command::Sync | Command::Requests | Command::Migrate | Command::Demo => {
+        Command::Migrate => {
+            let settings = load_settings(&cli)?;
+            let pool = crate::app::connect_and_migrate(&settings).await?;
+            pool.close().await;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync => {
+            let settings = load_settings(&cli)?;
+            let cancel = crate::shutdown::on_signal();
+            let mut progress = TerminalProgress::new();
+            let result = crate::app::sync_once(&settings, &cancel, &mut progress).await;
+            progress.finish();
+            let summary = result.map_err(|e| match e.downcast::<ConfigError>() {
+                Ok(config) => Failure::from(config),
+                Err(other) => Failure::Runtime(other),
+            })?;
+            print_summary(&summary);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let settings = load_settings(&cli)?;
+            let shutdown = crate::shutdown::on_signal();
+            let daemon = crate::app::start_daemon(settings, shutdown)
+                .await
+                .map_err(|e| match e.downcast::<ConfigError>() {
+                    Ok(config) => Failure::from(config),
+                    Err(other) => Failure::Runtime(other),
+                })?;
+            daemon
+                .finished
+                .await
+                .context("the daemon's task failed")??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Requests | Command::Demo => {
             load_settings(&cli)?;
             Err(Failure::Runtime(anyhow::anyhow!(
-                "this command is not available yet in this version; `check` and `emulator` are"
+                "this command is not available yet in this version"
             )))
         }
     }
+}
+
+/// Shows pages and projects on one updating line while stderr is a terminal.
+struct TerminalProgress {
+    enabled: bool,
+    shown: bool,
+}
+
+impl TerminalProgress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        TerminalProgress {
+            enabled: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+impl crate::sync::Progress for TerminalProgress {
+    fn page_staged(&mut self, pages: u64, projects: u64) {
+        if self.enabled {
+            self.shown = true;
+            eprint!("\r  walking: {pages} page(s), {projects} project(s) staged");
+        }
+    }
+}
+
+fn print_summary(summary: &crate::sync::WalkSummary) {
+    let c = &summary.counts;
+    println!(
+        "sync run {} succeeded in {:.2} s\n  pages       {}\n  seen        {}\n  new         {}\n  changed     {}\n  unchanged   {}\n  vanished    {}\n  reappeared  {}",
+        summary.run_id,
+        summary.duration.as_secs_f64(),
+        c.pages,
+        c.seen,
+        c.inserted,
+        c.changed,
+        c.unchanged,
+        c.vanished,
+        c.reappeared
+    );
+    if let Some(peak) = peak_rss_kib() {
+        println!("  peak memory {:.1} MiB", peak as f64 / 1024.0);
+    }
+}
+
+/// The process's peak resident memory, from /proc where there is one.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn share(name: &str, value: f64) -> Result<f64, Failure> {

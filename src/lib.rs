@@ -1,11 +1,14 @@
 //! openai-project-sync: keeps an organization's OpenAI projects in Postgres.
 
+pub mod app;
 pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod emulator;
+pub mod http;
 pub mod local_postgres;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -6,9 +6,11 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber once; later calls are ignored so tests may call it freely.
 pub fn init(format: LogFormat, level: &str) {
+    // Postgres notices such as "relation already exists, skipping" are not news.
+    let quiet = ",sqlx::postgres::notice=warn";
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(format!("{level}{quiet}")))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info{quiet}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,10 +1,19 @@
 //! Postgres: the only module that holds SQL.
 
+mod runs;
+mod walk;
+
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use runs::{
+    RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
+    last_success_started_at, start_run,
+};
+pub use walk::{ApplyOutcome, GuardRefusal, WalkSession};
 
 /// Failures talking to Postgres, with the reason kept and the URL left out.
 #[derive(Debug, thiserror::Error)]
@@ -13,22 +22,45 @@ pub enum StoreError {
     BadUrl(String),
     #[error("could not connect to Postgres at {target}: {reason}")]
     Connect { target: String, reason: String },
+    // Not a `source`: the message already carries it, and chains would print it twice.
     #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    Sql(sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
 }
 
-/// Opens a pool; the error names host and database, never the password.
-pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = url
-        .expose_secret()
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Sql(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(error)
+    }
+}
+
+/// Parses a database URL without echoing it in errors.
+pub fn connect_options(url: &SecretString) -> Result<PgConnectOptions, StoreError> {
+    url.expose_secret()
         .parse()
-        .map_err(|e: sqlx::Error| StoreError::BadUrl(redact(&e.to_string(), url)))?;
-    let target = format!(
+        .map_err(|e: sqlx::Error| StoreError::BadUrl(redact(&e.to_string(), url)))
+}
+
+fn describe(options: &PgConnectOptions) -> String {
+    format!(
         "{}:{}/{}",
         options.get_host(),
         options.get_port(),
         options.get_database().unwrap_or("(default)")
-    );
+    )
+}
+
+/// Opens a pool; the error names host and database, never the password.
+pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = connect_options(url)?;
+    let target = describe(&options);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -43,6 +75,12 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
 /// Answers `select 1`, proving the pool reaches the server.
 pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("select 1").execute(pool).await?;
+    Ok(())
+}
+
+/// Applies every migration not yet applied; concurrent callers wait on sqlx's migration lock.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::migrate!("./migrations").run(pool).await?;
     Ok(())
 }
 

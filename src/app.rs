@@ -1,0 +1,193 @@
+//! Wires configuration, Postgres, the API client, the schedule, the HTTP listener and shutdown.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{AdminClient, ClientOptions, RetryPolicy};
+use crate::config::{ConfigError, Settings};
+use crate::store;
+use crate::sync::{self, Progress, SyncDeps, Trigger, WalkSummary};
+
+/// Builds the API client the configuration describes.
+pub fn build_client(settings: &Settings) -> Result<AdminClient, ConfigError> {
+    let (base_delay, max_delay) = settings.retry_delays()?;
+    AdminClient::new(ClientOptions {
+        base_url: settings.base_url()?,
+        admin_key: settings.admin_key()?,
+        timeout: settings.timeout()?,
+        retry: RetryPolicy {
+            max_retries: settings.openai.max_retries,
+            base_delay,
+            max_delay,
+        },
+    })
+    .map_err(|e| ConfigError::Invalid {
+        key: "openai.admin_key",
+        problem: e.to_string(),
+        fix: "set the key again without quotes or line breaks",
+    })
+}
+
+/// Connects to Postgres and applies pending migrations.
+pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let url = settings.database_url()?;
+    let pool = store::connect(&url, settings.database.max_connections).await?;
+    store::migrate(&pool)
+        .await
+        .context("could not apply migrations")?;
+    Ok(pool)
+}
+
+/// Everything a walk needs, from configuration; configuration problems come first.
+pub async fn sync_deps(settings: &Settings) -> anyhow::Result<SyncDeps> {
+    let client = build_client(settings)?;
+    let url: SecretString = settings.database_url()?;
+    let connect = store::connect_options(&url)?;
+    let pool = connect_and_migrate(settings).await?;
+    Ok(SyncDeps {
+        pool,
+        connect,
+        client,
+        page_size: settings.openai.page_size,
+        min_seen_ratio: settings.sync.min_seen_ratio,
+    })
+}
+
+/// One walk now, for the `sync` command.
+pub async fn sync_once(
+    settings: &Settings,
+    cancel: &CancellationToken,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<WalkSummary> {
+    let deps = sync_deps(settings).await?;
+    let summary = sync::walk_and_apply(&deps, Trigger::Manual, cancel, progress).await;
+    deps.pool.close().await;
+    Ok(summary?)
+}
+
+/// The interval between two consecutive fire times of a schedule.
+pub fn schedule_period(schedule: &str) -> Result<Duration, ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: "sync.schedule",
+        problem,
+        fix: "give 6 fields, seconds first, in UTC, e.g. \"0 */10 * * * *\"",
+    };
+    let cron = croner::Cron::from_str(schedule).map_err(|e| invalid(e.to_string()))?;
+    let first = cron
+        .find_next_occurrence(&Utc::now(), false)
+        .map_err(|e| invalid(e.to_string()))?;
+    let second = cron
+        .find_next_occurrence(&first, false)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((second - first)
+        .to_std()
+        .unwrap_or(Duration::from_secs(600)))
+}
+
+/// A running daemon's listener address, known once it is bound.
+pub struct Daemon {
+    pub http_addr: SocketAddr,
+    pub finished: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the daemon: migrations, listener, schedule, and the sync loop; `shutdown` stops it all.
+pub async fn start_daemon(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Daemon> {
+    let deps = sync_deps(&settings).await?;
+    let period = schedule_period(&settings.sync.schedule)?;
+    let metrics = crate::http::metrics_handle();
+    let listener = tokio::net::TcpListener::bind(settings.listen_addr()?)
+        .await
+        .with_context(|| format!("could not listen on {} (http.listen)", settings.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let router = crate::http::router(crate::http::HealthState {
+        pool: deps.pool.clone(),
+        metrics,
+        max_sync_age: period * 2 + Duration::from_secs(60),
+    });
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+
+    // Capacity 1: a tick while a walk runs waits as the next walk; further ticks are dropped.
+    let (ticks, mut due) = mpsc::channel::<Trigger>(1);
+    let mut scheduler = JobScheduler::new()
+        .await
+        .context("could not start the scheduler")?;
+    let tick = ticks.clone();
+    let job = Job::new_async(settings.sync.schedule.as_str(), move |_, _| {
+        let tick = tick.clone();
+        Box::pin(async move {
+            let _ = tick.try_send(Trigger::Schedule);
+        })
+    })
+    .context("could not schedule the sync")?;
+    scheduler
+        .add(job)
+        .await
+        .context("could not schedule the sync")?;
+    scheduler
+        .start()
+        .await
+        .context("could not start the scheduler")?;
+
+    let last = store::last_success_started_at(&deps.pool).await?;
+    let stale = last.is_none_or(|at| (Utc::now() - at).to_std().unwrap_or_default() > period);
+    if stale {
+        let _ = ticks.try_send(Trigger::Startup);
+    }
+    tracing::info!(listen = %http_addr, schedule = %settings.sync.schedule, period_s = period.as_secs(), "daemon started");
+
+    let finished = tokio::spawn(async move {
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                trigger = due.recv() => match trigger { Some(t) => t, None => break },
+            };
+            match sync::walk_and_apply(&deps, trigger, &shutdown, &mut ()).await {
+                Ok(_) => publish_project_counts(&deps.pool).await,
+                Err(sync::SyncError::AlreadyRunning) => {
+                    tracing::info!("another replica is walking; skipping this tick");
+                }
+                Err(_) => {}
+            }
+        }
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::warn!(error = %e, "scheduler did not stop cleanly");
+        }
+        http.await
+            .context("the HTTP listener task failed")?
+            .context("the HTTP listener failed")?;
+        deps.pool.close().await;
+        tracing::info!("daemon stopped");
+        Ok(())
+    });
+    Ok(Daemon {
+        http_addr,
+        finished,
+    })
+}
+
+async fn publish_project_counts(pool: &sqlx::PgPool) {
+    match store::count_projects_by_status(pool).await {
+        Ok(counts) => {
+            for count in counts {
+                metrics::gauge!("projects", "status" => count.status).set(count.projects as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not count projects for metrics"),
+    }
+}

@@ -1,0 +1,94 @@
+//! The health and metrics listener: `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+use crate::store;
+
+/// What the probes need to answer.
+#[derive(Clone)]
+pub struct HealthState {
+    pub pool: PgPool,
+    pub metrics: PrometheusHandle,
+    /// A successful walk older than this makes the daemon unready.
+    pub max_sync_age: Duration,
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed already; the handle still renders ours.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn router(state: HealthState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(Arc::new(state))
+}
+
+async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
+    let unready = |why: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response()
+    };
+    let database = tokio::time::timeout(Duration::from_secs(3), store::ping(&state.pool)).await;
+    match database {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return unready(format!("database unreachable: {e}")),
+        Err(_) => return unready("database did not answer within 3 s".into()),
+    }
+    match store::last_success_started_at(&state.pool).await {
+        Ok(Some(at)) => {
+            let age = (chrono::Utc::now() - at).to_std().unwrap_or_default();
+            if age > state.max_sync_age {
+                unready(format!(
+                    "the last successful sync started {}s ago",
+                    age.as_secs()
+                ))
+            } else {
+                (
+                    StatusCode::OK,
+                    format!(
+                        "ready: last successful sync started {}s ago\n",
+                        age.as_secs()
+                    ),
+                )
+                    .into_response()
+            }
+        }
+        Ok(None) => unready("no sync has succeeded yet".into()),
+        Err(e) => unready(format!("could not read sync runs: {e}")),
+    }
+}
+
+async fn render_metrics(State(state): State<Arc<HealthState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,88 @@
+//! Rows of `openai.sync_runs`: one per walk, from start to outcome.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+use super::StoreError;
+
+/// The figures a finished walk records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, FromRow)]
+pub struct RunCounts {
+    pub pages: i32,
+    pub seen: i32,
+    pub inserted: i32,
+    pub changed: i32,
+    pub unchanged: i32,
+    pub vanished: i32,
+    pub reappeared: i32,
+}
+
+/// Projects currently listed, per status.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct StatusCount {
+    pub status: String,
+    pub projects: i64,
+}
+
+/// Records a walk as running and returns its id and start time.
+pub async fn start_run(pool: &PgPool, trigger: &str) -> Result<(i64, DateTime<Utc>), StoreError> {
+    let row: (i64, DateTime<Utc>) = sqlx::query_as(
+        "insert into openai.sync_runs (trigger) values ($1) returning id, started_at",
+    )
+    .bind(trigger)
+    .fetch_one(pool)
+    .await?;
+    Ok(row)
+}
+
+/// Marks a running walk failed with its reason and the pages it had fetched.
+pub async fn fail_run(
+    pool: &PgPool,
+    run_id: i64,
+    pages: i32,
+    error: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update openai.sync_runs set status = 'failed', finished_at = now(), pages = $2, error = $3 \
+         where id = $1 and status = 'running'",
+    )
+    .bind(run_id)
+    .bind(pages)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Fails runs left `running` by a process that died; only call while holding the walk lock.
+pub async fn abandon_stale_runs(pool: &PgPool) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "update openai.sync_runs set status = 'failed', finished_at = now(), \
+         error = 'abandoned: the process running this walk stopped before finishing; nothing was applied' \
+         where status = 'running'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Start time of the most recent successful walk, if any.
+pub async fn last_success_started_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
+        "select started_at from openai.sync_runs where status = 'succeeded' order by started_at desc limit 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(at,)| at))
+}
+
+/// Counts projects the last walks still list, per status.
+pub async fn count_projects_by_status(pool: &PgPool) -> Result<Vec<StatusCount>, StoreError> {
+    let rows = sqlx::query_as::<_, StatusCount>(
+        "select coalesce(status, 'unknown') as status, count(*) as projects \
+         from openai.project_current where missing_since is null group by 1 order by 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
