@@ -238,6 +238,11 @@ impl EmulatorHandle {
         self.shared.store().create(name.to_owned(), None, None)
     }
 
+    /// Makes a project vanish from every answer, or come back; `false` if no such project.
+    pub fn set_hidden(&self, id: &str, hidden: bool) -> bool {
+        self.shared.store().set_hidden(id, hidden)
+    }
+
     /// Sets a field the product does not model on one project.
     pub fn set_field(&self, id: &str, key: &str, value: Value) -> Option<Project> {
         self.shared.store().set_extra(id, key, value)

@@ -484,6 +484,8 @@ struct BehindBackChange {
     #[serde(default)]
     archive: bool,
     #[serde(default)]
+    hidden: Option<bool>,
+    #[serde(default)]
     fields: serde_json::Map<String, Value>,
 }
 
@@ -504,6 +506,9 @@ async fn change_behind_back(
     }
     for (key, value) in body.fields {
         store.set_extra(&id, &key, value);
+    }
+    if let Some(hidden) = body.hidden {
+        store.set_hidden(&id, hidden);
     }
     let project = store.get(&id).cloned();
     Json(project).into_response()

@@ -26,6 +26,8 @@ pub struct ListedPage {
 pub struct ProjectStore {
     projects: Vec<Project>,
     index: HashMap<String, usize>,
+    /// Projects left out of every answer, as if they had vanished upstream.
+    hidden: std::collections::HashSet<String>,
     rng: fastrand::Rng,
     last_created_at: i64,
     pub order: ListOrder,
@@ -63,6 +65,7 @@ impl ProjectStore {
         let mut store = ProjectStore {
             projects: Vec::with_capacity(count),
             index: HashMap::with_capacity(count),
+            hidden: Default::default(),
             rng: fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15),
             last_created_at: SEED_EPOCH,
             order: ListOrder::default(),
@@ -98,9 +101,25 @@ impl ProjectStore {
         self.projects.len()
     }
 
-    /// One project by id.
+    /// One project by id, unless hidden.
     pub fn get(&self, id: &str) -> Option<&Project> {
+        if self.hidden.contains(id) {
+            return None;
+        }
         self.index.get(id).map(|&i| &self.projects[i])
+    }
+
+    /// Leaves a project out of every answer (`true`) or brings it back (`false`).
+    pub fn set_hidden(&mut self, id: &str, hidden: bool) -> bool {
+        if !self.index.contains_key(id) {
+            return false;
+        }
+        if hidden {
+            self.hidden.insert(id.to_owned());
+        } else {
+            self.hidden.remove(id);
+        }
+        true
     }
 
     /// Every project, oldest first.
@@ -116,7 +135,10 @@ impl ProjectStore {
     /// Up to `limit` projects after the cursor in the current order.
     pub fn list(&self, limit: usize, after: Option<&str>, include_archived: bool) -> ListedPage {
         let position = after.and_then(|id| self.index.get(id).copied());
-        let visible = |p: &&Project| include_archived || p.status.as_deref() != Some("archived");
+        let visible = |p: &&Project| {
+            (include_archived || p.status.as_deref() != Some("archived"))
+                && !self.hidden.contains(&p.id)
+        };
         let mut data: Vec<Project> = match self.order {
             ListOrder::OldestFirst => {
                 let start = position.map_or(0, |i| i + 1);

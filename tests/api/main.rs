@@ -3,6 +3,8 @@
 mod check;
 mod client;
 mod config;
+mod daemon;
 mod emulator;
 mod harness;
 mod helpers;
+mod sync;

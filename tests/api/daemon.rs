@@ -1,0 +1,272 @@
+//! The daemon and the sync command as processes: schedule, probes, metrics, signals, the lock.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use openai_project_sync::config::{Settings, Sources};
+use openai_project_sync::emulator::{EmulatorConfig, Endpoint, FaultRates};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TEST_KEY, TestDb, eventually, start_emulator_with};
+
+fn settings(db: &TestDb, base_url: &str, schedule: &str) -> Settings {
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("OPENAI_BASE_URL", base_url),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ("APP_SYNC__SCHEDULE", schedule),
+        ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+        ("APP_OPENAI__RETRY_BASE_DELAY", "10ms"),
+    ];
+    Settings::load(&Sources {
+        config_dir: Some(std::env::temp_dir().join("ops-no-config-here")),
+        file: None,
+        env: Some(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+    })
+    .expect("valid settings")
+}
+
+async fn count_runs(db: &TestDb, status: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("select count(*) from openai.sync_runs where status = $1")
+        .bind(status)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or((0,));
+    n
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("probe answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn the_daemon_syncs_at_start_and_on_schedule_serves_probes_and_metrics_and_stops_cleanly() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects: 150,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let shutdown = CancellationToken::new();
+
+    let daemon = openai_project_sync::app::start_daemon(
+        settings(&db, &emulator.base_url(), "*/2 * * * * *"),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    let base = format!("http://{}", daemon.http_addr);
+
+    assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    eventually("two successful walks", || async {
+        count_runs(&db, "succeeded").await >= 2
+    })
+    .await;
+    let (ready, why) = get(&format!("{base}/readyz")).await;
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), daemon.finished).await;
+
+    assert_eq!(ready, 200, "{why}");
+    for needle in [
+        "sync_runs_total{status=\"succeeded\"}",
+        "openai_api_requests_total{endpoint=\"list\",status=\"200\"}",
+        "projects{status=\"active\"}",
+        "sync_last_success_timestamp_seconds",
+        "sync_duration_seconds",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "stopped within 10 s: {stopped:?}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_fails_until_a_sync_has_succeeded() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: "sk-admin-other-placeholder".into(),
+        projects: 5,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let shutdown = CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        settings(&db, &emulator.base_url(), "0 0 0 1 1 *"),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+
+    eventually("the start-up walk fails on the refused key", || async {
+        count_runs(&db, "failed").await >= 1
+    })
+    .await;
+    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+    shutdown.cancel();
+    let _ = daemon.finished.await;
+
+    assert_eq!(status, 503);
+    assert!(body.contains("no sync has succeeded yet"), "{body}");
+}
+
+fn spawn_binary(args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_openai-project-sync"));
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in [
+        "DATABASE_URL",
+        "OPENAI_ADMIN_KEY",
+        "OPENAI_BASE_URL",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    command.spawn().expect("spawn the binary")
+}
+
+async fn wait_for_exit(mut child: Child) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("collect output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    })
+    .await
+    .expect("waiter")
+}
+
+#[tokio::test]
+async fn sigterm_during_a_walk_stops_the_daemon_and_leaves_no_partial_state() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects: 1_250,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    emulator.set_rates(
+        Endpoint::List,
+        FaultRates {
+            latency_ms: 150,
+            ..FaultRates::default()
+        },
+    );
+    let base = emulator.base_url();
+    let daemon = spawn_binary(
+        &["run"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("OPENAI_BASE_URL", &base),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+            ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let pid = daemon.id().to_string();
+
+    eventually("the walk is under way", || async {
+        emulator.stats().list_calls >= 4
+    })
+    .await;
+    let signalled = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let (code, output) = wait_for_exit(daemon).await;
+
+    assert!(signalled.success());
+    assert_eq!(code, Some(0), "{output}");
+    let (projects,): (i64,) = sqlx::query_as("select count(*) from openai.project_current")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    let runs: Vec<(String, Option<String>)> =
+        sqlx::query_as("select status, error from openai.sync_runs")
+            .fetch_all(&db.pool)
+            .await
+            .expect("runs");
+    assert_eq!(projects, 0, "nothing of the abandoned walk was applied");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].0, "failed");
+    assert!(
+        runs[0].1.as_deref().is_some_and(|e| e.contains("shutdown")),
+        "{runs:?}"
+    );
+    assert!(
+        emulator.stats().list_calls < 13,
+        "the walk did not run to its end"
+    );
+}
+
+#[tokio::test]
+async fn a_second_sync_while_one_runs_says_so_and_exits_1() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects: 1_000,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    emulator.set_rates(
+        Endpoint::List,
+        FaultRates {
+            latency_ms: 100,
+            ..FaultRates::default()
+        },
+    );
+    let base = emulator.base_url();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+    let first = spawn_binary(&["sync"], &env);
+
+    eventually("the first walk is under way", || async {
+        emulator.stats().list_calls >= 2
+    })
+    .await;
+    let second = crate::helpers::run_binary_async(&["sync"], &env).await;
+    let (first_code, first_output) = wait_for_exit(first).await;
+
+    let second_output = crate::helpers::output_text(&second);
+    assert_eq!(second.status.code(), Some(1), "{second_output}");
+    assert!(
+        second_output.contains("another sync is running"),
+        "{second_output}"
+    );
+    assert_eq!(first_code, Some(0), "{first_output}");
+    assert!(
+        first_output.contains("succeeded") && first_output.contains("new         1000"),
+        "{first_output}"
+    );
+}

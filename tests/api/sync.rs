@@ -1,0 +1,636 @@
+//! The walk into Postgres: completeness, history rules, atomicity, the guard, the lock.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use openai_project_sync::emulator::{
+    EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule, ListOrder,
+};
+use openai_project_sync::store;
+use openai_project_sync::sync::{SyncDeps, SyncError, Trigger, WalkSummary, walk_and_apply};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TEST_KEY, TestDb, client_for, eventually, start_emulator_with};
+
+pub struct Fixture {
+    pub db: TestDb,
+    pub emulator: EmulatorHandle,
+    pub deps: SyncDeps,
+}
+
+pub async fn fixture_with(config: EmulatorConfig) -> Fixture {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let emulator = start_emulator_with(config).await;
+    let deps = SyncDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: client_for(&emulator),
+        page_size: 100,
+        min_seen_ratio: 0.5,
+    };
+    Fixture { db, emulator, deps }
+}
+
+pub async fn fixture(projects: usize) -> Fixture {
+    fixture_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects,
+        archived_ratio: 0.2,
+        seed: 11,
+        ..EmulatorConfig::default()
+    })
+    .await
+}
+
+pub async fn sync(deps: &SyncDeps) -> WalkSummary {
+    walk_and_apply(deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect("the walk applies")
+}
+
+fn ts(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(seconds, 0)
+        .single()
+        .expect("valid timestamp")
+}
+
+/// The current state per project id: (name, status, archived_at, missing).
+type CurrentRow = (Option<String>, Option<String>, Option<DateTime<Utc>>, bool);
+
+async fn current(pool: &PgPool) -> BTreeMap<String, CurrentRow> {
+    let rows: Vec<(String, Option<String>, Option<String>, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+        "select project_id, name, status, archived_at, missing_since is not null from openai.projects",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read projects");
+    rows.into_iter()
+        .map(|(id, n, s, a, m)| (id, (n, s, a, m)))
+        .collect()
+}
+
+/// The emulator's visible organization in the same shape.
+fn upstream(emulator: &EmulatorHandle) -> BTreeMap<String, CurrentRow> {
+    emulator
+        .projects()
+        .into_iter()
+        .filter(|p| emulator.project(&p.id).is_some())
+        .map(|p| (p.id, (p.name, p.status, p.archived_at.map(ts), false)))
+        .collect()
+}
+
+/// Every project has exactly one open version and versions that meet end to start.
+async fn assert_history_is_contiguous(pool: &PgPool) {
+    let (gaps,): (i64,) = sqlx::query_as(
+        "select count(*) from ( \
+            select valid_to, lead(valid_from) over (partition by project_key order by valid_from) as next_from \
+            from openai.project_versions) v \
+         where v.next_from is not null and v.valid_to is distinct from v.next_from",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("gap query");
+    let (without_open,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.project_current c where not exists \
+            (select 1 from openai.project_versions v where v.project_key = c.key and v.valid_to is null)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("open version query");
+    assert_eq!(
+        (gaps, without_open),
+        (0, 0),
+        "versions leave no gap and every project has an open version"
+    );
+}
+
+async fn changes_of(
+    pool: &PgPool,
+    id: &str,
+) -> Vec<(String, Option<String>, Option<String>, DateTime<Utc>)> {
+    sqlx::query_as(
+        "select change, old_name, new_name, changed_at from openai.project_changes \
+         where project_id = $1 order by changed_at",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .expect("read changes")
+}
+
+/// Identity of every physical row of the two history tables; a rewrite changes it.
+async fn physical_rows(pool: &PgPool) -> Vec<String> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "select 'c' || ctid::text || xmin::text from openai.project_current \
+         union all select 'v' || ctid::text || xmin::text from openai.project_versions order by 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read row identities");
+    rows.into_iter().map(|(r,)| r).collect()
+}
+
+async fn run_rows(pool: &PgPool) -> Vec<(String, Option<String>)> {
+    sqlx::query_as("select status, error from openai.sync_runs order by id")
+        .fetch_all(pool)
+        .await
+        .expect("read runs")
+}
+
+#[tokio::test]
+async fn every_project_of_a_multi_page_organization_lands_archived_ones_included() {
+    let f = fixture(1_250).await;
+
+    let summary = sync(&f.deps).await;
+
+    assert_eq!(
+        (
+            summary.counts.pages,
+            summary.counts.seen,
+            summary.counts.inserted
+        ),
+        (13, 1_250, 1_250)
+    );
+    let stored = current(&f.db.pool).await;
+    assert_eq!(stored, upstream(&f.emulator));
+    let archived = stored
+        .values()
+        .filter(|r| r.1.as_deref() == Some("archived"))
+        .count();
+    assert!(
+        archived > 150,
+        "archived projects are synced too: {archived}"
+    );
+    let (raw_kept,): (bool,) = sqlx::query_as(
+        "select bool_and(raw ? 'object' and raw ->> 'id' = project_id) from openai.projects",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("raw");
+    assert!(raw_kept);
+    assert_history_is_contiguous(&f.db.pool).await;
+    assert_eq!(
+        run_rows(&f.db.pool).await,
+        vec![("succeeded".to_owned(), None)]
+    );
+}
+
+#[tokio::test]
+async fn first_versions_start_at_created_at_and_archives_at_archived_at() {
+    let f = fixture(300).await;
+    sync(&f.deps).await;
+    let archived = f
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some("archived"))
+        .expect("an archived project");
+    let active = f
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some("active"))
+        .expect("an active project");
+
+    let archived_history = changes_of(&f.db.pool, &archived.id).await;
+    let active_history = changes_of(&f.db.pool, &active.id).await;
+
+    assert_eq!(active_history.len(), 1);
+    assert_eq!(
+        (active_history[0].0.as_str(), active_history[0].3),
+        ("created", ts(active.created_at))
+    );
+    assert_eq!(archived_history.len(), 2, "{archived_history:?}");
+    assert_eq!(
+        (archived_history[0].0.as_str(), archived_history[0].3),
+        ("created", ts(archived.created_at))
+    );
+    assert_eq!(archived_history[1].0, "archived");
+    assert_eq!(Some(archived_history[1].3), archived.archived_at.map(ts));
+    let before_archive = archived
+        .archived_at
+        .map(|a| ts(a - 1))
+        .expect("archived_at");
+    let (status_then,): (String,) =
+        sqlx::query_as("select status from openai.projects_as_of($1) where project_id = $2")
+            .bind(before_archive)
+            .bind(&archived.id)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("as of");
+    assert_eq!(status_then, "active");
+}
+
+#[tokio::test]
+async fn renames_archives_new_projects_and_unmodelled_fields_become_versions_and_changes() {
+    let f = fixture(250).await;
+    sync(&f.deps).await;
+    let projects: Vec<_> = f
+        .emulator
+        .projects()
+        .into_iter()
+        .filter(|p| p.status.as_deref() == Some("active"))
+        .collect();
+    let (renamed, archived, touched) = (&projects[0], &projects[1], &projects[2]);
+    let old_name = renamed.name.clone();
+    f.emulator.rename(&renamed.id, "Payments — renamed ✓");
+    let archived_now = f.emulator.archive(&archived.id).expect("archive");
+    f.emulator
+        .set_field(&touched.id, "billing_tier", serde_json::json!("gold"));
+    let created = f.emulator.create("Brand new");
+
+    let before = Utc::now();
+    let summary = sync(&f.deps).await;
+
+    assert_eq!(
+        (
+            summary.counts.inserted,
+            summary.counts.changed,
+            summary.counts.unchanged
+        ),
+        (1, 3, 249 - 2)
+    );
+    let renames = changes_of(&f.db.pool, &renamed.id).await;
+    let last = renames.last().expect("a change");
+    assert_eq!(
+        (last.0.as_str(), &last.1, last.2.as_deref()),
+        ("renamed", &old_name, Some("Payments — renamed ✓"))
+    );
+    assert!(
+        last.3 >= before - chrono::Duration::seconds(5),
+        "a rename starts when observed"
+    );
+    let archive = changes_of(&f.db.pool, &archived.id).await;
+    assert_eq!(
+        archive.last().map(|c| (c.0.as_str(), c.3)),
+        Some((
+            "archived",
+            ts(archived_now.archived_at.expect("archived_at"))
+        ))
+    );
+    assert_eq!(
+        changes_of(&f.db.pool, &touched.id)
+            .await
+            .last()
+            .map(|c| c.0.clone()),
+        Some("updated".to_owned())
+    );
+    assert_eq!(
+        changes_of(&f.db.pool, &created.id)
+            .await
+            .first()
+            .map(|c| c.0.clone()),
+        Some("created".to_owned())
+    );
+    assert_eq!(current(&f.db.pool).await, upstream(&f.emulator));
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+#[tokio::test]
+async fn an_unchanged_resync_writes_no_row_to_projects_or_versions() {
+    let f = fixture(450).await;
+    sync(&f.deps).await;
+    let before = physical_rows(&f.db.pool).await;
+
+    let summary = sync(&f.deps).await;
+
+    assert_eq!(
+        (
+            summary.counts.unchanged,
+            summary.counts.inserted,
+            summary.counts.changed
+        ),
+        (450, 0, 0)
+    );
+    assert_eq!(
+        physical_rows(&f.db.pool).await,
+        before,
+        "no row was inserted, updated or deleted"
+    );
+    assert_eq!(run_rows(&f.db.pool).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_list_order_does_not_change_the_result() {
+    let config = |order| EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects: 340,
+        archived_ratio: 0.3,
+        seed: 5,
+        order,
+        ..EmulatorConfig::default()
+    };
+    let newest = fixture_with(config(ListOrder::NewestFirst)).await;
+    let oldest = fixture_with(config(ListOrder::OldestFirst)).await;
+
+    sync(&newest.deps).await;
+    sync(&oldest.deps).await;
+
+    let history = |pool: PgPool| async move {
+        let rows: Vec<(String, String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "select project_id, change, name, valid_from, valid_to from openai.project_versions order by 1, 4",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("history");
+        rows
+    };
+    assert_eq!(
+        current(&newest.db.pool).await,
+        current(&oldest.db.pool).await
+    );
+    assert_eq!(
+        history(newest.db.pool.clone()).await,
+        history(oldest.db.pool.clone()).await
+    );
+}
+
+#[tokio::test]
+async fn projects_changed_during_a_walk_converge_by_the_next_walk() {
+    let f = fixture(1_250).await;
+    f.emulator.set_rates(
+        Endpoint::List,
+        FaultRates {
+            latency_ms: 30,
+            ..FaultRates::default()
+        },
+    );
+    let emulator = f.emulator.clone();
+    let meddler = tokio::spawn(async move {
+        eventually("the walk reaches page 6", || async {
+            emulator.stats().list_calls >= 6
+        })
+        .await;
+        let projects = emulator.projects();
+        // Newest first: the newest were listed on page 1 already, the oldest are still to come.
+        let listed = &projects[projects.len() - 1];
+        let unlisted = &projects[0];
+        emulator.rename(&listed.id, "Renamed during the walk");
+        emulator.archive(&unlisted.id);
+        emulator.create("Created during the walk");
+    });
+
+    sync(&f.deps).await;
+    meddler.await.expect("meddler");
+    f.emulator.clear_faults();
+    sync(&f.deps).await;
+
+    assert_eq!(current(&f.db.pool).await, upstream(&f.emulator));
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_failure_on_page_7_of_13_applies_nothing_and_marks_the_run_failed() {
+    let f = fixture(1_250).await;
+    sync(&f.deps).await;
+    let target = f.emulator.projects()[10].id.clone();
+    f.emulator.rename(&target, "Never applied");
+    f.emulator.create("Never inserted");
+    let before = physical_rows(&f.db.pool).await;
+    f.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::List,
+        skip: 6,
+        times: None,
+        fault: Fault::ServerError { status: 500 },
+    });
+
+    let error = walk_and_apply(&f.deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect_err("page 7 never answers");
+
+    assert!(
+        matches!(error, SyncError::Api { pages: 6, .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        physical_rows(&f.db.pool).await,
+        before,
+        "readers never see half a sync"
+    );
+    let runs = run_rows(&f.db.pool).await;
+    assert_eq!(runs[1].0, "failed");
+    assert!(
+        runs[1]
+            .1
+            .as_deref()
+            .is_some_and(|e| e.contains("after 6 page(s)") && e.contains("500")),
+        "{runs:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_guard_refuses_a_walk_that_suddenly_sees_a_tenth_of_the_projects() {
+    let f = fixture(500).await;
+    sync(&f.deps).await;
+    let before = physical_rows(&f.db.pool).await;
+    for project in f.emulator.projects().iter().skip(50) {
+        f.emulator.set_hidden(&project.id, true);
+    }
+
+    let error = walk_and_apply(&f.deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect_err("the guard refuses");
+
+    assert!(matches!(error, SyncError::Guard(_)), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("saw only 50 of the 500") && message.contains("sync.min_seen_ratio"),
+        "{message}"
+    );
+    assert_eq!(physical_rows(&f.db.pool).await, before);
+    assert_eq!(run_rows(&f.db.pool).await[1].0, "failed");
+}
+
+#[tokio::test]
+async fn a_vanished_project_is_marked_never_deleted_and_reappears_correctly() {
+    let f = fixture(120).await;
+    sync(&f.deps).await;
+    let id = f.emulator.projects()[7].id.clone();
+
+    f.emulator.set_hidden(&id, true);
+    let vanished = sync(&f.deps).await;
+    let while_missing = current(&f.db.pool).await;
+    f.emulator.set_hidden(&id, false);
+    let back = sync(&f.deps).await;
+
+    assert_eq!((vanished.counts.vanished, back.counts.reappeared), (1, 1));
+    assert!(
+        while_missing.get(&id).is_some_and(|row| row.3),
+        "kept and marked missing"
+    );
+    assert!(current(&f.db.pool).await.get(&id).is_some_and(|row| !row.3));
+    let kinds: Vec<String> = changes_of(&f.db.pool, &id)
+        .await
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("reappeared"));
+    assert!(kinds.contains(&"vanished".to_owned()));
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+#[tokio::test]
+async fn the_database_refuses_overlapping_empty_and_second_open_versions() {
+    let f = fixture(3).await;
+    sync(&f.deps).await;
+    let insert = |from: &'static str, to: Option<&'static str>| {
+        let pool = f.db.pool.clone();
+        async move {
+            sqlx::query(
+                "insert into openai.project_versions (project_key, project_id, created_at, raw, change, valid_from, valid_to) \
+                 select key, project_id, created_at, raw, 'updated', $1::timestamptz, $2::timestamptz \
+                 from openai.project_current order by key limit 1",
+            )
+            .bind(from)
+            .bind(to)
+            .execute(&pool)
+            .await
+            .expect_err("refused")
+        }
+    };
+
+    let overlapping = insert("2001-01-01", Some("2100-01-01")).await;
+    let empty = insert("1990-01-01", Some("1990-01-01")).await;
+    let second_open = insert("2200-01-01", None).await;
+
+    let code = |e: &sqlx::Error| {
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned())
+    };
+    assert_eq!(
+        code(&overlapping).as_deref(),
+        Some("23P01"),
+        "exclusion violation: {overlapping}"
+    );
+    assert_eq!(
+        code(&empty).as_deref(),
+        Some("23514"),
+        "check violation: {empty}"
+    );
+    assert!(
+        matches!(code(&second_open).as_deref(), Some("23505" | "23P01")),
+        "{second_open}"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
+    let f = fixture(0).await;
+    let mut session = store::WalkSession::open(&f.deps.connect)
+        .await
+        .expect("open")
+        .expect("lock is free");
+    let (run_id, started) = store::start_run(&f.db.pool, "manual").await.expect("run");
+    let listing = |name: &str| {
+        serde_json::json!([{"id": "proj_dup", "object": "organization.project", "created_at": 1_700_000_000, "name": name, "status": "active", "archived_at": null}]).to_string()
+    };
+
+    session
+        .stage(&listing("First listing"))
+        .await
+        .expect("stage");
+    session
+        .stage(&listing("Second listing"))
+        .await
+        .expect("stage");
+    let outcome = session.apply(run_id, started, 2, 0.5).await.expect("apply");
+    session.close().await;
+
+    let store::ApplyOutcome::Applied(counts) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!((counts.seen, counts.inserted), (1, 1));
+    assert_eq!(
+        current(&f.db.pool)
+            .await
+            .get("proj_dup")
+            .map(|r| r.0.clone()),
+        Some(Some("Second listing".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn two_concurrent_syncs_never_both_apply() {
+    let f = fixture(600).await;
+    f.emulator.set_rates(
+        Endpoint::List,
+        FaultRates {
+            latency_ms: 20,
+            ..FaultRates::default()
+        },
+    );
+    let cancel = CancellationToken::new();
+    let (mut quiet_a, mut quiet_b) = ((), ());
+
+    let (a, b) = tokio::join!(
+        walk_and_apply(&f.deps, Trigger::Manual, &cancel, &mut quiet_a),
+        walk_and_apply(&f.deps, Trigger::Schedule, &cancel, &mut quiet_b),
+    );
+
+    let outcomes = [a.is_ok(), b.is_ok()];
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one walk applies"
+    );
+    let refused = if a.is_ok() { b } else { a };
+    assert!(
+        matches!(refused, Err(SyncError::AlreadyRunning)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        run_rows(&f.db.pool).await,
+        vec![("succeeded".to_owned(), None)]
+    );
+}
+
+#[tokio::test]
+async fn finance_can_name_costs_by_the_name_a_project_had_at_the_time() {
+    let f = fixture(20).await;
+    sync(&f.deps).await;
+    let project = f
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some("active"))
+        .expect("active");
+    let (first_version_end,): (DateTime<Utc>,) = sqlx::query_as("select now()")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("now");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    f.emulator.rename(&project.id, "Later name");
+    sync(&f.deps).await;
+    sqlx::query("create table costs (project_id text, incurred_at timestamptz, amount numeric)")
+        .execute(&f.db.pool)
+        .await
+        .expect("costs");
+    sqlx::query("insert into costs values ($1, $2, 10), ($1, now(), 20)")
+        .bind(&project.id)
+        .bind(first_version_end)
+        .execute(&f.db.pool)
+        .await
+        .expect("cost rows");
+
+    let named: Vec<(Option<String>, f64)> = sqlx::query_as(
+        "select v.name, c.amount::float8 from costs c \
+         join openai.project_versions v on v.project_id = c.project_id \
+          and v.valid_from <= c.incurred_at and (v.valid_to is null or c.incurred_at < v.valid_to) \
+         order by c.incurred_at",
+    )
+    .fetch_all(&f.db.pool)
+    .await
+    .expect("finance query");
+
+    assert_eq!(
+        named,
+        vec![
+            (project.name.clone(), 10.0),
+            (Some("Later name".to_owned()), 20.0)
+        ]
+    );
+}
