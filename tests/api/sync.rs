@@ -60,8 +60,26 @@ fn ts(seconds: i64) -> DateTime<Utc> {
 /// The current state per project id: (name, status, archived_at, missing).
 type CurrentRow = (Option<String>, Option<String>, Option<DateTime<Utc>>, bool);
 
+/// A row of `openai.projects` as read back: id first, then the `CurrentRow` fields.
+type CurrentRecord = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    bool,
+);
+
+/// A version as compared across list orders: id, change, name, validity.
+type VersionRecord = (
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
 async fn current(pool: &PgPool) -> BTreeMap<String, CurrentRow> {
-    let rows: Vec<(String, Option<String>, Option<String>, Option<DateTime<Utc>>, bool)> = sqlx::query_as(
+    let rows: Vec<CurrentRecord> = sqlx::query_as(
         "select project_id, name, status, archived_at, missing_since is not null from openai.projects",
     )
     .fetch_all(pool)
@@ -330,7 +348,7 @@ async fn the_list_order_does_not_change_the_result() {
     sync(&oldest.deps).await;
 
     let history = |pool: PgPool| async move {
-        let rows: Vec<(String, String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        let rows: Vec<VersionRecord> = sqlx::query_as(
             "select project_id, change, name, valid_from, valid_to from openai.project_versions order by 1, 4",
         )
         .fetch_all(&pool)
