@@ -43,7 +43,23 @@ pub enum Command {
     /// Serves a local, stateful emulator of the Admin API's project endpoints.
     Emulator(EmulatorArgs),
     /// Emulator, local Postgres and daemon in one command, for a first look.
-    Demo,
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the local Postgres keeps its data when DATABASE_URL is not set.
+    #[arg(long, default_value = ".demo/postgres")]
+    pub data_dir: PathBuf,
+    /// Projects in the emulated organization.
+    #[arg(long, default_value_t = 1250)]
+    pub projects: usize,
+    /// The sync schedule (6 fields, seconds first, UTC).
+    #[arg(long, default_value = "*/15 * * * * *")]
+    pub schedule: String,
+    /// Seconds between two rounds of changes in the emulated organization.
+    #[arg(long, default_value_t = 5)]
+    pub churn_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,7 +222,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 .context("the daemon's task failed")??;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Requests | Command::Demo => {
+        Command::Demo(args) => {
+            crate::config::validate_schedule(&args.schedule)?;
+            let options = crate::demo::DemoOptions {
+                data_dir: args.data_dir.clone(),
+                projects: args.projects,
+                schedule: args.schedule.clone(),
+                churn_every: Duration::from_secs(args.churn_secs.max(1)),
+            };
+            crate::demo::run(options, crate::shutdown::on_signal())
+                .await
+                .map_err(|e| match e.downcast::<ConfigError>() {
+                    Ok(config) => Failure::from(config),
+                    Err(other) => Failure::Runtime(other),
+                })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Requests => {
             load_settings(&cli)?;
             Err(Failure::Runtime(anyhow::anyhow!(
                 "this command is not available yet in this version"

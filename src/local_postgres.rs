@@ -125,6 +125,21 @@ impl LocalPostgres {
         Ok(cluster)
     }
 
+    /// Stops a server a previous run left behind in `data_dir`, so it can start afresh.
+    pub fn stop_stale(data_dir: &Path) {
+        if !data_dir.join("postmaster.pid").exists() {
+            return;
+        }
+        if let Some(bin_dir) = find_bin_dir() {
+            let stale = LocalPostgres {
+                data_dir: data_dir.to_path_buf(),
+                port: 0,
+                bin_dir,
+            };
+            let _ = stale.stop();
+        }
+    }
+
     /// A URL for `database` on this cluster as the `postgres` superuser.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)

@@ -7,7 +7,7 @@ use crate::config::LogFormat;
 /// Installs the global subscriber once; later calls are ignored so tests may call it freely.
 pub fn init(format: LogFormat, level: &str) {
     // Postgres notices such as "relation already exists, skipping" are not news.
-    let quiet = ",sqlx::postgres::notice=warn";
+    let quiet = ",sqlx::postgres::notice=warn,tokio_cron_scheduler=warn";
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(format!("{level}{quiet}")))
         .unwrap_or_else(|_| EnvFilter::new(format!("info{quiet}")));

@@ -18,8 +18,8 @@ use tower::ServiceExt;
 
 use crate::client::Project;
 pub use faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
-pub use store::ListOrder;
 use store::ProjectStore;
+pub use store::{ChurnReport, ListOrder};
 
 /// How the emulated organization starts out.
 #[derive(Debug, Clone)]
@@ -248,26 +248,8 @@ impl EmulatorHandle {
         self.shared.store().set_extra(id, key, value)
     }
 
-    /// Renames, archives and creates a few projects at random, as a living organization does.
-    pub fn churn(&self, renames: usize, archives: usize, creates: usize) {
-        let mut store = self.shared.store();
-        let stamp = chrono::Utc::now().format("%H:%M:%S");
-        for n in 0..renames {
-            if let Some(id) = store.random_id() {
-                store.update(&id, |p| {
-                    if p.status.as_deref() != Some("archived") {
-                        p.name = Some(format!("Renamed {stamp} #{n}"));
-                    }
-                });
-            }
-        }
-        for _ in 0..archives {
-            if let Some(id) = store.random_id() {
-                store.archive(&id);
-            }
-        }
-        for n in 0..creates {
-            store.create(format!("New at {stamp} #{n}"), None, None);
-        }
+    /// Renames, archives and creates projects at random, as a living organization does.
+    pub fn churn(&self, renames: usize, archives: usize, creates: usize) -> ChurnReport {
+        self.shared.store().churn(renames, archives, creates)
     }
 }

@@ -29,6 +29,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/rates/{endpoint}", post(set_rates))
         .route("/order", post(set_order))
         .route("/projects", post(create_behind_back))
+        .route("/churn", post(churn))
         .route("/projects/{id}", post(change_behind_back));
     Router::new()
         .nest("/v1", api)
@@ -404,6 +405,18 @@ async fn archive(
         Some(project) => deliver(&shared, fault, &kill, Json(project).into_response()).await,
         None => no_such_project(&id),
     }
+}
+
+async fn churn(
+    State(shared): State<Arc<Shared>>,
+    Json(asked): Json<super::ChurnReport>,
+) -> Response {
+    Json(
+        shared
+            .store()
+            .churn(asked.renamed, asked.archived, asked.created),
+    )
+    .into_response()
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<super::EmulatorStats> {

@@ -1,11 +1,22 @@
 //! The emulator's organization: its projects in creation order, seeded deterministically.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::client::Project;
+
+/// What one round of churn changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChurnReport {
+    #[serde(default)]
+    pub renamed: usize,
+    #[serde(default)]
+    pub archived: usize,
+    #[serde(default)]
+    pub created: usize,
+}
 
 /// Which end of the creation order the list starts from; the real order is undocumented.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -27,7 +38,7 @@ pub struct ProjectStore {
     projects: Vec<Project>,
     index: HashMap<String, usize>,
     /// Projects left out of every answer, as if they had vanished upstream.
-    hidden: std::collections::HashSet<String>,
+    hidden: HashSet<String>,
     rng: fastrand::Rng,
     last_created_at: i64,
     pub order: ListOrder,
@@ -222,6 +233,47 @@ impl ProjectStore {
         }
         let i = self.rng.usize(..self.projects.len());
         Some(self.projects[i].id.clone())
+    }
+
+    /// Renames, archives and creates projects at random, as a living organization does.
+    ///
+    /// Renames and archives pick distinct active projects, so the counts are exact while
+    /// enough active projects exist.
+    pub fn churn(&mut self, renames: usize, archives: usize, creates: usize) -> ChurnReport {
+        let stamp = chrono::Utc::now().format("%H:%M:%S%.3f");
+        let mut touched = HashSet::new();
+        let mut report = ChurnReport::default();
+        for n in 0..renames {
+            if let Some(id) = self.pick_active(&mut touched) {
+                self.update(&id, |p| p.name = Some(format!("Renamed {stamp} #{n}")));
+                report.renamed += 1;
+            }
+        }
+        for _ in 0..archives {
+            if let Some(id) = self.pick_active(&mut touched) {
+                self.archive(&id);
+                report.archived += 1;
+            }
+        }
+        for n in 0..creates {
+            self.create(format!("New at {stamp} #{n}"), None, None);
+            report.created += 1;
+        }
+        report
+    }
+
+    /// A random active project not in `touched`, which it joins; a bounded number of tries.
+    fn pick_active(&mut self, touched: &mut HashSet<String>) -> Option<String> {
+        for _ in 0..64 {
+            let id = self.random_id()?;
+            let active = self
+                .get(&id)
+                .is_some_and(|p| p.status.as_deref() == Some("active"));
+            if active && touched.insert(id.clone()) {
+                return Some(id);
+            }
+        }
+        None
     }
 }
 

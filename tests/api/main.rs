@@ -4,6 +4,7 @@ mod check;
 mod client;
 mod config;
 mod daemon;
+mod demo;
 mod emulator;
 mod harness;
 mod helpers;

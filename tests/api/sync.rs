@@ -652,3 +652,51 @@ async fn finance_can_name_costs_by_the_name_a_project_had_at_the_time() {
         ]
     );
 }
+
+#[tokio::test]
+async fn every_query_in_the_readme_runs_against_a_synced_database() {
+    let f = fixture(200).await;
+    sync(&f.deps).await;
+    f.emulator.churn(5, 2, 1);
+    sync(&f.deps).await;
+    sqlx::query("create table costs (project_id text, incurred_at timestamptz, amount numeric)")
+        .execute(&f.db.pool)
+        .await
+        .expect("costs");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = readme
+        .split("## Querying history")
+        .nth(1)
+        .expect("the section");
+    let block = section
+        .split("```sql")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("an sql block");
+    let queries: Vec<&str> = block
+        .split(';')
+        .map(str::trim)
+        .filter(|q| {
+            q.lines()
+                .any(|l| !l.trim().starts_with("--") && !l.trim().is_empty())
+        })
+        .collect();
+
+    assert!(
+        queries.len() >= 6,
+        "at least six example queries, found {}",
+        queries.len()
+    );
+    for query in queries {
+        sqlx::query(query)
+            .fetch_all(&f.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("README query failed: {e}\n{query}"));
+    }
+    let (archived,): (i64,) = sqlx::query_as("select count(*) from openai.project_changes where change = 'archived' and changed_at > now() - interval '1 hour'")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("recent archives");
+    assert_eq!(archived, 2);
+}

@@ -1,0 +1,259 @@
+//! `cargo bench --bench sync`: the release binary walks emulated organizations of 1,000 to
+//! 100,000 projects into a fresh database; prints a table and writes nothing to the repository.
+//!
+//! Postgres comes from `DATABASE_URL`, else a throwaway cluster from the machine's binaries.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openai_project_sync::local_postgres::{self, ClusterOptions, LocalPostgres};
+use sqlx::{Connection, PgConnection};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_openai-project-sync");
+const KEY: &str = "sk-admin-bench-placeholder";
+
+struct Emulator {
+    child: Child,
+    port: u16,
+}
+
+impl Emulator {
+    fn start(projects: usize, latency_ms: u64) -> Emulator {
+        let port = local_postgres::free_port().expect("free port");
+        let mut child = Command::new(BINARY)
+            .args([
+                "emulator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-key",
+                KEY,
+            ])
+            .args([
+                "--projects",
+                &projects.to_string(),
+                "--seed",
+                "1",
+                "--latency-ms",
+                &latency_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the emulator");
+        let stdout = child.stdout.take().expect("emulator stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("emulator says it listens");
+        assert!(line.contains("listening"), "emulator did not start: {line}");
+        Emulator { child, port }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    async fn churn(&self, renames: usize) {
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/_emulator/churn", self.port))
+            .bearer_auth(KEY)
+            .json(&serde_json::json!({"renamed": renames}))
+            .send()
+            .await
+            .expect("churn");
+        assert!(response.status().is_success());
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Measured {
+    wall: Duration,
+    pages: u64,
+    peak_mib: f64,
+    rows_written: i64,
+}
+
+async fn rows_written(admin: &mut PgConnection) -> i64 {
+    // Statistics arrive when the sync's backend exits; read until two reads agree.
+    let mut last = -1;
+    for _ in 0..40 {
+        sqlx::query("select pg_stat_clear_snapshot()")
+            .execute(&mut *admin)
+            .await
+            .expect("clear snapshot");
+        let (now,): (i64,) = sqlx::query_as(
+            "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_user_tables \
+             where schemaname = 'openai' and relname in ('project_current', 'project_versions')",
+        )
+        .fetch_one(&mut *admin)
+        .await
+        .expect("read statistics");
+        if now == last {
+            return now;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+async fn run_sync(db_url: &str, emulator: &Emulator, admin: &mut PgConnection) -> Measured {
+    let before = rows_written(admin).await;
+    let started = Instant::now();
+    let output = Command::new(BINARY)
+        .arg("sync")
+        .env("DATABASE_URL", db_url)
+        .env("OPENAI_BASE_URL", emulator.base_url())
+        .env("OPENAI_ADMIN_KEY", KEY)
+        .env("APP_LOG__LEVEL", "warn")
+        .output()
+        .expect("run sync");
+    let wall = started.elapsed();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "sync failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(if name == "peak memory" { 2 } else { 1 })
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let after = rows_written(admin).await;
+    Measured {
+        wall,
+        pages: field("pages") as u64,
+        peak_mib: field("peak memory"),
+        rows_written: after - before,
+    }
+}
+
+fn row(label: &str, projects: usize, m: &Measured, latency: Option<Duration>) {
+    let per_second = projects as f64 / m.wall.as_secs_f64();
+    let ratio = latency
+        .map(|l| {
+            format!(
+                "{:.3}",
+                m.wall.as_secs_f64() / (m.pages as f64 * l.as_secs_f64())
+            )
+        })
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "| {label:<22} | {projects:>8} | {:>7} | {:>8.2} | {:>10.0} | {:>8.1} | {:>9} | {ratio:>10} |",
+        m.pages,
+        m.wall.as_secs_f64(),
+        per_second,
+        m.peak_mib,
+        m.rows_written
+    );
+}
+
+async fn fresh_database(admin: &mut PgConnection, server_url: &str, name: &str) -> String {
+    sqlx::query(&format!("drop database if exists {name} with (force)"))
+        .execute(&mut *admin)
+        .await
+        .expect("drop");
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut *admin)
+        .await
+        .expect("create");
+    let mut url = reqwest::Url::parse(server_url).expect("server URL");
+    url.set_path(&format!("/{name}"));
+    let status = Command::new(BINARY)
+        .arg("migrate")
+        .env("DATABASE_URL", url.as_str())
+        .env("APP_LOG__LEVEL", "warn")
+        .status()
+        .expect("migrate");
+    assert!(status.success(), "migrations failed");
+    url.to_string()
+}
+
+#[tokio::main]
+async fn main() {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let (server_url, _cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let dir = std::env::temp_dir().join(format!("ops-bench-pg-{}", std::process::id()));
+            let port = local_postgres::free_port().expect("port");
+            let cluster = LocalPostgres::start(&dir, port, ClusterOptions { durable: true })
+                .expect("start Postgres");
+            cluster
+                .remove_when_process_exits(std::process::id())
+                .expect("cleanup watcher");
+            (cluster.url("postgres"), Some(cluster))
+        }
+    };
+    let mut admin = PgConnection::connect(&server_url).await.expect("connect");
+    println!(
+        "| scenario               | projects |   pages |   wall s | projects/s | peak MiB | rows writ | wall/(p×L) |"
+    );
+    println!(
+        "|------------------------|---------:|--------:|---------:|-----------:|---------:|----------:|-----------:|"
+    );
+    for projects in [1_000usize, 10_000, 100_000] {
+        if filter.as_deref().is_some_and(|f| f != projects.to_string()) {
+            continue;
+        }
+        let db_url =
+            fresh_database(&mut admin, &server_url, &format!("ops_bench_{projects}")).await;
+        let emulator = Emulator::start(projects, 0);
+        row(
+            "cold sync",
+            projects,
+            &run_sync(&db_url, &emulator, &mut admin).await,
+            None,
+        );
+        row(
+            "unchanged re-sync",
+            projects,
+            &run_sync(&db_url, &emulator, &mut admin).await,
+            None,
+        );
+        emulator.churn(projects / 100).await;
+        row(
+            "re-sync, 1% changed",
+            projects,
+            &run_sync(&db_url, &emulator, &mut admin).await,
+            None,
+        );
+        drop(emulator);
+        sqlx::query(&format!(
+            "drop database if exists ops_bench_{projects} with (force)"
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("drop");
+    }
+    if filter.is_none() || filter.as_deref() == Some("latency") {
+        let projects = 10_000;
+        let latency = Duration::from_millis(50);
+        let db_url = fresh_database(&mut admin, &server_url, "ops_bench_latency").await;
+        let emulator = Emulator::start(projects, latency.as_millis() as u64);
+        row(
+            "cold sync, 50 ms/page",
+            projects,
+            &run_sync(&db_url, &emulator, &mut admin).await,
+            Some(latency),
+        );
+        drop(emulator);
+        sqlx::query("drop database if exists ops_bench_latency with (force)")
+            .execute(&mut admin)
+            .await
+            .expect("drop");
+    }
+}

@@ -1,0 +1,194 @@
+//! The `demo` command: emulator, Postgres and daemon in one process, for a first look.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, Sources};
+use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
+use crate::local_postgres::{self, ClusterOptions, LocalPostgres};
+
+/// The placeholder key the demo's emulator accepts; it works nowhere else.
+const DEMO_KEY: &str = "sk-admin-demo-placeholder";
+const DEMO_DATABASE: &str = "openai_demo";
+const DEMO_POSTGRES_PORT: u16 = 55432;
+
+/// What the demo runs with.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where a local Postgres keeps its data when `DATABASE_URL` is not set.
+    pub data_dir: PathBuf,
+    pub projects: usize,
+    pub schedule: String,
+    pub churn_every: Duration,
+}
+
+/// Runs the demo until `shutdown`, then stops everything it started.
+pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (database_url, cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => (url, None),
+        _ => {
+            let cluster = start_local_postgres(&options.data_dir)?;
+            let url = cluster.url(DEMO_DATABASE);
+            ensure_database(&cluster.url("postgres"), DEMO_DATABASE).await?;
+            (url, Some(cluster))
+        }
+    };
+    let outcome = run_with_database(&options, &database_url, cluster.is_some(), shutdown).await;
+    if let Some(cluster) = cluster {
+        if let Err(e) = cluster.stop() {
+            eprintln!("warning: the demo's Postgres did not stop cleanly: {e}");
+        }
+    }
+    outcome
+}
+
+async fn run_with_database(
+    options: &DemoOptions,
+    database_url: &str,
+    local: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let emulator = emulator::start(
+        loopback(8787),
+        EmulatorConfig {
+            admin_key: DEMO_KEY.into(),
+            projects: options.projects,
+            archived_ratio: 0.2,
+            seed: 1,
+            ..EmulatorConfig::default()
+        },
+    )
+    .await
+    .context("could not start the emulator")?;
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    env.extend(
+        [
+            ("DATABASE_URL", database_url.to_owned()),
+            ("OPENAI_BASE_URL", emulator.base_url()),
+            ("OPENAI_ADMIN_KEY", DEMO_KEY.to_owned()),
+            ("APP_DATABASE__URL", database_url.to_owned()),
+            ("APP_OPENAI__BASE_URL", emulator.base_url()),
+            ("APP_OPENAI__ADMIN_KEY", DEMO_KEY.to_owned()),
+            ("APP_SYNC__SCHEDULE", options.schedule.clone()),
+            ("APP_HTTP__LISTEN", loopback(9187).to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let settings = Settings::load(&Sources {
+        config_dir: None,
+        file: None,
+        env: Some(env),
+    })?;
+    crate::telemetry::init(settings.log.format, &settings.log.level);
+    let daemon = crate::app::start_daemon(settings, shutdown.clone()).await?;
+    let churn = tokio::spawn(churn_until(
+        emulator.clone(),
+        options.churn_every,
+        shutdown.clone(),
+    ));
+
+    println!(
+        "\nopenai-project-sync demo: Ctrl-C stops everything\n\
+         \n  emulator  {} ({} projects; renames, archives and creates a few every {}s)\n  \
+         daemon    syncs on \"{}\" (UTC); health http://{addr}/readyz, metrics http://{addr}/metrics\n  \
+         postgres  {}\n\
+         \nconnect:\n  psql \"{}\"\n\
+         \nthree queries to try:\n  \
+         select status, count(*) from openai.projects group by status;\n  \
+         select project_id, changed_at, change, old_name, new_name from openai.project_changes order by changed_at desc limit 10;\n  \
+         select project_id, name, status from openai.projects_as_of(now() - interval '1 minute') order by name limit 10;\n",
+        emulator.base_url(),
+        options.projects,
+        options.churn_every.as_secs(),
+        options.schedule,
+        if local {
+            format!(
+                "local cluster, data kept in {} (delete it to start over)",
+                options.data_dir.display()
+            )
+        } else {
+            "from DATABASE_URL".to_owned()
+        },
+        redact_password(database_url),
+        addr = daemon.http_addr,
+    );
+
+    let finished = daemon.finished.await.context("the daemon's task failed")?;
+    let _ = churn.await;
+    emulator.shutdown();
+    finished
+}
+
+/// Changes the emulated organization now and then, so every sync has something to record.
+async fn churn_until(emulator: EmulatorHandle, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                let report = emulator.churn(3, 1, 2);
+                tracing::debug!(?report, "the emulated organization changed");
+            }
+        }
+    }
+}
+
+/// `port` on loopback when it is free, else any free loopback port.
+fn loopback(port: u16) -> SocketAddr {
+    let preferred = SocketAddr::from(([127, 0, 0, 1], port));
+    if std::net::TcpListener::bind(preferred).is_ok() {
+        return preferred;
+    }
+    let free = local_postgres::free_port().unwrap_or(0);
+    SocketAddr::from(([127, 0, 0, 1], free))
+}
+
+fn start_local_postgres(data_dir: &Path) -> anyhow::Result<LocalPostgres> {
+    if local_postgres::find_bin_dir().is_none() {
+        bail!(
+            "the demo needs Postgres: set DATABASE_URL to a database it may write, or install the server binaries (e.g. apt-get install postgresql)"
+        );
+    }
+    let data_dir =
+        std::path::absolute(data_dir).context("could not resolve the demo's data folder")?;
+    let port = loopback(DEMO_POSTGRES_PORT).port();
+    println!(
+        "starting a local Postgres on 127.0.0.1:{port}, data in {}",
+        data_dir.display()
+    );
+    LocalPostgres::stop_stale(&data_dir);
+    LocalPostgres::start(&data_dir, port, ClusterOptions { durable: true })
+        .context("could not start the demo's Postgres")
+}
+
+async fn ensure_database(server_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut connection = PgConnection::connect(server_url)
+        .await
+        .context("could not reach the demo's Postgres")?;
+    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1")
+        .bind(name)
+        .fetch_optional(&mut connection)
+        .await?;
+    if exists.is_none() {
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut connection)
+            .await?;
+    }
+    Ok(())
+}
+
+fn redact_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
