@@ -80,19 +80,19 @@ struct Measured {
     rows_written: i64,
 }
 
-async fn rows_written(admin: &mut PgConnection) -> i64 {
+async fn rows_written(connection: &mut PgConnection) -> i64 {
     // Statistics arrive when the sync's backend exits; read until two reads agree.
     let mut last = -1;
     for _ in 0..40 {
         sqlx::query("select pg_stat_clear_snapshot()")
-            .execute(&mut *admin)
+            .execute(&mut *connection)
             .await
             .expect("clear snapshot");
         let (now,): (i64,) = sqlx::query_as(
             "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_user_tables \
              where schemaname = 'openai' and relname in ('project_current', 'project_versions')",
         )
-        .fetch_one(&mut *admin)
+        .fetch_one(&mut *connection)
         .await
         .expect("read statistics");
         if now == last {
@@ -104,8 +104,12 @@ async fn rows_written(admin: &mut PgConnection) -> i64 {
     last
 }
 
-async fn run_sync(db_url: &str, emulator: &Emulator, admin: &mut PgConnection) -> Measured {
-    let before = rows_written(admin).await;
+async fn run_sync(db_url: &str, emulator: &Emulator) -> Measured {
+    // Table statistics are per database: read them in the benchmark's own.
+    let mut stats = PgConnection::connect(db_url)
+        .await
+        .expect("connect to the benchmark database");
+    let before = rows_written(&mut stats).await;
     let started = Instant::now();
     let output = Command::new(BINARY)
         .arg("sync")
@@ -132,7 +136,7 @@ async fn run_sync(db_url: &str, emulator: &Emulator, admin: &mut PgConnection) -
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let after = rows_written(admin).await;
+    let after = rows_written(&mut stats).await;
     Measured {
         wall,
         pages: field("pages") as u64,
@@ -215,20 +219,20 @@ async fn main() {
         row(
             "cold sync",
             projects,
-            &run_sync(&db_url, &emulator, &mut admin).await,
+            &run_sync(&db_url, &emulator).await,
             None,
         );
         row(
             "unchanged re-sync",
             projects,
-            &run_sync(&db_url, &emulator, &mut admin).await,
+            &run_sync(&db_url, &emulator).await,
             None,
         );
         emulator.churn(projects / 100).await;
         row(
             "re-sync, 1% changed",
             projects,
-            &run_sync(&db_url, &emulator, &mut admin).await,
+            &run_sync(&db_url, &emulator).await,
             None,
         );
         drop(emulator);
@@ -247,7 +251,7 @@ async fn main() {
         row(
             "cold sync, 50 ms/page",
             projects,
-            &run_sync(&db_url, &emulator, &mut admin).await,
+            &run_sync(&db_url, &emulator).await,
             Some(latency),
         );
         drop(emulator);

@@ -43,9 +43,11 @@ create table openai.project_current (
     missing_since timestamptz
 );
 
+-- No foreign keys here: their per-row triggers would triple the cost of a first sync. Only the
+-- sync and the request worker write these rows, always with a key from project_current.
 create table openai.project_versions (
     version_id bigint generated always as identity primary key,
-    project_key bigint not null references openai.project_current (key),
+    project_key bigint not null,
     project_id text not null,
     name text,
     status text,
@@ -59,15 +61,14 @@ create table openai.project_versions (
         check (change in ('created', 'renamed', 'archived', 'unarchived', 'vanished', 'reappeared', 'updated')),
     valid_from timestamptz not null,
     valid_to timestamptz,
-    opened_by_run bigint references openai.sync_runs (id),
-    closed_by_run bigint references openai.sync_runs (id),
+    opened_by_run bigint,
+    closed_by_run bigint,
     constraint project_version_not_empty check (valid_to is null or valid_to > valid_from),
     constraint project_versions_never_overlap
         exclude using gist (project_key with =, tstzrange(valid_from, valid_to, '[)') with &&)
 );
 create unique index project_versions_one_open on openai.project_versions (project_key) where valid_to is null;
 create index project_versions_by_project on openai.project_versions (project_id, valid_from);
-create index project_versions_by_time on openai.project_versions (valid_from);
 
 -- Current state for readers. A project present in the last complete walk was seen then; writing
 -- that time into every row on every sync would rewrite the whole table for nothing.
@@ -139,7 +140,8 @@ as $$
     select v.project_id, v.name, v.status, v.created_at, v.archived_at, v.external_key_id,
            v.residency, v.missing, v.raw, v.valid_from, v.valid_to
     from openai.project_versions v
-    where v.valid_from <= ts and (v.valid_to is null or v.valid_to > ts)
+    -- Written as containment so the exclusion constraint's GiST index can answer it.
+    where tstzrange(v.valid_from, v.valid_to, '[)') @> ts
 $$;
 
 -- The typed columns of a project, derived from the API's object; one definition for every writer.

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 pub use create::CreateOutcome;
 pub use error::ApiError;
-pub use project::{CreateProject, ListParams, ModifyProject, Project, ProjectPage};
+pub use project::{CreateProject, ListParams, ModifyProject, Project, ProjectPage, RawProjectPage};
 pub use retry::{RetryPolicy, is_retryable};
 pub use walk::ProjectWalk;
 
@@ -88,6 +88,11 @@ impl AdminClient {
 
     /// Fetches one page of projects, retrying transient failures.
     pub async fn list_page(&self, params: &ListParams) -> Result<ProjectPage, ApiError> {
+        self.call_retrying("list", Method::GET, self.list_url(params), None::<&()>)
+            .await
+    }
+
+    fn list_url(&self, params: &ListParams) -> Url {
         let mut url = self.url(&["organization", "projects"]);
         {
             let mut query = url.query_pairs_mut();
@@ -97,8 +102,38 @@ impl AdminClient {
             }
             query.append_pair("include_archived", &params.include_archived.to_string());
         }
-        self.call_retrying("list", Method::GET, url, None::<&()>)
-            .await
+        url
+    }
+
+    /// Fetches one page of projects as raw JSON, checking only each project's required fields.
+    pub async fn list_page_raw(&self, params: &ListParams) -> Result<RawProjectPage, ApiError> {
+        let body: project::RawListBody = self
+            .call_retrying("list", Method::GET, self.list_url(params), None::<&()>)
+            .await?;
+        let bad = |message: String| ApiError::Decode {
+            message,
+            request_id: None,
+        };
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(body.data.get())
+            .map_err(|e| bad(format!("`data` is not a list: {e}")))?;
+        let mut last_item_id = None;
+        for item in &items {
+            let fields: project::RequiredFields = serde_json::from_str(item.get())
+                .map_err(|e| bad(format!("a listed project lacks a required field: {e}")))?;
+            if fields.object != "organization.project" {
+                return Err(bad(format!(
+                    "a listed item is a {:?}, not a project",
+                    fields.object
+                )));
+            }
+            last_item_id = Some(fields.id);
+        }
+        Ok(RawProjectPage {
+            len: items.len(),
+            last_id: body.last_id.filter(|id| !id.is_empty()).or(last_item_id),
+            has_more: body.has_more,
+            data: body.data,
+        })
     }
 
     /// Starts a walk over every page of the project list.

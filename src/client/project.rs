@@ -1,6 +1,7 @@
 //! The API's wire shapes: `Project`, a list page, and the bodies of create and modify.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// One organization project as the API returned it; unknown fields are kept in `extra`.
@@ -63,4 +64,33 @@ pub struct ListParams {
     pub limit: u32,
     pub after: Option<String>,
     pub include_archived: bool,
+}
+
+/// One page of the list kept as the API's own JSON, for callers that store it as it came.
+#[derive(Debug, Clone)]
+pub struct RawProjectPage {
+    /// The `data` array, exactly as received.
+    pub data: Box<RawValue>,
+    /// How many projects `data` holds.
+    pub len: usize,
+    pub last_id: Option<String>,
+    pub has_more: bool,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawListBody {
+    pub data: Box<RawValue>,
+    #[serde(default)]
+    pub last_id: Option<String>,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+/// The fields every listed project must have; the rest is checked where it is stored.
+#[derive(Deserialize)]
+pub(super) struct RequiredFields {
+    pub id: String,
+    pub object: String,
+    #[allow(dead_code)]
+    pub created_at: i64,
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{AdminClient, ApiError, ListParams, ProjectPage};
+use super::{AdminClient, ApiError, ListParams, Project, ProjectPage, RawProjectPage};
 
 /// A cursor over all pages of `GET /organization/projects`.
 #[derive(Debug)]
@@ -31,6 +31,25 @@ impl ProjectWalk {
 
     /// Fetches the next page, or `None` once the API said there is no more.
     pub async fn next_page(&mut self) -> Result<Option<ProjectPage>, ApiError> {
+        let Some(raw) = self.next_raw_page().await? else {
+            return Ok(None);
+        };
+        let data: Vec<Project> =
+            serde_json::from_str(raw.data.get()).map_err(|e| ApiError::Decode {
+                message: e.to_string(),
+                request_id: None,
+            })?;
+        Ok(Some(ProjectPage {
+            object: "list".into(),
+            first_id: data.first().map(|p| p.id.clone()),
+            last_id: raw.last_id,
+            has_more: raw.has_more,
+            data,
+        }))
+    }
+
+    /// Fetches the next page as the API's own JSON, or `None` once there is no more.
+    pub async fn next_raw_page(&mut self) -> Result<Option<RawProjectPage>, ApiError> {
         if self.done {
             return Ok(None);
         }
@@ -39,25 +58,20 @@ impl ProjectWalk {
             after: self.cursor.clone(),
             include_archived: self.include_archived,
         };
-        let page = self.client.list_page(&params).await?;
+        let page = self.client.list_page_raw(&params).await?;
         self.pages += 1;
         if !page.has_more {
             self.done = true;
             return Ok(Some(page));
         }
-        if page.data.is_empty() {
+        if page.len == 0 {
             self.done = true;
             return Err(ApiError::Pagination {
                 page: self.pages,
                 problem: "the API said has_more on an empty page".into(),
             });
         }
-        let next = page
-            .last_id
-            .clone()
-            .filter(|id| !id.is_empty())
-            .or_else(|| page.data.last().map(|p| p.id.clone()))
-            .unwrap_or_default();
+        let next = page.last_id.clone().unwrap_or_default();
         if !self.cursors_seen.insert(next.clone()) {
             self.done = true;
             return Err(ApiError::Pagination {

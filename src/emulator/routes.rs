@@ -272,14 +272,12 @@ async fn list(
         }
         store.list(limit, after.map(String::as_str), include_archived)
     };
-    let body = json!({
-        "object": "list",
-        "first_id": page.data.first().map(|p| &p.id),
-        "last_id": page.data.last().map(|p| &p.id),
-        "has_more": page.has_more,
-        "data": page.data,
-    });
-    deliver(&shared, fault, &kill, Json(body).into_response()).await
+    let ok = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        page.body,
+    )
+        .into_response();
+    deliver(&shared, fault, &kill, ok).await
 }
 
 #[derive(Deserialize)]

@@ -27,15 +27,16 @@ pub enum ListOrder {
     OldestFirst,
 }
 
-/// The answer to one list call before it is put on the wire.
+/// The answer to one list call, already JSON.
 pub struct ListedPage {
-    pub data: Vec<Project>,
-    pub has_more: bool,
+    pub body: String,
 }
 
 /// Every project of the emulated organization.
 pub struct ProjectStore {
     projects: Vec<Project>,
+    /// Each project's JSON, kept in step with `projects` so a page is a concatenation.
+    json: Vec<String>,
     index: HashMap<String, usize>,
     /// Projects left out of every answer, as if they had vanished upstream.
     hidden: HashSet<String>,
@@ -75,6 +76,7 @@ impl ProjectStore {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut store = ProjectStore {
             projects: Vec::with_capacity(count),
+            json: Vec::with_capacity(count),
             index: HashMap::with_capacity(count),
             hidden: Default::default(),
             rng: fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -104,6 +106,7 @@ impl ProjectStore {
 
     fn insert(&mut self, project: Project) {
         self.index.insert(project.id.clone(), self.projects.len());
+        self.json.push(to_json(&project));
         self.projects.push(project);
     }
 
@@ -143,37 +146,54 @@ impl ProjectStore {
         self.index.contains_key(id)
     }
 
-    /// Up to `limit` projects after the cursor in the current order.
+    /// Up to `limit` projects after the cursor in the current order, as the list's JSON body.
     pub fn list(&self, limit: usize, after: Option<&str>, include_archived: bool) -> ListedPage {
         let position = after.and_then(|id| self.index.get(id).copied());
-        let visible = |p: &&Project| {
+        let visible = |&i: &usize| {
+            let p = &self.projects[i];
             (include_archived || p.status.as_deref() != Some("archived"))
                 && !self.hidden.contains(&p.id)
         };
-        let mut data: Vec<Project> = match self.order {
+        let chosen: Vec<usize> = match self.order {
             ListOrder::OldestFirst => {
                 let start = position.map_or(0, |i| i + 1);
-                self.projects[start..]
-                    .iter()
+                (start..self.projects.len())
                     .filter(visible)
                     .take(limit + 1)
-                    .cloned()
                     .collect()
             }
             ListOrder::NewestFirst => {
                 let end = position.unwrap_or(self.projects.len());
-                self.projects[..end]
-                    .iter()
-                    .rev()
-                    .filter(visible)
-                    .take(limit + 1)
-                    .cloned()
-                    .collect()
+                (0..end).rev().filter(visible).take(limit + 1).collect()
             }
         };
-        let has_more = data.len() > limit;
-        data.truncate(limit);
-        ListedPage { data, has_more }
+        let has_more = chosen.len() > limit;
+        let chosen = &chosen[..chosen.len().min(limit)];
+        let id = |i: Option<&usize>| {
+            i.map_or("null".to_owned(), |&i| {
+                Value::from(self.projects[i].id.as_str()).to_string()
+            })
+        };
+        let mut body = String::with_capacity(
+            chosen
+                .iter()
+                .map(|&i| self.json[i].len() + 1)
+                .sum::<usize>()
+                + 128,
+        );
+        body.push_str("{\"object\":\"list\",\"data\":[");
+        for (n, &i) in chosen.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(&self.json[i]);
+        }
+        body.push_str(&format!(
+            "],\"first_id\":{},\"last_id\":{},\"has_more\":{has_more}}}",
+            id(chosen.first()),
+            id(chosen.last())
+        ));
+        ListedPage { body }
     }
 
     /// Creates a project now, as the API would.
@@ -206,6 +226,7 @@ impl ProjectStore {
         let i = *self.index.get(id)?;
         let project = &mut self.projects[i];
         change(project);
+        self.json[i] = to_json(project);
         Some(project.clone())
     }
 
@@ -275,6 +296,11 @@ impl ProjectStore {
         }
         None
     }
+}
+
+fn to_json(project: &Project) -> String {
+    // A Project is plain data; serializing it cannot fail.
+    serde_json::to_string(project).unwrap_or_default()
 }
 
 fn new_id(rng: &mut fastrand::Rng) -> String {

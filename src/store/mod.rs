@@ -13,7 +13,7 @@ pub use runs::{
     RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
     last_success_started_at, start_run,
 };
-pub use walk::{ApplyOutcome, GuardRefusal, WalkSession};
+pub use walk::{ApplyOutcome, BatchCounts, GuardRefusal, WalkSession};
 
 /// Failures talking to Postgres, with the reason kept and the URL left out.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
-//! One walk's staging and its atomic apply, on a dedicated connection that holds the walk lock.
+//! One walk applied atomically: a dedicated connection holds the walk lock and one transaction,
+//! each batch of pages is applied inside it as it arrives, and only a complete walk commits.
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, FromRow, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use super::{RunCounts, StoreError};
 
@@ -40,19 +41,24 @@ impl std::fmt::Display for GuardRefusal {
     }
 }
 
-#[derive(FromRow)]
-struct Tally {
-    seen: i64,
-    inserted: i64,
-    changed: i64,
-    reappeared: i64,
-    vanished: i64,
-    present: i64,
+/// What one batch of listed projects changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub listed: i64,
+    pub inserted: i64,
+    pub changed: i64,
+    pub reappeared: i64,
 }
 
-/// A walk in progress: its own connection, the walk lock, and a temporary stage.
+/// A walk in progress: its own connection, the walk lock, and an open transaction.
 pub struct WalkSession {
     connection: PgConnection,
+    run_id: i64,
+    observed_at: DateTime<Utc>,
+    /// Projects present before the walk, for the sanity guard.
+    present_before: i64,
+    listed: i64,
+    totals: BatchCounts,
 }
 
 impl WalkSession {
@@ -70,126 +76,181 @@ impl WalkSession {
             let _ = connection.close().await;
             return Ok(None);
         }
+        sqlx::query("create temp table walk_seen (project_id text not null)")
+            .execute(&mut connection)
+            .await?;
         sqlx::query(
-            "create temp table walk_stage (\
-                seq bigint generated always as identity, \
-                project_id text not null, \
-                raw jsonb not null)",
+            "create temp table walk_batch (\
+                seq bigint, project_id text, raw jsonb, key bigint, old_name text, old_status text, \
+                missing_since timestamptz, name text, status text, created_at timestamptz, \
+                archived_at timestamptz, external_key_id text, residency text)",
         )
         .execute(&mut connection)
         .await?;
-        Ok(Some(WalkSession { connection }))
+        Ok(Some(WalkSession {
+            connection,
+            run_id: 0,
+            observed_at: Utc::now(),
+            present_before: 0,
+            listed: 0,
+            totals: BatchCounts::default(),
+        }))
     }
 
-    /// Appends listed projects, given as one JSON array, to the stage.
-    pub async fn stage(&mut self, projects_json: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "insert into walk_stage (project_id, raw) \
-             select e ->> 'id', e from jsonb_array_elements($1::jsonb) e",
-        )
-        .bind(projects_json)
-        .execute(&mut self.connection)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// Applies the staged walk in one transaction and records the run as succeeded.
+    /// Opens the walk's transaction for run `run_id`.
     ///
     /// `observed_at` is when the walk started: changes without a time of their own start then.
-    pub async fn apply(
+    pub async fn begin(
         &mut self,
         run_id: i64,
         observed_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("begin").execute(&mut self.connection).await?;
+        let (present_before,): (i64,) = sqlx::query_as(
+            "select count(*) from openai.project_current where missing_since is null",
+        )
+        .fetch_one(&mut self.connection)
+        .await?;
+        self.run_id = run_id;
+        self.observed_at = observed_at;
+        self.present_before = present_before;
+        Ok(())
+    }
+
+    /// Applies listed projects, given as one JSON array, inside the walk's transaction.
+    ///
+    /// A project listed again later in the same walk is compared with what its first listing
+    /// wrote, so an identical repeat changes nothing. Current state is looked up one project
+    /// at a time by index: inside the walk's long transaction the planner's statistics still
+    /// describe the table as it was, and would pick a full scan per batch.
+    pub async fn apply_batch(
+        &mut self,
+        projects_json: &str,
+        listed: i64,
+    ) -> Result<BatchCounts, StoreError> {
+        let tx = &mut self.connection;
+        let flags: Vec<(bool, bool)> = sqlx::query_as(
+            "with page as ( \
+                select distinct on (e ->> 'id') e ->> 'id' as project_id, e as raw, $2::bigint + t.ord as seq \
+                from jsonb_array_elements($1::jsonb) with ordinality as t(e, ord) \
+                order by e ->> 'id', t.ord desc \
+             ), seen as ( \
+                insert into walk_seen (project_id) select project_id from page \
+             ), differing as materialized ( \
+                select p.seq, p.project_id, p.raw, c.key, c.name, c.status, c.missing_since \
+                from page p \
+                left join lateral ( \
+                   select key, name, status, missing_since, raw from openai.project_current \
+                   where project_id = p.project_id limit 1 \
+                ) c on true \
+                where c.key is null or c.missing_since is not null or c.raw is distinct from p.raw \
+             ) \
+             insert into walk_batch \
+             select d.*, f.* from differing d cross join lateral openai.project_fields(d.raw) f \
+             returning key is null, missing_since is not null",
+        )
+        .bind(projects_json)
+        .bind(self.listed)
+        .fetch_all(&mut *tx)
+        .await?;
+        self.listed += listed;
+        let counts = BatchCounts {
+            listed,
+            inserted: flags.iter().filter(|(new, _)| *new).count() as i64,
+            reappeared: flags.iter().filter(|(_, back)| *back).count() as i64,
+            changed: flags.iter().filter(|(new, back)| !new && !back).count() as i64,
+        };
+        if counts.inserted > 0 {
+            insert_new_projects(tx, self.run_id, self.observed_at).await?;
+        }
+        if counts.changed + counts.reappeared > 0 {
+            apply_changes(tx, self.run_id, self.observed_at).await?;
+        }
+        if !flags.is_empty() {
+            sqlx::query("truncate walk_batch").execute(&mut *tx).await?;
+        }
+        self.totals.listed += counts.listed;
+        self.totals.inserted += counts.inserted;
+        self.totals.changed += counts.changed;
+        self.totals.reappeared += counts.reappeared;
+        Ok(counts)
+    }
+
+    /// Marks what the complete walk no longer lists, records the run, and commits.
+    ///
+    /// The sanity guard refuses (and rolls back everything) when the walk would mark more
+    /// than `1 - min_seen_ratio` of the projects present before it as missing.
+    pub async fn commit(
+        mut self,
         pages: i32,
         min_seen_ratio: f64,
     ) -> Result<ApplyOutcome, StoreError> {
-        let mut tx = self.connection.begin().await?;
-        collapse_duplicates(&mut tx).await?;
-        let tally = classify(&mut tx, observed_at).await?;
-        let would_vanish_share = tally.vanished as f64 / tally.present.max(1) as f64;
-        if tally.vanished > 0 && 1.0 - would_vanish_share < min_seen_ratio {
-            tx.rollback().await?;
+        let tx = &mut self.connection;
+        // The only statement here that joins whole tables: give the planner real sizes.
+        sqlx::query("analyze walk_seen").execute(&mut *tx).await?;
+        sqlx::query(
+            "create temp table walk_vanished on commit drop as \
+             select c.key from openai.project_current c \
+             where c.missing_since is null and c.first_seen_at < $1 \
+               and not exists (select 1 from walk_seen s where s.project_id = c.project_id)",
+        )
+        .bind(self.observed_at)
+        .execute(&mut *tx)
+        .await?;
+        let (vanished, seen): (i64, i64) =
+            sqlx::query_as("select (select count(*) from walk_vanished), (select count(distinct project_id) from walk_seen)")
+                .fetch_one(&mut *tx)
+                .await?;
+        let present = self.present_before;
+        if vanished > 0 && ((present - vanished) as f64) < min_seen_ratio * present as f64 {
+            self.rollback().await?;
             return Ok(ApplyOutcome::Refused(GuardRefusal {
-                present: tally.present,
-                would_vanish: tally.vanished,
+                present,
+                would_vanish: vanished,
                 min_seen_ratio,
             }));
         }
-        insert_new_projects(&mut tx, run_id, observed_at).await?;
-        apply_changes(&mut tx, run_id, observed_at).await?;
-        mark_vanished(&mut tx, run_id, observed_at).await?;
+        mark_vanished(tx, self.run_id, self.observed_at).await?;
+        let t = self.totals;
         let counts = RunCounts {
             pages,
-            seen: tally.seen as i32,
-            inserted: tally.inserted as i32,
-            changed: tally.changed as i32,
-            unchanged: (tally.seen - tally.inserted - tally.changed - tally.reappeared) as i32,
-            vanished: tally.vanished as i32,
-            reappeared: tally.reappeared as i32,
+            seen: seen as i32,
+            inserted: t.inserted as i32,
+            changed: t.changed as i32,
+            unchanged: (seen - t.inserted - t.changed - t.reappeared).max(0) as i32,
+            vanished: vanished as i32,
+            reappeared: t.reappeared as i32,
         };
-        record_success(&mut tx, run_id, &counts).await?;
-        tx.commit().await?;
+        record_success(tx, self.run_id, &counts).await?;
+        sqlx::query("commit").execute(&mut *tx).await?;
+        release(self.connection).await;
         Ok(ApplyOutcome::Applied(counts))
     }
 
-    /// Ends the session, releasing the walk lock with the connection.
-    pub async fn close(self) {
-        let _ = self.connection.close().await;
+    /// Abandons the walk: nothing it applied is kept, and the lock is released.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        let mut connection = self.connection;
+        // Outside a transaction this only warns; the point is that none is left open.
+        let rolled_back = sqlx::query("rollback").execute(&mut connection).await;
+        release(connection).await;
+        rolled_back?;
+        Ok(())
     }
 }
 
-/// Keeps only the last listing of a project listed twice in one walk.
-async fn collapse_duplicates(tx: &mut PgConnection) -> Result<(), StoreError> {
-    sqlx::query(
-        "delete from walk_stage s using walk_stage t \
-         where s.project_id = t.project_id and s.seq < t.seq",
-    )
-    .execute(&mut *tx)
-    .await?;
-    // Temporary tables get no automatic statistics; the joins below need them.
-    sqlx::query("analyze walk_stage").execute(&mut *tx).await?;
-    Ok(())
-}
-
-/// Sorts the stage into new, changed and reappeared projects, finds the vanished, and counts all.
+/// Releases the walk lock, then closes the connection.
 ///
-/// The typed columns are a function of `raw`, so comparing `raw` compares the whole object,
-/// including fields the product does not model yet.
-async fn classify(tx: &mut PgConnection, observed_at: DateTime<Utc>) -> Result<Tally, StoreError> {
-    sqlx::query(
-        "create temp table walk_diff on commit drop as \
-         select s.project_id, s.raw, c.key, c.name as old_name, c.status as old_status, \
-                c.missing_since, f.* \
-         from walk_stage s \
-         left join openai.project_current c on c.project_id = s.project_id \
-         cross join lateral openai.project_fields(s.raw) f \
-         where c.key is null or c.missing_since is not null or c.raw is distinct from s.raw",
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "create temp table walk_vanished on commit drop as \
-         select c.key from openai.project_current c \
-         where c.missing_since is null and c.first_seen_at < $1 \
-           and not exists (select 1 from walk_stage s where s.project_id = c.project_id)",
-    )
-    .bind(observed_at)
-    .execute(&mut *tx)
-    .await?;
-    let tally = sqlx::query_as::<_, Tally>(
-        "select (select count(*) from walk_stage) as seen, \
-                (select count(*) from walk_diff where key is null) as inserted, \
-                (select count(*) from walk_diff where key is not null and missing_since is null) as changed, \
-                (select count(*) from walk_diff where missing_since is not null) as reappeared, \
-                (select count(*) from walk_vanished) as vanished, \
-                (select count(*) from openai.project_current where missing_since is null) as present",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(tally)
+/// Unlocking first matters: the server drops a closed connection's locks only when its backend
+/// has exited, which can be after the next walk asks for the lock.
+async fn release(mut connection: PgConnection) {
+    let _ = sqlx::query("select pg_advisory_unlock($1)")
+        .bind(WALK_LOCK)
+        .execute(&mut connection)
+        .await;
+    let _ = connection.close().await;
 }
 
-/// Inserts projects never seen before, with a first version from `created_at`, split at
+/// Inserts the batch's never-seen projects, with a first version from `created_at`, split at
 /// `archived_at` when the project is already archived so its active life is on record too.
 async fn insert_new_projects(
     tx: &mut PgConnection,
@@ -202,13 +263,11 @@ async fn insert_new_projects(
                 (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
                  first_seen_at, last_seen_at) \
             select project_id, name, status, created_at, archived_at, external_key_id, residency, raw, $1, $1 \
-            from walk_diff where key is null \
+            from walk_batch where key is null \
             on conflict (project_id) do nothing \
-            returning key, project_id \
-         ), observed as ( \
-            select i.key as new_key, d.*, (d.status = 'archived' and d.archived_at > d.created_at) as split \
-            from inserted i join walk_diff d on d.project_id = i.project_id and d.key is null \
-         ) \
+            returning key as new_key, project_id, name, status, created_at, archived_at, external_key_id, \
+                      residency, raw, (status = 'archived' and archived_at > created_at) as split \
+         ), observed as (select * from inserted) \
          insert into openai.project_versions \
             (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
              raw, change, valid_from, valid_to, opened_by_run, closed_by_run) \
@@ -230,65 +289,55 @@ async fn insert_new_projects(
     Ok(())
 }
 
-/// Closes the open version of each changed or reappeared project and opens its new one.
+/// Closes the open version of each changed or reappeared project in the batch and opens its new one.
 ///
 /// An archive starts at `archived_at`; other changes at the walk's observation time; neither
-/// before the version it replaces, so versions never overlap and leave no gap.
+/// before the version it replaces, so versions never overlap and leave no gap. The new version
+/// is inserted from the rows the close returns, so each close happens before its insert.
 async fn apply_changes(
     tx: &mut PgConnection,
     run_id: i64,
     observed_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "create temp table walk_changes on commit drop as \
-         select d.*, v.version_id as open_version, \
-                case when d.missing_since is not null then 'reappeared' \
-                     when d.status = 'archived' and d.old_status is distinct from 'archived' then 'archived' \
-                     when d.old_status = 'archived' and d.status is distinct from 'archived' then 'unarchived' \
-                     when d.name is distinct from d.old_name then 'renamed' \
-                     else 'updated' end as change, \
-                greatest( \
-                    case when d.missing_since is null and d.status = 'archived' \
-                              and d.old_status is distinct from 'archived' and d.archived_at is not null \
-                         then d.archived_at else $1 end, \
-                    v.valid_from + interval '1 microsecond') as starts \
-         from walk_diff d \
-         join openai.project_versions v on v.project_key = d.key and v.valid_to is null",
+        "with changes as ( \
+            select b.*, v.version_id as open_version, \
+                   case when b.missing_since is not null then 'reappeared' \
+                        when b.status = 'archived' and b.old_status is distinct from 'archived' then 'archived' \
+                        when b.old_status = 'archived' and b.status is distinct from 'archived' then 'unarchived' \
+                        when b.name is distinct from b.old_name then 'renamed' \
+                        else 'updated' end as change, \
+                   greatest( \
+                       case when b.missing_since is null and b.status = 'archived' \
+                                 and b.old_status is distinct from 'archived' and b.archived_at is not null \
+                            then b.archived_at else $1 end, \
+                       v.valid_from + interval '1 microsecond') as starts \
+            from walk_batch b \
+            join openai.project_versions v on v.project_key = b.key and v.valid_to is null \
+         ), closed as ( \
+            update openai.project_versions v set valid_to = c.starts, closed_by_run = $2 \
+            from changes c where v.version_id = c.open_version \
+            returning v.version_id \
+         ), opened as ( \
+            insert into openai.project_versions \
+                (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                 raw, change, valid_from, opened_by_run) \
+            select c.key, c.project_id, c.name, c.status, c.created_at, c.archived_at, c.external_key_id, \
+                   c.residency, c.raw, c.change, c.starts, $2 \
+            from changes c join closed on closed.version_id = c.open_version \
+         ) \
+         update openai.project_current p set \
+            name = c.name, status = c.status, created_at = c.created_at, archived_at = c.archived_at, \
+            external_key_id = c.external_key_id, residency = c.residency, raw = c.raw, \
+            last_seen_at = greatest(p.last_seen_at, $1), missing_since = null \
+         from changes c where p.key = c.key",
     )
     .bind(observed_at)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "update openai.project_versions v set valid_to = w.starts, closed_by_run = $1 \
-         from walk_changes w where v.version_id = w.open_version",
-    )
     .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "insert into openai.project_versions \
-            (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-             raw, change, valid_from, opened_by_run) \
-         select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                raw, change, starts, $1 \
-         from walk_changes",
-    )
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "update openai.project_current c set \
-            name = w.name, status = w.status, created_at = w.created_at, archived_at = w.archived_at, \
-            external_key_id = w.external_key_id, residency = w.residency, raw = w.raw, \
-            last_seen_at = greatest(c.last_seen_at, $1), missing_since = null \
-         from walk_changes w where c.key = w.key",
-    )
-    .bind(observed_at)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
-
 /// Gives each project missing from this complete walk a `vanished` version and `missing_since`.
 async fn mark_vanished(
     tx: &mut PgConnection,

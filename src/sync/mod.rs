@@ -34,8 +34,8 @@ impl Trigger {
 pub enum SyncError {
     #[error("another sync is running against this database; only one walk runs at a time")]
     AlreadyRunning,
-    #[error("the walk failed after {pages} page(s): {source}")]
-    Api { pages: i32, source: ApiError },
+    #[error("the walk failed after {pages} page(s): {cause}")]
+    Api { pages: i32, cause: ApiError },
     #[error("{0}")]
     Guard(GuardRefusal),
     #[error("the walk was abandoned because shutdown was requested; nothing was applied")]
@@ -96,19 +96,27 @@ pub async fn walk_and_apply(
     let span = tracing::info_span!("sync", run_id, trigger = trigger.as_str());
     let outcome = async {
         tracing::info!("walk started");
-        let pages = stage_all_pages(deps, &mut session, cancel, progress).await?;
-        let applied = session
-            .apply(run_id, observed_at, pages, deps.min_seen_ratio)
+        session.begin(run_id, observed_at).await.map_err(|e| (0, SyncError::Store(e)))?;
+        let pages = match apply_all_pages(deps, &mut session, cancel, progress).await {
+            Ok(pages) => pages,
+            Err(failure) => {
+                if let Err(e) = session.rollback().await {
+                    tracing::warn!(error = %e, "rolling back the abandoned walk failed; closing its connection rolls it back");
+                }
+                return Err(failure);
+            }
+        };
+        let committed = session
+            .commit(pages, deps.min_seen_ratio)
             .await
             .map_err(|e| (pages, SyncError::Store(e)))?;
-        match applied {
+        match committed {
             ApplyOutcome::Applied(counts) => Ok(counts),
             ApplyOutcome::Refused(refusal) => Err((pages, SyncError::Guard(refusal))),
         }
     }
     .instrument(span.clone())
     .await;
-    session.close().await;
     let _entered = span.enter();
     let duration = started.elapsed();
     match outcome {
@@ -150,9 +158,9 @@ fn record_metrics(status: &'static str, pages: i32, duration: Duration) {
     metrics::histogram!("sync_duration_seconds", "status" => status).record(duration.as_secs_f64());
 }
 
-/// A fetched page, already serialized for the stage.
+/// A fetched page, as the API's own JSON array.
 struct FetchedPage {
-    json: String,
+    json: Box<serde_json::value::RawValue>,
     projects: usize,
 }
 
@@ -168,8 +176,8 @@ impl Drop for AbortOnDrop {
 /// Most pages staged in one statement when the writer falls behind the fetcher.
 const MAX_PAGES_PER_BATCH: usize = 16;
 
-/// Fetches pages in a task of their own while staging those already fetched; returns the page count.
-async fn stage_all_pages(
+/// Fetches pages in a task of their own while applying those already fetched; returns the page count.
+async fn apply_all_pages(
     deps: &SyncDeps,
     session: &mut WalkSession,
     cancel: &CancellationToken,
@@ -177,19 +185,22 @@ async fn stage_all_pages(
 ) -> Result<i32, (i32, SyncError)> {
     let (sender, mut pages_rx) = mpsc::channel::<Result<FetchedPage, ApiError>>(PAGES_IN_FLIGHT);
     let mut walk = deps.client.walk_projects(deps.page_size, true);
+    let fetch_started = Instant::now();
     let _fetcher = AbortOnDrop(tokio::spawn(async move {
         loop {
-            let next = match walk.next_page().await {
-                Ok(Some(page)) => serde_json::to_string(&page.data)
-                    .map(|json| FetchedPage {
-                        json,
-                        projects: page.data.len(),
-                    })
-                    .map_err(|e| ApiError::Decode {
-                        message: e.to_string(),
-                        request_id: None,
-                    }),
-                Ok(None) => return,
+            let next = match walk.next_raw_page().await {
+                Ok(Some(page)) => Ok(FetchedPage {
+                    json: page.data,
+                    projects: page.len,
+                }),
+                Ok(None) => {
+                    tracing::debug!(
+                        pages = walk.pages(),
+                        elapsed_ms = fetch_started.elapsed().as_millis() as u64,
+                        "every page fetched"
+                    );
+                    return;
+                }
                 Err(error) => Err(error),
             };
             let failed = next.is_err();
@@ -207,7 +218,7 @@ async fn stage_all_pages(
         };
         let first = match received {
             None => return Ok(pages),
-            Some(Err(source)) => return Err((pages, SyncError::Api { pages, source })),
+            Some(Err(cause)) => return Err((pages, SyncError::Api { pages, cause })),
             Some(Ok(page)) => page,
         };
         let mut batch = vec![first];
@@ -215,15 +226,16 @@ async fn stage_all_pages(
         while batch.len() < MAX_PAGES_PER_BATCH {
             match pages_rx.try_recv() {
                 Ok(Ok(page)) => batch.push(page),
-                Ok(Err(source)) => {
-                    failure = Some(source);
+                Ok(Err(cause)) => {
+                    failure = Some(cause);
                     break;
                 }
                 Err(_) => break,
             }
         }
+        let listed = batch.iter().map(|p| p.projects as i64).sum();
         session
-            .stage(&join_arrays(&batch))
+            .apply_batch(&join_arrays(&batch), listed)
             .await
             .map_err(|e| (pages, SyncError::Store(e)))?;
         for page in &batch {
@@ -231,8 +243,8 @@ async fn stage_all_pages(
             projects += page.projects as u64;
             progress.page_staged(pages as u64, projects);
         }
-        if let Some(source) = failure {
-            return Err((pages, SyncError::Api { pages, source }));
+        if let Some(cause) = failure {
+            return Err((pages, SyncError::Api { pages, cause }));
         }
     }
 }
@@ -240,15 +252,17 @@ async fn stage_all_pages(
 /// Concatenates JSON arrays without parsing them again.
 fn join_arrays(pages: &[FetchedPage]) -> String {
     if let [only] = pages {
-        return only.json.clone();
+        return only.json.get().to_owned();
     }
-    let mut joined = String::with_capacity(pages.iter().map(|p| p.json.len()).sum::<usize>() + 2);
+    let mut joined =
+        String::with_capacity(pages.iter().map(|p| p.json.get().len()).sum::<usize>() + 2);
     joined.push('[');
     for page in pages.iter().filter(|p| p.projects > 0) {
         if joined.len() > 1 {
             joined.push(',');
         }
-        joined.push_str(&page.json[1..page.json.len() - 1]);
+        let json = page.json.get().trim();
+        joined.push_str(&json[1..json.len() - 1]);
     }
     joined.push(']');
     joined

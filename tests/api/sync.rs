@@ -543,32 +543,54 @@ async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
         .expect("open")
         .expect("lock is free");
     let (run_id, started) = store::start_run(&f.db.pool, "manual").await.expect("run");
-    let listing = |name: &str| {
-        serde_json::json!([{"id": "proj_dup", "object": "organization.project", "created_at": 1_700_000_000, "name": name, "status": "active", "archived_at": null}]).to_string()
+    session.begin(run_id, started).await.expect("begin");
+    let listing = |id: &str, name: &str| {
+        serde_json::json!([{"id": id, "object": "organization.project", "created_at": 1_700_000_000, "name": name, "status": "active", "archived_at": null}]).to_string()
     };
 
     session
-        .stage(&listing("First listing"))
+        .apply_batch(&listing("proj_same", "Listed twice"), 1)
         .await
-        .expect("stage");
+        .expect("batch");
     session
-        .stage(&listing("Second listing"))
+        .apply_batch(&listing("proj_same", "Listed twice"), 1)
         .await
-        .expect("stage");
-    let outcome = session.apply(run_id, started, 2, 0.5).await.expect("apply");
-    session.close().await;
+        .expect("batch");
+    session
+        .apply_batch(&listing("proj_moved", "First listing"), 1)
+        .await
+        .expect("batch");
+    let repeat = session
+        .apply_batch(&listing("proj_moved", "Second listing"), 1)
+        .await
+        .expect("batch");
+    let outcome = session.commit(4, 0.5).await.expect("commit");
 
     let store::ApplyOutcome::Applied(counts) = outcome else {
         panic!("{outcome:?}")
     };
-    assert_eq!((counts.seen, counts.inserted), (1, 1));
     assert_eq!(
-        current(&f.db.pool)
-            .await
-            .get("proj_dup")
-            .map(|r| r.0.clone()),
+        (counts.seen, counts.inserted),
+        (2, 2),
+        "each id counts once"
+    );
+    assert_eq!(
+        repeat.changed, 1,
+        "a repeat that differs is a change seen during the walk"
+    );
+    let stored = current(&f.db.pool).await;
+    assert_eq!(
+        stored.get("proj_moved").map(|r| r.0.clone()),
         Some(Some("Second listing".to_owned()))
     );
+    let (same_versions,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.project_versions where project_id = 'proj_same'",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(same_versions, 1, "an identical repeat writes nothing");
+    assert_history_is_contiguous(&f.db.pool).await;
 }
 
 #[tokio::test]
