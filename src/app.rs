@@ -15,6 +15,7 @@ use crate::client::{AdminClient, ClientOptions, RetryPolicy};
 use crate::config::{ConfigError, Settings};
 use crate::store;
 use crate::sync::{self, Progress, SyncDeps, Trigger, WalkSummary};
+use crate::worker::{self, TickReport, WorkerDeps};
 
 /// Builds the API client the configuration describes.
 pub fn build_client(settings: &Settings) -> Result<AdminClient, ConfigError> {
@@ -73,6 +74,40 @@ pub async fn sync_once(
     Ok(summary?)
 }
 
+/// The request worker's dependencies, from configuration.
+pub fn worker_deps(
+    settings: &Settings,
+    pool: sqlx::PgPool,
+    client: AdminClient,
+) -> Result<WorkerDeps, ConfigError> {
+    let (retry_base_delay, retry_max_delay) = settings.retry_delays()?;
+    Ok(WorkerDeps {
+        pool,
+        client,
+        page_size: settings.openai.page_size,
+        // Longer than any create call can take, so a live attempt never loses its request.
+        lease: settings.timeout()? * 2 + Duration::from_secs(10),
+        max_attempts: settings.requests.max_attempts,
+        retry_base_delay,
+        retry_max_delay,
+        reconcile_grace: settings.reconcile_grace()?,
+        unresolved: settings.requests.unresolved,
+    })
+}
+
+/// Processes the request queue until nothing is due, for the `requests` command.
+pub async fn drain_requests(
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> anyhow::Result<TickReport> {
+    let client = build_client(settings)?;
+    let pool = connect_and_migrate(settings).await?;
+    let deps = worker_deps(settings, pool.clone(), client)?;
+    let report = worker::drain(&deps, stop).await;
+    pool.close().await;
+    Ok(report?)
+}
+
 /// The interval between two consecutive fire times of a schedule.
 pub fn schedule_period(schedule: &str) -> Result<Duration, ConfigError> {
     let invalid = |problem: String| ConfigError::Invalid {
@@ -105,6 +140,12 @@ pub async fn start_daemon(
 ) -> anyhow::Result<Daemon> {
     let deps = sync_deps(&settings).await?;
     let period = schedule_period(&settings.sync.schedule)?;
+    let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
+    let worker = tokio::spawn(worker::run(
+        worker_deps,
+        settings.poll_interval()?,
+        shutdown.clone(),
+    ));
     let metrics = crate::http::metrics_handle();
     let listener = tokio::net::TcpListener::bind(settings.listen_addr()?)
         .await
@@ -164,6 +205,9 @@ pub async fn start_daemon(
                 }
                 Err(_) => {}
             }
+        }
+        if worker.await.is_err() {
+            tracing::warn!("the request worker ended abnormally");
         }
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "scheduler did not stop cleanly");

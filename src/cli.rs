@@ -239,10 +239,25 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Requests => {
-            load_settings(&cli)?;
-            Err(Failure::Runtime(anyhow::anyhow!(
-                "this command is not available yet in this version"
-            )))
+            let settings = load_settings(&cli)?;
+            let stop = crate::shutdown::on_signal();
+            let report = crate::app::drain_requests(&settings, &stop)
+                .await
+                .map_err(|e| match e.downcast::<ConfigError>() {
+                    Ok(config) => Failure::from(config),
+                    Err(other) => Failure::Runtime(other),
+                })?;
+            println!(
+                "requests: {} claimed, {} created, {} failed, {} to retry later, {} unknown (checking), {} adopted after a lost answer, {} tried again",
+                report.claimed,
+                report.created,
+                report.failed,
+                report.deferred,
+                report.unknown,
+                report.adopted,
+                report.retried
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

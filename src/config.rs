@@ -77,6 +77,8 @@ pub struct SyncSettings {
 pub struct RequestSettings {
     pub poll_interval: String,
     pub max_attempts: u32,
+    pub reconcile_grace: String,
+    pub unresolved: crate::worker::Unresolved,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +128,8 @@ min_seen_ratio = 0.5
 [requests]
 poll_interval = "5s"
 max_attempts = 5
+reconcile_grace = "30s"
+unresolved = "retry"
 [http]
 listen = "127.0.0.1:9187"
 [log]
@@ -205,6 +209,14 @@ impl Settings {
         parse_key_duration("openai.retry_base_delay", &self.openai.retry_base_delay)?;
         parse_key_duration("openai.retry_max_delay", &self.openai.retry_max_delay)?;
         parse_key_duration("requests.poll_interval", &self.requests.poll_interval)?;
+        parse_key_duration("requests.reconcile_grace", &self.requests.reconcile_grace)?;
+        if self.requests.max_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: "requests.max_attempts",
+                problem: "is 0".into(),
+                fix: "give at least 1",
+            });
+        }
         validate_schedule(&self.sync.schedule)?;
         if !(0.0..=1.0).contains(&self.sync.min_seen_ratio) {
             return Err(ConfigError::Invalid {
@@ -269,6 +281,11 @@ impl Settings {
     /// How often the request worker polls even when no notification arrives.
     pub fn poll_interval(&self) -> Result<Duration, ConfigError> {
         parse_key_duration("requests.poll_interval", &self.requests.poll_interval)
+    }
+
+    /// How long reconciliation waits after an attempt before concluding it created nothing.
+    pub fn reconcile_grace(&self) -> Result<Duration, ConfigError> {
+        parse_key_duration("requests.reconcile_grace", &self.requests.reconcile_grace)
     }
 
     /// The address of the health and metrics listener.

@@ -13,3 +13,4 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod worker;

@@ -280,6 +280,9 @@ async fn list(
     deliver(&shared, fault, &kill, ok).await
 }
 
+/// Regions the emulated organization may keep data in.
+const KNOWN_REGIONS: [&str; 8] = ["US", "EU", "JP", "IN", "KR", "CA", "AU", "SG"];
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
@@ -317,6 +320,18 @@ async fn create(
         );
     }
     let residency = body.residency.or(body.geography);
+    if let Some(region) = &residency
+        && !KNOWN_REGIONS.contains(&region.as_str())
+    {
+        return invalid(
+            &format!(
+                "Invalid region '{region}': data residency must be one of {}.",
+                KNOWN_REGIONS.join(", ")
+            ),
+            Some("geography"),
+            Some("invalid_region"),
+        );
+    }
     let project = shared.store().create(name, body.external_key_id, residency);
     shared.projects_created.fetch_add(1, Ordering::Relaxed);
     deliver(&shared, fault, &kill, Json(project).into_response()).await

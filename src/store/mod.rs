@@ -1,5 +1,6 @@
 //! Postgres: the only module that holds SQL.
 
+mod requests;
 mod runs;
 mod walk;
 
@@ -9,6 +10,11 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use requests::{
+    ClaimedRequest, claim_next_request, count_requests_by_status, defer_request, expire_leases,
+    fail_request, find_same_name, finish_created, is_project_linked, mark_unknown,
+    note_fruitless_walk, unknown_requests, work_is_due,
+};
 pub use runs::{
     RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
     last_success_started_at, start_run,

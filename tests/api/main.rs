@@ -8,4 +8,5 @@ mod demo;
 mod emulator;
 mod harness;
 mod helpers;
+mod requests;
 mod sync;

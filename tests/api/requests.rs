@@ -1,0 +1,714 @@
+//! The request queue: every status, every fault, replicas, the listener, bad input, roles.
+
+use std::time::Duration;
+
+use openai_project_sync::emulator::{
+    EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule, LostAs,
+};
+use openai_project_sync::store;
+use openai_project_sync::worker::{self, TickReport, Unresolved, WorkerDeps};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TEST_KEY, TestDb, client_with, eventually, start_emulator_with};
+
+pub struct Queue {
+    pub db: TestDb,
+    pub emulator: EmulatorHandle,
+    pub deps: WorkerDeps,
+}
+
+pub async fn queue(projects: usize) -> Queue {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects,
+        seed: 21,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let deps = WorkerDeps {
+        pool: db.pool.clone(),
+        client: client_with(&emulator.base_url(), TEST_KEY, Duration::from_millis(400)),
+        page_size: 100,
+        lease: Duration::from_secs(5),
+        max_attempts: 5,
+        retry_base_delay: Duration::from_millis(10),
+        retry_max_delay: Duration::from_millis(50),
+        reconcile_grace: Duration::from_millis(200),
+        unresolved: Unresolved::Retry,
+    };
+    Queue { db, emulator, deps }
+}
+
+async fn request(pool: &PgPool, name: &str) -> i64 {
+    let (id,): (i64,) =
+        sqlx::query_as("insert into openai.project_requests (name) values ($1) returning id")
+            .bind(name)
+            .fetch_one(pool)
+            .await
+            .expect("insert a request");
+    id
+}
+
+type Outcome = (String, Option<String>, Option<String>);
+
+async fn outcome(pool: &PgPool, id: i64) -> Outcome {
+    sqlx::query_as("select status, project_id, error from openai.project_requests where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("read a request")
+}
+
+async fn tick(q: &Queue) -> TickReport {
+    worker::tick(&q.deps, &CancellationToken::new())
+        .await
+        .expect("a tick")
+}
+
+/// Ticks until the request is terminal; the reconciliation grace makes this take a few ticks.
+async fn settle(q: &Queue, id: i64) -> Outcome {
+    eventually("the request ends", || async {
+        tick(q).await;
+        matches!(
+            outcome(&q.db.pool, id).await.0.as_str(),
+            "created" | "failed" | "cancelled"
+        )
+    })
+    .await;
+    outcome(&q.db.pool, id).await
+}
+
+fn upstream_named(emulator: &EmulatorHandle, name: &str) -> usize {
+    emulator
+        .projects()
+        .iter()
+        .filter(|p| p.name.as_deref() == Some(name))
+        .count()
+}
+
+async fn seed(pool: &PgPool, name: &str, status: &str, extra: &str) -> i64 {
+    let (id,): (i64,) = sqlx::query_as(&format!(
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until, \
+            reconcile_walks, project_id, error, finished_at) \
+         select $1, $2, 1, gen_random_uuid(), now() - interval '1 minute', {extra}, \
+            case when $2 = 'unknown' then 1 else 0 end, \
+            case when $2 = 'created' then 'proj_seeded_' || $1 end, \
+            case when $2 in ('failed', 'cancelled', 'unknown') then 'seeded' end, \
+            case when $2 in ('created', 'failed', 'cancelled') then now() end \
+         returning id"
+    ))
+    .bind(name)
+    .bind(status)
+    .fetch_one(pool)
+    .await
+    .expect("seed a request");
+    id
+}
+
+#[tokio::test]
+async fn one_tick_takes_each_seeded_status_one_step_with_the_exact_number_of_creates() {
+    let q = queue(5).await;
+    let pending = request(&q.db.pool, "Seeded pending").await;
+    let live = seed(
+        &q.db.pool,
+        "Seeded live lease",
+        "creating",
+        "now() + interval '1 hour'",
+    )
+    .await;
+    let expired = seed(
+        &q.db.pool,
+        "Seeded expired lease",
+        "creating",
+        "now() - interval '1 second'",
+    )
+    .await;
+    let adoptable = seed(&q.db.pool, "Seeded unknown, exists", "unknown", "null").await;
+    let vanished = seed(&q.db.pool, "Seeded unknown, nothing", "unknown", "null").await;
+    let created = seed(&q.db.pool, "Seeded created", "created", "null").await;
+    let failed = seed(&q.db.pool, "Seeded failed", "failed", "null").await;
+    let cancelled = seed(&q.db.pool, "Seeded cancelled", "cancelled", "null").await;
+    let made_upstream = q.emulator.create("Seeded unknown, exists");
+
+    let report = tick(&q).await;
+
+    assert_eq!(
+        q.emulator.stats().create_calls,
+        1,
+        "only the pending request was sent"
+    );
+    assert_eq!(outcome(&q.db.pool, pending).await.0, "created");
+    assert_eq!(
+        outcome(&q.db.pool, live).await.0,
+        "creating",
+        "a live lease is left alone"
+    );
+    assert_eq!(
+        outcome(&q.db.pool, expired).await.0,
+        "unknown",
+        "a dead worker's attempt is looked up, not retried"
+    );
+    assert_eq!(
+        outcome(&q.db.pool, adoptable).await,
+        ("created".to_owned(), Some(made_upstream.id.clone()), None)
+    );
+    assert_eq!(
+        outcome(&q.db.pool, vanished).await.0,
+        "pending",
+        "two fruitless walks and the grace let it try again"
+    );
+    assert_eq!(outcome(&q.db.pool, created).await.0, "created");
+    assert_eq!(outcome(&q.db.pool, failed).await.0, "failed");
+    assert_eq!(outcome(&q.db.pool, cancelled).await.0, "cancelled");
+    assert_eq!(
+        (
+            report.claimed,
+            report.adopted,
+            report.expired,
+            report.retried
+        ),
+        (1, 1, 1, 1)
+    );
+    let (in_history,): (i64,) = sqlx::query_as("select count(*) from openai.projects where name in ('Seeded pending', 'Seeded unknown, exists')")
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("history");
+    assert_eq!(
+        in_history, 2,
+        "created projects are visible to analysts before the next sync"
+    );
+}
+
+#[tokio::test]
+async fn every_fault_of_the_emulator_ends_with_exactly_one_project_per_request() {
+    let faults = [
+        ("429", Fault::TooManyRequests { retry_after_ms: 20 }),
+        ("500", Fault::ServerError { status: 500 }),
+        ("503", Fault::ServerError { status: 503 }),
+        ("hang", Fault::Hang),
+        ("drop", Fault::Drop),
+        (
+            "lost as 500",
+            Fault::LostResponse {
+                then: LostAs::ServerError,
+            },
+        ),
+        ("lost as drop", Fault::LostResponse { then: LostAs::Drop }),
+        ("lost as hang", Fault::LostResponse { then: LostAs::Hang }),
+    ];
+    for (label, fault) in faults {
+        let q = queue(30).await;
+        q.emulator.push_fault(FaultRule {
+            endpoint: Endpoint::Create,
+            skip: 0,
+            times: Some(1),
+            fault,
+        });
+        let name = format!("Fault {label}");
+        let id = request(&q.db.pool, &name).await;
+
+        let (status, project_id, error) = settle(&q, id).await;
+
+        assert_eq!(status, "created", "{label}: {error:?}");
+        assert_eq!(
+            upstream_named(&q.emulator, &name),
+            1,
+            "{label}: exactly one project upstream"
+        );
+        let project = project_id.expect("linked");
+        assert!(
+            q.emulator.project(&project).is_some(),
+            "{label}: the linked project exists"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_request_ends_failed_with_the_apis_message_and_no_project() {
+    let q = queue(0).await;
+    let (id,): (i64,) = sqlx::query_as("insert into openai.project_requests (name, geography) values ('Mars base', 'MARS') returning id")
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("insert");
+
+    let (status, project, error) = settle(&q, id).await;
+
+    assert_eq!((status.as_str(), project), ("failed", None));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("the API refused it") && e.contains("MARS")),
+        "{error:?}"
+    );
+    assert_eq!(q.emulator.stats().projects_created, 0);
+}
+
+#[tokio::test]
+async fn requests_refused_for_now_every_time_end_failed_after_the_attempt_budget() {
+    let q = queue(0).await;
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: None,
+        fault: Fault::TooManyRequests { retry_after_ms: 5 },
+    });
+    let id = request(&q.db.pool, "Always throttled").await;
+
+    let (status, _, error) = settle(&q, id).await;
+
+    assert_eq!(status, "failed");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("gave up after 5 attempts")),
+        "{error:?}"
+    );
+    assert_eq!(q.emulator.stats().create_calls, 5);
+}
+
+#[tokio::test]
+async fn two_replicas_racing_over_200_requests_send_exactly_one_create_per_request() {
+    let q = queue(0).await;
+    q.emulator.set_rates(
+        Endpoint::Create,
+        FaultRates {
+            latency_ms: 2,
+            ..FaultRates::default()
+        },
+    );
+    sqlx::query("insert into openai.project_requests (name) select 'Replica race ' || n from generate_series(1, 200) n")
+        .execute(&q.db.pool)
+        .await
+        .expect("insert 200");
+    let other = WorkerDeps {
+        pool: sqlx::PgPool::connect(&q.db.url).await.expect("second pool"),
+        ..q.deps.clone()
+    };
+    let stop = CancellationToken::new();
+
+    let (a, b) = tokio::join!(worker::drain(&q.deps, &stop), worker::drain(&other, &stop));
+
+    let (a, b) = (a.expect("replica a"), b.expect("replica b"));
+    assert_eq!(a.created + b.created, 200);
+    assert!(
+        a.created > 0 && b.created > 0,
+        "both replicas worked: {a:?} {b:?}"
+    );
+    let stats = q.emulator.stats();
+    assert_eq!((stats.create_calls, stats.projects_created), (200, 200));
+    let (created, distinct): (i64, i64) = sqlx::query_as("select count(*) filter (where status = 'created'), count(distinct project_id) from openai.project_requests")
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("count");
+    assert_eq!((created, distinct), (200, 200));
+}
+
+#[tokio::test]
+async fn a_row_inserted_while_the_listener_is_down_is_still_picked_up_within_seconds() {
+    let q = queue(0).await;
+    let stop = CancellationToken::new();
+    let daemon_worker = tokio::spawn(worker::run(
+        q.deps.clone(),
+        Duration::from_secs(3600),
+        stop.clone(),
+    ));
+    let listening = || async {
+        let (n,): (i64,) = sqlx::query_as("select count(*) from pg_stat_activity where datname = current_database() and query ilike 'listen%'")
+            .fetch_one(&q.db.pool)
+            .await
+            .expect("activity");
+        n == 1
+    };
+    eventually("the worker listens", listening).await;
+    let first = request(&q.db.pool, "Announced").await;
+    eventually("a notified row is created at once", || async {
+        outcome(&q.db.pool, first).await.0 == "created"
+    })
+    .await;
+
+    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and query ilike 'listen%'")
+        .execute(&q.db.pool)
+        .await
+        .expect("kill the listener's connection");
+    let second = request(&q.db.pool, "Inserted while nobody listened").await;
+
+    eventually(
+        "the row is picked up although polling is an hour away",
+        || async { outcome(&q.db.pool, second).await.0 == "created" },
+    )
+    .await;
+    eventually("the worker listens again", listening).await;
+    stop.cancel();
+    daemon_worker.await.expect("the worker stops");
+}
+
+#[tokio::test]
+async fn duplicate_names_end_failed_naming_the_project_or_request_unless_allowed() {
+    let q = queue(0).await;
+    let existing = request(&q.db.pool, "Payments staging").await;
+    assert_eq!(settle(&q, existing).await.0, "created");
+    let again = request(&q.db.pool, "Payments staging").await;
+    let (allowed,): (i64,) = sqlx::query_as("insert into openai.project_requests (name, allow_duplicate_name) values ('Payments staging', true) returning id")
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("insert");
+    let twin_a = request(&q.db.pool, "Twins").await;
+    let twin_b = request(&q.db.pool, "Twins").await;
+    // The first twin's create goes unanswered, so it is still live when the second is checked.
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 1,
+        times: Some(1),
+        fault: Fault::ServerError { status: 502 },
+    });
+
+    worker::drain(&q.deps, &CancellationToken::new())
+        .await
+        .expect("drain");
+
+    let (status, _, error) = outcome(&q.db.pool, again).await;
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().is_some_and(|e| e.contains("duplicate name") && e.contains("is active with this name")), "{error:?}");
+    assert_eq!(outcome(&q.db.pool, allowed).await.0, "created");
+    let (status, _, error) = outcome(&q.db.pool, twin_b).await;
+    assert_eq!(status, "failed");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("request {twin_a} (unknown)"))),
+        "{error:?}"
+    );
+    assert_eq!(settle(&q, twin_a).await.0, "created");
+    assert_eq!(upstream_named(&q.emulator, "Twins"), 1);
+    assert_eq!(upstream_named(&q.emulator, "Payments staging"), 2);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_at_insert_ended_with_a_reason_or_created_faithfully() {
+    let q = queue(0).await;
+    let long = "x".repeat(10_000);
+    let refused: Vec<(&str, String, Option<&str>, Option<&str>, &str)> = vec![
+        ("blank", String::new(), None, None, "request_name_is_blank"),
+        (
+            "spaces only",
+            "    ".into(),
+            None,
+            None,
+            "request_name_is_blank",
+        ),
+        (
+            "leading space",
+            " Payments".into(),
+            None,
+            None,
+            "request_name_has_surrounding_spaces",
+        ),
+        (
+            "trailing space",
+            "Payments ".into(),
+            None,
+            None,
+            "request_name_has_surrounding_spaces",
+        ),
+        (
+            "10,000 characters",
+            long,
+            None,
+            None,
+            "request_name_is_longer_than_256_characters",
+        ),
+        (
+            "control character",
+            "Pay\u{1}ments".into(),
+            None,
+            None,
+            "request_name_has_control_characters",
+        ),
+        (
+            "newline",
+            "Pay\nments".into(),
+            None,
+            None,
+            "request_name_has_control_characters",
+        ),
+        (
+            "tab",
+            "Pay\tments".into(),
+            None,
+            None,
+            "request_name_has_control_characters",
+        ),
+        (
+            "both regions",
+            "Regions".into(),
+            Some("EU"),
+            Some("EU"),
+            "request_gives_both_geography_and_residency",
+        ),
+    ];
+    for (label, name, geography, residency, constraint) in refused {
+        let error = sqlx::query(
+            "insert into openai.project_requests (name, geography, residency) values ($1, $2, $3)",
+        )
+        .bind(&name)
+        .bind(geography)
+        .bind(residency)
+        .execute(&q.db.pool)
+        .await
+        .expect_err(label);
+        let reported = error
+            .as_database_error()
+            .and_then(|e| e.constraint())
+            .map(str::to_owned);
+        assert_eq!(reported.as_deref(), Some(constraint), "{label}: {error}");
+    }
+    let null_name = sqlx::query("insert into openai.project_requests (name) values (null)")
+        .execute(&q.db.pool)
+        .await
+        .expect_err("null name");
+    assert!(
+        null_name
+            .to_string()
+            .contains("null value in column \"name\""),
+        "{null_name}"
+    );
+    let blank_key = sqlx::query(
+        "insert into openai.project_requests (name, external_key_id) values ('K', ' ')",
+    )
+    .execute(&q.db.pool)
+    .await
+    .expect_err("blank key");
+    assert!(
+        blank_key
+            .to_string()
+            .contains("request_external_key_id_is_blank"),
+        "{blank_key}"
+    );
+    let bad_status =
+        sqlx::query("insert into openai.project_requests (name, status) values ('S', 'done')")
+            .execute(&q.db.pool)
+            .await
+            .expect_err("status");
+    assert!(
+        bad_status.to_string().contains("request_status_is_unknown"),
+        "{bad_status}"
+    );
+
+    let faithful = [
+        "🚀 Launch",
+        "O'Brien \"quoted\" project",
+        "'); drop table openai.projects; --",
+        "Zürich 数据 Москва",
+    ];
+    let mut ids = Vec::new();
+    for name in faithful {
+        ids.push((name, request(&q.db.pool, name).await));
+    }
+    let (mars,): (i64,) = sqlx::query_as("insert into openai.project_requests (name, geography) values ('Unknown region', 'MARS') returning id")
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("insert");
+    let duplicate = request(&q.db.pool, "🚀 Launch").await;
+    worker::drain(&q.deps, &CancellationToken::new())
+        .await
+        .expect("drain");
+
+    for (name, id) in ids {
+        let (status, project, _) = outcome(&q.db.pool, id).await;
+        assert_eq!(status, "created", "{name}");
+        let upstream = q
+            .emulator
+            .project(&project.expect("linked"))
+            .and_then(|p| p.name);
+        assert_eq!(
+            upstream.as_deref(),
+            Some(name),
+            "the name reached the API unchanged"
+        );
+    }
+    assert!(
+        outcome(&q.db.pool, mars)
+            .await
+            .2
+            .is_some_and(|e| e.contains("MARS"))
+    );
+    assert!(
+        outcome(&q.db.pool, duplicate)
+            .await
+            .2
+            .is_some_and(|e| e.contains("duplicate name"))
+    );
+    let (unfinished,): (i64,) =
+        sqlx::query_as("select count(*) from openai.project_requests where finished_at is null")
+            .fetch_one(&q.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(unfinished, 0, "no row is left without an outcome");
+    let (silent,): (i64,) = sqlx::query_as("select count(*) from openai.project_requests where status = 'failed' and coalesce(error, '') = ''")
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(silent, 0, "every failure says why");
+}
+
+#[tokio::test]
+async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else() {
+    let q = queue(0).await;
+    let suffix = q.db.url.rsplit('/').next().unwrap_or("x").to_owned();
+    let (ops, other, analyst) = (
+        format!("ops_{suffix}"),
+        format!("ops2_{suffix}"),
+        format!("analyst_{suffix}"),
+    );
+    for (role, group) in [
+        (&ops, "openai_ops"),
+        (&other, "openai_ops"),
+        (&analyst, "openai_analyst"),
+    ] {
+        sqlx::query(&format!("create role {role} login in role {group}"))
+            .execute(&q.db.pool)
+            .await
+            .expect("create role");
+    }
+    let mut c = q.db.pool.acquire().await.expect("connection");
+    let run = |sql: String| sql;
+
+    sqlx::query(&format!("set role {other}"))
+        .execute(&mut *c)
+        .await
+        .expect("set role");
+    let (theirs,): (i64,) =
+        sqlx::query_as("insert into openai.project_requests (name) values ('Theirs') returning id")
+            .fetch_one(&mut *c)
+            .await
+            .expect("insert");
+    sqlx::query(&format!("set role {ops}"))
+        .execute(&mut *c)
+        .await
+        .expect("set role");
+    let (mine,): (i64,) =
+        sqlx::query_as("insert into openai.project_requests (name) values ('Mine') returning id")
+            .fetch_one(&mut *c)
+            .await
+            .expect("ops inserts");
+    let (by,): (String,) =
+        sqlx::query_as("select requested_by from openai.project_requests where id = $1")
+            .bind(mine)
+            .fetch_one(&mut *c)
+            .await
+            .expect("ops reads");
+    let rename = sqlx::query("update openai.project_requests set name = 'Other' where id = $1")
+        .bind(mine)
+        .execute(&mut *c)
+        .await;
+    let delete = sqlx::query("delete from openai.project_requests where id = $1")
+        .bind(mine)
+        .execute(&mut *c)
+        .await;
+    let projects = sqlx::query("insert into openai.project_current (project_id, created_at, raw, first_seen_at, last_seen_at) values ('p', now(), '{}', now(), now())").execute(&mut *c).await;
+    let read_projects = sqlx::query(&run("select count(*) from openai.projects".into()))
+        .execute(&mut *c)
+        .await;
+    let cancel_theirs =
+        sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
+            .bind(theirs)
+            .execute(&mut *c)
+            .await
+            .expect("filtered, not refused");
+    let cancel_mine =
+        sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
+            .bind(mine)
+            .execute(&mut *c)
+            .await
+            .expect("cancel");
+    let impersonate = sqlx::query(
+        "insert into openai.project_requests (name, requested_by) values ('Spoof', 'someone')",
+    )
+    .execute(&mut *c)
+    .await;
+    sqlx::query("reset role")
+        .execute(&mut *c)
+        .await
+        .expect("reset");
+    let (busy,): (i64,) = sqlx::query_as(&format!("insert into openai.project_requests (name, requested_by) values ('Busy', '{ops}') returning id")).fetch_one(&mut *c).await.expect("insert");
+    sqlx::query("update openai.project_requests set status = 'creating', attempt_id = gen_random_uuid(), attempt_started_at = now(), lease_until = now() + interval '1 hour' where id = $1").bind(busy).execute(&mut *c).await.expect("claim");
+    sqlx::query(&format!("set role {ops}"))
+        .execute(&mut *c)
+        .await
+        .expect("set role");
+    let cancel_busy =
+        sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
+            .bind(busy)
+            .execute(&mut *c)
+            .await;
+    sqlx::query(&format!("set role {analyst}"))
+        .execute(&mut *c)
+        .await
+        .expect("set role");
+    let (visible,): (i64,) = sqlx::query_as("select count(*) from openai.projects")
+        .fetch_one(&mut *c)
+        .await
+        .expect("analyst reads projects");
+    let (requests_seen,): (i64,) = sqlx::query_as("select count(*) from openai.project_requests")
+        .fetch_one(&mut *c)
+        .await
+        .expect("analyst reads requests");
+    let analyst_insert = sqlx::query("insert into openai.project_requests (name) values ('Nope')")
+        .execute(&mut *c)
+        .await;
+    let analyst_update = sqlx::query("update openai.project_current set name = 'x'")
+        .execute(&mut *c)
+        .await;
+    sqlx::query("reset role")
+        .execute(&mut *c)
+        .await
+        .expect("reset");
+
+    assert_eq!(by, ops);
+    for (what, result) in [
+        ("rename", &rename),
+        ("delete", &delete),
+        ("write projects", &projects),
+        ("read projects", &read_projects),
+        ("set requested_by", &impersonate),
+        ("analyst insert", &analyst_insert),
+        ("analyst update", &analyst_update),
+    ] {
+        let error = result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("permission denied"),
+            "{what} must be refused: {result:?}"
+        );
+    }
+    assert_eq!(
+        cancel_theirs.rows_affected(),
+        0,
+        "another user's request is out of reach"
+    );
+    assert_eq!(cancel_mine.rows_affected(), 1);
+    let (status, _, error) = outcome(&q.db.pool, mine).await;
+    assert_eq!(
+        (status.as_str(), error.as_deref()),
+        ("cancelled", Some(format!("cancelled by {ops}").as_str()))
+    );
+    let refusal = cancel_busy
+        .expect_err("a creating request cannot be cancelled")
+        .to_string();
+    assert!(
+        refusal.contains("is creating, so it can no longer be cancelled"),
+        "{refusal}"
+    );
+    assert_eq!(
+        (visible, requests_seen),
+        (0, 3),
+        "the analyst reads every request"
+    );
+    assert_eq!(outcome(&q.db.pool, theirs).await.0, "pending");
+}
