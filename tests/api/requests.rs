@@ -390,7 +390,9 @@ async fn duplicate_names_end_failed_naming_the_project_or_request_unless_allowed
 async fn bad_input_is_refused_at_insert_ended_with_a_reason_or_created_faithfully() {
     let q = queue(0).await;
     let long = "x".repeat(10_000);
-    let refused: Vec<(&str, String, Option<&str>, Option<&str>, &str)> = vec![
+    // (what, name, geography, residency, the constraint that must refuse it)
+    type Refused<'a> = (&'a str, String, Option<&'a str>, Option<&'a str>, &'a str);
+    let refused: Vec<Refused> = vec![
         ("blank", String::new(), None, None, "request_name_is_blank"),
         (
             "spaces only",
