@@ -86,7 +86,7 @@ pub fn worker_deps(
         client,
         page_size: settings.openai.page_size,
         // Longer than any create call can take, so a live attempt never loses its request.
-        lease: settings.timeout()? * 2 + Duration::from_secs(10),
+        lease: settings.timeout()? * 2 + Duration::from_secs(1),
         max_attempts: settings.requests.max_attempts,
         retry_base_delay,
         retry_max_delay,

@@ -153,7 +153,9 @@ async fn fail(shared: &Shared, fault: &Fault, kill: &ConnectionKill) {
         }
         Fault::Drop | Fault::LostResponse { then: LostAs::Drop } => {
             kill.0.notify_one();
-            std::future::pending::<()>().await;
+            // Long enough for the connection's task to close the socket before any answer;
+            // bounded, so a create finishing in a task of its own does not linger.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         _ => {}
     }
@@ -298,6 +300,25 @@ struct CreateBody {
 async fn create(
     State(shared): State<Arc<Shared>>,
     Extension(kill): Extension<ConnectionKill>,
+    body: axum::body::Bytes,
+) -> Response {
+    // A server finishes what it received: a caller that disconnects (or dies) mid-call
+    // does not undo the create, which is exactly what makes a lost answer dangerous.
+    let work = tokio::spawn(create_to_completion(shared, kill, body));
+    work.await.unwrap_or_else(|_| {
+        api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error.",
+            "server_error",
+            None,
+            None,
+        )
+    })
+}
+
+async fn create_to_completion(
+    shared: Arc<Shared>,
+    kill: ConnectionKill,
     body: axum::body::Bytes,
 ) -> Response {
     let fault = intercept(&shared, Endpoint::Create, &kill).await;

@@ -1,13 +1,15 @@
 //! The daemon and the sync command as processes: schedule, probes, metrics, signals, the lock.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use openai_project_sync::config::{Settings, Sources};
 use openai_project_sync::emulator::{EmulatorConfig, Endpoint, FaultRates};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TEST_KEY, TestDb, eventually, start_emulator_with};
+use crate::helpers::{
+    TEST_KEY, TestDb, eventually, spawn_binary, start_emulator_with, wait_for_exit,
+};
 
 fn settings(db: &TestDb, base_url: &str, schedule: &str) -> Settings {
     let env = [
@@ -120,49 +122,6 @@ async fn readiness_fails_until_a_sync_has_succeeded() {
 
     assert_eq!(status, 503);
     assert!(body.contains("no sync has succeeded yet"), "{body}");
-}
-
-fn spawn_binary(args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_openai-project-sync"));
-    command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "DATABASE_URL",
-        "OPENAI_ADMIN_KEY",
-        "OPENAI_BASE_URL",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command.envs(env.iter().copied());
-    command.spawn().expect("spawn the binary")
-}
-
-async fn wait_for_exit(mut child: Child) -> (Option<i32>, String) {
-    tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let output = child.wait_with_output().expect("collect output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.code(), text)
-    })
-    .await
-    .expect("waiter")
 }
 
 #[tokio::test]

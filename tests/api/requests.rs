@@ -714,3 +714,84 @@ async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else(
     );
     assert_eq!(outcome(&q.db.pool, theirs).await.0, "pending");
 }
+
+#[tokio::test]
+async fn sigkilling_the_daemon_20_times_over_200_requests_duplicates_nothing_and_leaves_nothing_behind()
+ {
+    let q = queue(0).await;
+    q.emulator.set_rates(
+        Endpoint::Create,
+        FaultRates {
+            latency_ms: 25,
+            ..FaultRates::default()
+        },
+    );
+    sqlx::query("insert into openai.project_requests (name) select 'Kill ' || n from generate_series(1, 200) n")
+        .execute(&q.db.pool)
+        .await
+        .expect("insert 200");
+    let base = q.emulator.base_url();
+    let env = [
+        ("DATABASE_URL", q.db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+        ("APP_OPENAI__TIMEOUT", "500ms"),
+        ("APP_OPENAI__RETRY_BASE_DELAY", "10ms"),
+        ("APP_REQUESTS__RECONCILE_GRACE", "200ms"),
+        ("APP_SYNC__SCHEDULE", "0 0 0 1 1 *"),
+    ];
+    let seed = 20_261_123;
+    let mut rng = fastrand::Rng::with_seed(seed);
+
+    for round in 0..20 {
+        let daemon = crate::helpers::spawn_binary(&["run"], &env);
+        let target = q.emulator.stats().create_calls + rng.u64(1..=12);
+        eventually("the daemon sends more creates", || async {
+            q.emulator.stats().create_calls >= target
+        })
+        .await;
+        std::process::Command::new("kill")
+            .args(["-KILL", &daemon.id().to_string()])
+            .status()
+            .expect("kill");
+        let (code, _) = crate::helpers::wait_for_exit(daemon).await;
+        assert_eq!(
+            code, None,
+            "round {round} (seed {seed}): killed by a signal"
+        );
+    }
+    let survivor = crate::helpers::spawn_binary(&["run"], &env);
+    eventually("every request ends", || async {
+        let (open,): (i64,) = sqlx::query_as(
+            "select count(*) from openai.project_requests where finished_at is null",
+        )
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("count");
+        open == 0
+    })
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &survivor.id().to_string()])
+        .status()
+        .expect("kill");
+    let (code, output) = crate::helpers::wait_for_exit(survivor).await;
+
+    assert_eq!(code, Some(0), "{output}");
+    let (created, linked): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where status = 'created'), count(distinct project_id) from openai.project_requests",
+    )
+    .fetch_one(&q.db.pool)
+    .await
+    .expect("count");
+    assert_eq!((created, linked), (200, 200), "seed {seed}");
+    for n in 1..=200 {
+        assert_eq!(
+            upstream_named(&q.emulator, &format!("Kill {n}")),
+            1,
+            "seed {seed}: Kill {n} exists exactly once"
+        );
+    }
+    assert_eq!(q.emulator.stats().projects_created, 200, "seed {seed}");
+}

@@ -127,3 +127,48 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Starts the real binary with `args` and `env`, its output captured.
+pub fn spawn_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openai-project-sync"));
+    command
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for var in [
+        "DATABASE_URL",
+        "OPENAI_ADMIN_KEY",
+        "OPENAI_BASE_URL",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    command.spawn().expect("spawn the binary")
+}
+
+/// Waits up to 20 seconds for a spawned binary to exit; its exit code and output.
+pub async fn wait_for_exit(mut child: std::process::Child) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("collect output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    })
+    .await
+    .expect("waiter")
+}
