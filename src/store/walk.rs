@@ -105,6 +105,9 @@ impl WalkSession {
         run_id: i64,
         observed_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        sqlx::query("create temp table walk_held (like walk_batch)")
+            .execute(&mut self.connection)
+            .await?;
         sqlx::query("begin").execute(&mut self.connection).await?;
         let (present_before,): (i64,) = sqlx::query_as(
             "select count(*) from openai.project_current where missing_since is null",
@@ -164,7 +167,10 @@ impl WalkSession {
             insert_new_projects(tx, self.run_id, self.observed_at).await?;
         }
         if counts.changed + counts.reappeared > 0 {
-            apply_changes(tx, self.run_id, self.observed_at).await?;
+            // Changes are few and cheap; one statement at commit beats one per batch.
+            sqlx::query("insert into walk_held select * from walk_batch where key is not null")
+                .execute(&mut *tx)
+                .await?;
         }
         if !flags.is_empty() {
             sqlx::query("truncate walk_batch").execute(&mut *tx).await?;
@@ -186,6 +192,15 @@ impl WalkSession {
         min_seen_ratio: f64,
     ) -> Result<ApplyOutcome, StoreError> {
         let tx = &mut self.connection;
+        if self.totals.changed + self.totals.reappeared > 0 {
+            // A project listed twice counts by its last listing.
+            sqlx::query(
+                "insert into walk_batch select distinct on (project_id) * from walk_held order by project_id, seq desc",
+            )
+            .execute(&mut *tx)
+            .await?;
+            apply_changes(tx, self.run_id, self.observed_at).await?;
+        }
         // The only statement here that joins whole tables: give the planner real sizes.
         sqlx::query("analyze walk_seen").execute(&mut *tx).await?;
         sqlx::query(
