@@ -11,8 +11,8 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use requests::{
-    ClaimedRequest, claim_next_request, count_requests_by_status, defer_request, expire_leases,
-    fail_request, find_same_name, finish_created, is_project_linked, mark_unknown,
+    ClaimedRequest, claim_next_request, count_requests_by_status, database_now, defer_request,
+    expire_leases, fail_request, find_same_name, finish_created, is_project_linked, mark_unknown,
     note_fruitless_walk, unknown_requests, work_is_due,
 };
 pub use runs::{

@@ -27,15 +27,23 @@ pub struct ClaimedRequest {
 const RETURNED: &str = "r.id, r.name, r.external_key_id, r.geography, r.residency, r.allow_duplicate_name, \
      r.requested_at, r.status, r.attempts, r.attempt_id::text as attempt_id, r.attempt_started_at, r.reconcile_walks";
 
-/// Moves the oldest due pending request to `creating` with a fresh attempt id and lease, committed before any API call.
+/// The database's clock, which every due time is measured against.
+pub async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>, StoreError> {
+    let (now,): (DateTime<Utc>,) = sqlx::query_as("select now()").fetch_one(pool).await?;
+    Ok(now)
+}
+
+/// Moves the oldest pending request due by `due_by` to `creating` with a fresh attempt id and
+/// lease, committed before any API call.
 pub async fn claim_next_request(
     pool: &PgPool,
     lease: Duration,
+    due_by: DateTime<Utc>,
 ) -> Result<Option<ClaimedRequest>, StoreError> {
     let sql = format!(
         "with next as ( \
             select id from openai.project_requests \
-            where status = 'pending' and next_attempt_at <= now() \
+            where status = 'pending' and next_attempt_at <= $2 \
             order by next_attempt_at, id \
             for update skip locked limit 1 \
          ) \
@@ -47,6 +55,7 @@ pub async fn claim_next_request(
     );
     let claimed = sqlx::query_as::<_, ClaimedRequest>(&sql)
         .bind(lease.as_secs_f64())
+        .bind(due_by)
         .fetch_optional(pool)
         .await?;
     Ok(claimed)
@@ -144,22 +153,23 @@ pub async fn fail_request(
     Ok(done.rows_affected() == 1)
 }
 
-/// Puts the attempt's request back to `pending` until `next_attempt_at`; nothing was created.
+/// Puts the attempt's request back to `pending` for `delay` on the database's clock; nothing was created.
 pub async fn defer_request(
     pool: &PgPool,
     request_id: i64,
     attempt_id: &str,
-    next_attempt_at: DateTime<Utc>,
+    delay: Duration,
     reason: &str,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "update openai.project_requests set status = 'pending', next_attempt_at = $3, error = $4, \
+        "update openai.project_requests set status = 'pending', \
+            next_attempt_at = now() + make_interval(secs => $3), error = $4, \
             lease_until = null, reconcile_walks = 0, updated_at = now() \
          where id = $1 and attempt_id = $2::uuid and status in ('creating', 'unknown')",
     )
     .bind(request_id)
     .bind(attempt_id)
-    .bind(next_attempt_at)
+    .bind(delay.as_secs_f64())
     .bind(reason)
     .execute(pool)
     .await?;

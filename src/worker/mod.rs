@@ -96,9 +96,11 @@ pub async fn tick(deps: &WorkerDeps, stop: &CancellationToken) -> Result<TickRep
             "attempts whose worker stopped are now unknown; checking the project list"
         );
     }
+    // Only what was due when the tick began: a request deferred during the tick waits for the next.
+    let due_by = store::database_now(&deps.pool).await?;
     reconcile::settle_unknown(deps, &mut report).await?;
     while report.claimed < CLAIMS_PER_TICK && !stop.is_cancelled() {
-        let Some(request) = store::claim_next_request(&deps.pool, deps.lease).await? else {
+        let Some(request) = store::claim_next_request(&deps.pool, deps.lease, due_by).await? else {
             break;
         };
         report.claimed += 1;
@@ -204,13 +206,12 @@ async fn attempt(
             } else {
                 let wait =
                     backoff(deps, request.attempts as u32).max(retry_after.unwrap_or_default());
-                let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                 let reason = format!(
                     "attempt {} was refused for now ({error}); trying again",
                     request.attempts
                 );
                 let done =
-                    store::defer_request(&deps.pool, request.id, attempt_id, next, &reason).await?;
+                    store::defer_request(&deps.pool, request.id, attempt_id, wait, &reason).await?;
                 report.deferred += u32::from(done);
                 done
             }

@@ -85,12 +85,11 @@ async fn settle_not_found(
                 "attempt {} left no project after {walks} walks of the list; trying again",
                 request.attempts
             );
-            let pause = chrono::Duration::from_std(deps.retry_base_delay).unwrap_or_default();
             store::defer_request(
                 &deps.pool,
                 request.id,
                 attempt_id,
-                Utc::now() + pause,
+                deps.retry_base_delay,
                 &reason,
             )
             .await?

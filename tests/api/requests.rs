@@ -739,6 +739,7 @@ async fn sigkilling_the_daemon_20_times_over_200_requests_duplicates_nothing_and
         ("APP_OPENAI__TIMEOUT", "500ms"),
         ("APP_OPENAI__RETRY_BASE_DELAY", "10ms"),
         ("APP_REQUESTS__RECONCILE_GRACE", "200ms"),
+        ("APP_REQUESTS__POLL_INTERVAL", "500ms"),
         ("APP_SYNC__SCHEDULE", "0 0 0 1 1 *"),
     ];
     let seed = 20_261_123;
