@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openai_project_sync::local_postgres::{self, ClusterOptions, LocalPostgres};
+use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_openai-project-sync");
@@ -61,20 +61,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let (server_url, _cluster) = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => {
-            let dir =
-                std::env::temp_dir().join(format!("ops-bench-requests-{}", std::process::id()));
-            let port = local_postgres::free_port().expect("port");
-            let cluster = LocalPostgres::start(&dir, port, ClusterOptions { durable: true })
-                .expect("start Postgres");
-            cluster
-                .remove_when_process_exits(std::process::id())
-                .expect("cleanup watcher");
-            (cluster.url("postgres"), Some(cluster))
-        }
-    };
+    let (server_url, _cluster) = local_postgres::server_from_env_or_throwaway(
+        "bench-requests",
+        ClusterOptions { durable: true },
+    )
+    .expect("a Postgres server");
     let mut admin = PgConnection::connect(&server_url).await.expect("connect");
     sqlx::query("drop database if exists ops_bench_requests with (force)")
         .execute(&mut admin)

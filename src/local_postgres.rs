@@ -216,3 +216,26 @@ impl LocalPostgres {
         Err(LocalPostgresError::Step { step, detail })
     }
 }
+
+/// A Postgres server URL: `DATABASE_URL` when set, else a throwaway cluster from the machine's
+/// binaries in a temporary folder named after `purpose`, removed when this process exits.
+///
+/// The cluster, when one was started, must be kept alive as long as the URL is used.
+pub fn server_from_env_or_throwaway(
+    purpose: &str,
+    options: ClusterOptions,
+) -> Result<(String, Option<LocalPostgres>), LocalPostgresError> {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.trim().is_empty()
+    {
+        return Ok((url, None));
+    }
+    let dir = std::env::temp_dir().join(format!("ops-{purpose}-pg-{}", std::process::id()));
+    let port = free_port().map_err(|e| LocalPostgresError::Step {
+        step: "finding a free port",
+        detail: e.to_string(),
+    })?;
+    let cluster = LocalPostgres::start(&dir, port, options)?;
+    cluster.remove_when_process_exits(std::process::id())?;
+    Ok((cluster.url("postgres"), Some(cluster)))
+}

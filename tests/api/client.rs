@@ -544,3 +544,72 @@ fn projects_tolerate_missing_fields_and_keep_unknown_ones() {
         "unknown fields survive a round trip"
     );
 }
+
+#[tokio::test]
+async fn x_should_retry_overrides_the_status_in_both_directions() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = calls.clone();
+    // 503 that says "do not retry", then 400 that says "do retry", then success.
+    let app = axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move |query: axum::extract::RawQuery| {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let error = |status: u16, retry: &'static str| {
+                    (
+                        axum::http::StatusCode::from_u16(status).expect("status"),
+                        [("x-should-retry", retry)],
+                        axum::Json(serde_json::json!({"error": {"message": "scripted", "type": "x", "param": null, "code": null}})),
+                    )
+                        .into_response()
+                };
+                match (query.0.unwrap_or_default().contains("limit=1&"), n) {
+                    (true, _) => error(503, "false"),
+                    (false, 1) => error(400, "true"),
+                    _ => axum::Json(serde_json::json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": false})).into_response(),
+                }
+            }
+        }),
+    );
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = client_with(
+        &format!("http://{addr}/v1"),
+        TEST_KEY,
+        Duration::from_secs(5),
+    );
+
+    let refused = client
+        .list_page(&ListParams {
+            limit: 1,
+            after: None,
+            include_archived: true,
+        })
+        .await;
+    let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+    let retried = client
+        .list_page(&ListParams {
+            limit: 2,
+            after: None,
+            include_archived: true,
+        })
+        .await;
+
+    assert_eq!(
+        refused
+            .expect_err("503 with x-should-retry: false")
+            .status(),
+        Some(503)
+    );
+    assert_eq!(before, 1, "not retried");
+    assert!(
+        retried.is_ok(),
+        "400 with x-should-retry: true was retried: {retried:?}"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

@@ -52,6 +52,27 @@ async fn request(pool: &PgPool, name: &str) -> i64 {
     id
 }
 
+/// Inserts `count` requests named `prefix 1` to `prefix count` in one statement.
+async fn insert_requests(pool: &PgPool, prefix: &str, count: i32) {
+    sqlx::query("insert into openai.project_requests (name) select $1 || ' ' || n from generate_series(1, $2) n")
+        .bind(prefix)
+        .bind(count)
+        .execute(pool)
+        .await
+        .expect("insert requests");
+}
+
+/// Gives every create call `ms` of latency.
+fn slow_creates(emulator: &EmulatorHandle, ms: u64) {
+    emulator.set_rates(
+        Endpoint::Create,
+        FaultRates {
+            latency_ms: ms,
+            ..FaultRates::default()
+        },
+    );
+}
+
 type Outcome = (String, Option<String>, Option<String>);
 
 async fn outcome(pool: &PgPool, id: i64) -> Outcome {
@@ -272,17 +293,8 @@ async fn requests_refused_for_now_every_time_end_failed_after_the_attempt_budget
 #[tokio::test]
 async fn two_replicas_racing_over_200_requests_send_exactly_one_create_per_request() {
     let q = queue(0).await;
-    q.emulator.set_rates(
-        Endpoint::Create,
-        FaultRates {
-            latency_ms: 2,
-            ..FaultRates::default()
-        },
-    );
-    sqlx::query("insert into openai.project_requests (name) select 'Replica race ' || n from generate_series(1, 200) n")
-        .execute(&q.db.pool)
-        .await
-        .expect("insert 200");
+    slow_creates(&q.emulator, 2);
+    insert_requests(&q.db.pool, "Replica race", 200).await;
     let other = WorkerDeps {
         pool: sqlx::PgPool::connect(&q.db.url).await.expect("second pool"),
         ..q.deps.clone()
@@ -719,17 +731,8 @@ async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else(
 async fn sigkilling_the_daemon_20_times_over_200_requests_duplicates_nothing_and_leaves_nothing_behind()
  {
     let q = queue(0).await;
-    q.emulator.set_rates(
-        Endpoint::Create,
-        FaultRates {
-            latency_ms: 25,
-            ..FaultRates::default()
-        },
-    );
-    sqlx::query("insert into openai.project_requests (name) select 'Kill ' || n from generate_series(1, 200) n")
-        .execute(&q.db.pool)
-        .await
-        .expect("insert 200");
+    slow_creates(&q.emulator, 25);
+    insert_requests(&q.db.pool, "Kill", 200).await;
     let base = q.emulator.base_url();
     let env = [
         ("DATABASE_URL", q.db.url.as_str()),
@@ -795,4 +798,28 @@ async fn sigkilling_the_daemon_20_times_over_200_requests_duplicates_nothing_and
         );
     }
     assert_eq!(q.emulator.stats().projects_created, 200, "seed {seed}");
+}
+
+#[tokio::test]
+async fn with_unresolved_hold_a_request_that_left_no_project_ends_failed_for_a_person() {
+    let mut q = queue(0).await;
+    q.deps.unresolved = Unresolved::Hold;
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::ServerError { status: 500 },
+    });
+    let id = request(&q.db.pool, "Held").await;
+
+    let (status, project, error) = settle(&q, id).await;
+
+    assert_eq!((status.as_str(), project), ("failed", None));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("held for a person")),
+        "{error:?}"
+    );
+    assert_eq!(q.emulator.stats().create_calls, 1, "never sent again");
 }

@@ -66,8 +66,8 @@ pub async fn walk_all(
     Ok((projects, walk.pages()))
 }
 
-/// Runs the real binary with `args` and `env` (and no inherited configuration variables).
-pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+/// The real binary with `args` and `env`, and none of this process's configuration variables.
+fn binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openai-project-sync"));
     command.args(args);
     for var in [
@@ -84,7 +84,12 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         }
     }
     command.envs(env.iter().copied());
-    command.output().expect("run the binary")
+    command
+}
+
+/// Runs the real binary to its end.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    binary(args, env).output().expect("run the binary")
 }
 
 /// Runs the binary on a blocking thread so the test's emulator keeps serving.
@@ -130,21 +135,11 @@ where
 
 /// Starts the real binary with `args` and `env`, its output captured.
 pub fn spawn_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openai-project-sync"));
-    command
-        .args(args)
+    binary(args, env)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for var in [
-        "DATABASE_URL",
-        "OPENAI_ADMIN_KEY",
-        "OPENAI_BASE_URL",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command.envs(env.iter().copied());
-    command.spawn().expect("spawn the binary")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the binary")
 }
 
 /// Waits up to 20 seconds for a spawned binary to exit; its exit code and output.

@@ -31,25 +31,14 @@ fn server() -> &'static Server {
 }
 
 fn start_server() -> Result<Server, String> {
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && !url.trim().is_empty()
-    {
+    let has_url = std::env::var("DATABASE_URL").is_ok_and(|url| !url.trim().is_empty());
+    if has_url || local_postgres::find_bin_dir().is_some() {
+        let (admin_url, cluster) =
+            local_postgres::server_from_env_or_throwaway("test", ClusterOptions { durable: false })
+                .map_err(|e| format!("could not start a throwaway Postgres: {e}"))?;
         return Ok(Server {
-            admin_url: url,
-            _cluster: None,
-        });
-    }
-    if local_postgres::find_bin_dir().is_some() {
-        let dir = std::env::temp_dir().join(format!("ops-test-pg-{}", std::process::id()));
-        let port = local_postgres::free_port().map_err(|e| e.to_string())?;
-        let cluster = LocalPostgres::start(&dir, port, ClusterOptions { durable: false })
-            .map_err(|e| format!("could not start a throwaway Postgres: {e}"))?;
-        cluster
-            .remove_when_process_exits(std::process::id())
-            .map_err(|e| e.to_string())?;
-        return Ok(Server {
-            admin_url: cluster.url("postgres"),
-            _cluster: Some(cluster),
+            admin_url,
+            _cluster: cluster,
         });
     }
     if docker_engine_runs() {
