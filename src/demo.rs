@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, Sources};
@@ -34,7 +33,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         _ => {
             let cluster = start_local_postgres(&options.data_dir)?;
             let url = cluster.url(DEMO_DATABASE);
-            ensure_database(&cluster.url("postgres"), DEMO_DATABASE).await?;
+            crate::store::ensure_database(&cluster.url("postgres"), DEMO_DATABASE)
+                .await
+                .context("could not prepare the demo's database")?;
             (url, Some(cluster))
         }
     };
@@ -101,7 +102,10 @@ async fn run_with_database(
          \nthree queries to try:\n  \
          select status, count(*) from openai.projects group by status;\n  \
          select project_id, changed_at, change, old_name, new_name from openai.project_changes order by changed_at desc limit 10;\n  \
-         select project_id, name, status from openai.projects_as_of(now() - interval '1 minute') order by name limit 10;\n",
+         select project_id, name, status from openai.projects_as_of(now() - interval '1 minute') order by name limit 10;\n\
+         \nand to request a project the way ops do:\n  \
+         insert into openai.project_requests (name) values ('My first project');\n  \
+         select id, status, project_id, next_step from openai.project_request_status;\n",
         emulator.base_url(),
         options.projects,
         options.churn_every.as_secs(),
@@ -165,22 +169,6 @@ fn start_local_postgres(data_dir: &Path) -> anyhow::Result<LocalPostgres> {
     LocalPostgres::stop_stale(&data_dir);
     LocalPostgres::start(&data_dir, port, ClusterOptions { durable: true })
         .context("could not start the demo's Postgres")
-}
-
-async fn ensure_database(server_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut connection = PgConnection::connect(server_url)
-        .await
-        .context("could not reach the demo's Postgres")?;
-    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1")
-        .bind(name)
-        .fetch_optional(&mut connection)
-        .await?;
-    if exists.is_none() {
-        sqlx::query(&format!("create database {name}"))
-            .execute(&mut connection)
-            .await?;
-    }
-    Ok(())
 }
 
 fn redact_password(url: &str) -> String {

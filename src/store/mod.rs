@@ -84,6 +84,25 @@ pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates database `name` on the server at `server_url` unless it exists.
+pub async fn ensure_database(server_url: &str, name: &str) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(server_url).await?;
+    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1")
+        .bind(name)
+        .fetch_optional(&mut connection)
+        .await?;
+    if exists.is_none() {
+        // Identifiers cannot be bound; the name is quoted as one.
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        sqlx::query(&format!("create database {quoted}"))
+            .execute(&mut connection)
+            .await?;
+    }
+    let _ = connection.close().await;
+    Ok(())
+}
+
 /// Applies every migration not yet applied; concurrent callers wait on sqlx's migration lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::migrate!("./migrations").run(pool).await?;
