@@ -131,50 +131,70 @@ impl WalkSession {
         projects_json: &str,
         listed: i64,
     ) -> Result<BatchCounts, StoreError> {
-        let tx = &mut self.connection;
-        let flags: Vec<(bool, bool)> = sqlx::query_as(
+        let (inserted, changed, reappeared): (i64, i64, i64) = sqlx::query_as(
             "with page as ( \
                 select distinct on (e ->> 'id') e ->> 'id' as project_id, e as raw, $2::bigint + t.ord as seq \
                 from jsonb_array_elements($1::jsonb) with ordinality as t(e, ord) \
                 order by e ->> 'id', t.ord desc \
              ), seen as ( \
                 insert into walk_seen (project_id) select project_id from page \
-             ), differing as materialized ( \
-                select p.seq, p.project_id, p.raw, c.key, c.name, c.status, c.missing_since \
+             ), looked as materialized ( \
+                select p.seq, p.project_id, p.raw, c.key, c.name as old_name, c.status as old_status, \
+                       c.missing_since, c.raw is distinct from p.raw as differs \
                 from page p \
                 left join lateral ( \
                    select key, name, status, missing_since, raw from openai.project_current \
                    where project_id = p.project_id limit 1 \
                 ) c on true \
-                where c.key is null or c.missing_since is not null or c.raw is distinct from p.raw \
+             ), fresh as ( \
+                insert into openai.project_current \
+                    (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
+                     first_seen_at, last_seen_at) \
+                select l.project_id, f.name, f.status, f.created_at, f.archived_at, f.external_key_id, \
+                       f.residency, l.raw, $3, $3 \
+                from looked l cross join lateral openai.project_fields(l.raw) f \
+                where l.key is null \
+                on conflict (project_id) do nothing \
+                returning key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                          raw, (status = 'archived' and archived_at > created_at) as split \
+             ), first_versions as ( \
+                insert into openai.project_versions \
+                    (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                     raw, change, valid_from, valid_to, opened_by_run, closed_by_run) \
+                select key, project_id, name, \
+                       case when split then 'active' else status end, created_at, \
+                       case when split then null else archived_at end, external_key_id, residency, \
+                       case when split then raw || '{\"status\": \"active\", \"archived_at\": null}'::jsonb else raw end, \
+                       'created', created_at, case when split then archived_at end, $4, case when split then $4 end \
+                from fresh \
+                union all \
+                select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                       raw, 'archived', archived_at, null, $4, null \
+                from fresh where split \
+             ), held as ( \
+                insert into walk_held \
+                select l.seq, l.project_id, l.raw, l.key, l.old_name, l.old_status, l.missing_since, f.* \
+                from looked l cross join lateral openai.project_fields(l.raw) f \
+                where l.key is not null and (l.missing_since is not null or l.differs) \
+                returning missing_since is not null as back \
              ) \
-             insert into walk_batch \
-             select d.*, f.* from differing d cross join lateral openai.project_fields(d.raw) f \
-             returning key is null, missing_since is not null",
+             select (select count(*) from fresh), \
+                    (select count(*) from held where not back), \
+                    (select count(*) from held where back)",
         )
         .bind(projects_json)
         .bind(self.listed)
-        .fetch_all(&mut *tx)
+        .bind(self.observed_at)
+        .bind(self.run_id)
+        .fetch_one(&mut self.connection)
         .await?;
         self.listed += listed;
         let counts = BatchCounts {
             listed,
-            inserted: flags.iter().filter(|(new, _)| *new).count() as i64,
-            reappeared: flags.iter().filter(|(_, back)| *back).count() as i64,
-            changed: flags.iter().filter(|(new, back)| !new && !back).count() as i64,
+            inserted,
+            changed,
+            reappeared,
         };
-        if counts.inserted > 0 {
-            insert_new_projects(tx, self.run_id, self.observed_at).await?;
-        }
-        if counts.changed + counts.reappeared > 0 {
-            // Changes are few and cheap; one statement at commit beats one per batch.
-            sqlx::query("insert into walk_held select * from walk_batch where key is not null")
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !flags.is_empty() {
-            sqlx::query("truncate walk_batch").execute(&mut *tx).await?;
-        }
         self.totals.listed += counts.listed;
         self.totals.inserted += counts.inserted;
         self.totals.changed += counts.changed;
@@ -263,45 +283,6 @@ async fn release(mut connection: PgConnection) {
         .execute(&mut connection)
         .await;
     let _ = connection.close().await;
-}
-
-/// Inserts the batch's never-seen projects, with a first version from `created_at`, split at
-/// `archived_at` when the project is already archived so its active life is on record too.
-async fn insert_new_projects(
-    tx: &mut PgConnection,
-    run_id: i64,
-    observed_at: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "with inserted as ( \
-            insert into openai.project_current \
-                (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
-                 first_seen_at, last_seen_at) \
-            select project_id, name, status, created_at, archived_at, external_key_id, residency, raw, $1, $1 \
-            from walk_batch where key is null \
-            on conflict (project_id) do nothing \
-            returning key as new_key, project_id, name, status, created_at, archived_at, external_key_id, \
-                      residency, raw, (status = 'archived' and archived_at > created_at) as split \
-         ), observed as (select * from inserted) \
-         insert into openai.project_versions \
-            (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-             raw, change, valid_from, valid_to, opened_by_run, closed_by_run) \
-         select new_key, project_id, name, \
-                case when split then 'active' else status end, created_at, \
-                case when split then null else archived_at end, external_key_id, residency, \
-                case when split then raw || '{\"status\": \"active\", \"archived_at\": null}'::jsonb else raw end, \
-                'created', created_at, case when split then archived_at end, $2, case when split then $2 end \
-         from observed \
-         union all \
-         select new_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                raw, 'archived', archived_at, null, $2, null \
-         from observed where split",
-    )
-    .bind(observed_at)
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Closes the open version of each changed or reappeared project in the batch and opens its new one.
