@@ -823,3 +823,50 @@ async fn with_unresolved_hold_a_request_that_left_no_project_ends_failed_for_a_p
     );
     assert_eq!(q.emulator.stats().create_calls, 1, "never sent again");
 }
+
+#[tokio::test]
+async fn the_requests_command_drains_what_is_due_and_exits() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let base = emulator.base_url();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+    let migrated = crate::helpers::run_binary_async(&["migrate"], &env).await;
+    insert_requests(&db.pool, "Drained", 3).await;
+    let later: (i64,) = sqlx::query_as(
+        "insert into openai.project_requests (name) values ('Not yet') returning id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("insert");
+    sqlx::query("update openai.project_requests set next_attempt_at = now() + interval '1 hour' where id = $1")
+        .bind(later.0)
+        .execute(&db.pool)
+        .await
+        .expect("postpone");
+
+    let drained = crate::helpers::run_binary_async(&["requests"], &env).await;
+
+    assert_eq!(
+        migrated.status.code(),
+        Some(0),
+        "{}",
+        crate::helpers::output_text(&migrated)
+    );
+    let text = crate::helpers::output_text(&drained);
+    assert_eq!(drained.status.code(), Some(0), "{text}");
+    assert!(text.contains("3 claimed, 3 created"), "{text}");
+    assert_eq!(emulator.stats().projects_created, 3);
+    assert_eq!(
+        outcome(&db.pool, later.0).await.0,
+        "pending",
+        "what is not due yet waits"
+    );
+}
