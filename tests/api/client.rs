@@ -475,6 +475,20 @@ async fn retrieve_modify_and_archive_round_trip_and_archived_projects_refuse_cha
     assert_eq!(missing.status(), Some(404));
 }
 
+/// Serves a hand-written API on loopback and returns a client for it.
+async fn serve_scripted(app: axum::Router) -> openai_project_sync::client::AdminClient {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    client_with(
+        &format!("http://{addr}/v1"),
+        TEST_KEY,
+        Duration::from_secs(5),
+    )
+}
+
 #[tokio::test]
 async fn every_call_sends_a_user_agent_naming_the_product() {
     assert!(openai_project_sync::client::USER_AGENT_VALUE.starts_with("openai-project-sync/"));
@@ -493,16 +507,7 @@ async fn every_call_sends_a_user_agent_naming_the_product() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = client_with(
-        &format!("http://{addr}/v1"),
-        TEST_KEY,
-        Duration::from_secs(5),
-    );
+    let client = serve_scripted(app).await;
 
     client
         .list_page(&ListParams {
@@ -573,16 +578,7 @@ async fn x_should_retry_overrides_the_status_in_both_directions() {
         }),
     );
     use axum::response::IntoResponse;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = client_with(
-        &format!("http://{addr}/v1"),
-        TEST_KEY,
-        Duration::from_secs(5),
-    );
+    let client = serve_scripted(app).await;
 
     let refused = client
         .list_page(&ListParams {

@@ -568,6 +568,14 @@ async fn bad_input_is_refused_at_insert_ended_with_a_reason_or_created_faithfull
     assert_eq!(silent, 0, "every failure says why");
 }
 
+/// Acts as `role` on this connection from now on; `none` goes back to the connecting user.
+async fn set_role(connection: &mut sqlx::PgConnection, role: &str) {
+    sqlx::query(&format!("set role {role}"))
+        .execute(connection)
+        .await
+        .expect("set role");
+}
+
 #[tokio::test]
 async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else() {
     let q = queue(0).await;
@@ -588,21 +596,14 @@ async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else(
             .expect("create role");
     }
     let mut c = q.db.pool.acquire().await.expect("connection");
-    let run = |sql: String| sql;
 
-    sqlx::query(&format!("set role {other}"))
-        .execute(&mut *c)
-        .await
-        .expect("set role");
+    set_role(&mut c, &other).await;
     let (theirs,): (i64,) =
         sqlx::query_as("insert into openai.project_requests (name) values ('Theirs') returning id")
             .fetch_one(&mut *c)
             .await
             .expect("insert");
-    sqlx::query(&format!("set role {ops}"))
-        .execute(&mut *c)
-        .await
-        .expect("set role");
+    set_role(&mut c, &ops).await;
     let (mine,): (i64,) =
         sqlx::query_as("insert into openai.project_requests (name) values ('Mine') returning id")
             .fetch_one(&mut *c)
@@ -623,7 +624,7 @@ async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else(
         .execute(&mut *c)
         .await;
     let projects = sqlx::query("insert into openai.project_current (project_id, created_at, raw, first_seen_at, last_seen_at) values ('p', now(), '{}', now(), now())").execute(&mut *c).await;
-    let read_projects = sqlx::query(&run("select count(*) from openai.projects".into()))
+    let read_projects = sqlx::query("select count(*) from openai.projects")
         .execute(&mut *c)
         .await;
     let cancel_theirs =
@@ -643,25 +644,16 @@ async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else(
     )
     .execute(&mut *c)
     .await;
-    sqlx::query("reset role")
-        .execute(&mut *c)
-        .await
-        .expect("reset");
+    set_role(&mut c, "none").await;
     let (busy,): (i64,) = sqlx::query_as(&format!("insert into openai.project_requests (name, requested_by) values ('Busy', '{ops}') returning id")).fetch_one(&mut *c).await.expect("insert");
     sqlx::query("update openai.project_requests set status = 'creating', attempt_id = gen_random_uuid(), attempt_started_at = now(), lease_until = now() + interval '1 hour' where id = $1").bind(busy).execute(&mut *c).await.expect("claim");
-    sqlx::query(&format!("set role {ops}"))
-        .execute(&mut *c)
-        .await
-        .expect("set role");
+    set_role(&mut c, &ops).await;
     let cancel_busy =
         sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
             .bind(busy)
             .execute(&mut *c)
             .await;
-    sqlx::query(&format!("set role {analyst}"))
-        .execute(&mut *c)
-        .await
-        .expect("set role");
+    set_role(&mut c, &analyst).await;
     let (visible,): (i64,) = sqlx::query_as("select count(*) from openai.projects")
         .fetch_one(&mut *c)
         .await
@@ -676,10 +668,7 @@ async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else(
     let analyst_update = sqlx::query("update openai.project_current set name = 'x'")
         .execute(&mut *c)
         .await;
-    sqlx::query("reset role")
-        .execute(&mut *c)
-        .await
-        .expect("reset");
+    set_role(&mut c, "none").await;
 
     assert_eq!(by, ops);
     for (what, result) in [
