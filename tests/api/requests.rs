@@ -714,6 +714,14 @@ async fn ops_may_request_and_cancel_their_own_pending_requests_and_nothing_else(
         "the analyst reads every request"
     );
     assert_eq!(outcome(&q.db.pool, theirs).await.0, "pending");
+    // Roles outlive the test database; leave a shared server as it was.
+    drop(c);
+    for role in [&ops, &other, &analyst] {
+        sqlx::query(&format!("drop role {role}"))
+            .execute(&q.db.pool)
+            .await
+            .expect("drop the test role");
+    }
 }
 
 #[tokio::test]
