@@ -19,7 +19,9 @@ use serde::de::DeserializeOwned;
 
 pub use create::CreateOutcome;
 pub use error::ApiError;
-pub use project::{CreateProject, ListParams, ModifyProject, Project, ProjectPage, RawProjectPage};
+pub use project::{
+    CreateProject, ListParams, ListedProject, ModifyProject, Project, ProjectPage, RawProjectPage,
+};
 pub use retry::{RetryPolicy, is_retryable};
 pub use walk::ProjectWalk;
 
@@ -114,11 +116,11 @@ impl AdminClient {
             message,
             request_id: None,
         };
-        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(body.data.get())
+        let items: Vec<Box<serde_json::value::RawValue>> = serde_json::from_str(body.data.get())
             .map_err(|e| bad(format!("`data` is not a list: {e}")))?;
-        let mut last_item_id = None;
-        for item in &items {
-            let fields: project::RequiredFields = serde_json::from_str(item.get())
+        let mut projects = Vec::with_capacity(items.len());
+        for raw in items {
+            let fields: project::RequiredFields = serde_json::from_str(raw.get())
                 .map_err(|e| bad(format!("a listed project lacks a required field: {e}")))?;
             if fields.object != "organization.project" {
                 return Err(bad(format!(
@@ -126,13 +128,13 @@ impl AdminClient {
                     fields.object
                 )));
             }
-            last_item_id = Some(fields.id);
+            projects.push(ListedProject { id: fields.id, raw });
         }
+        let last_item_id = projects.last().map(|p| p.id.clone());
         Ok(RawProjectPage {
-            len: items.len(),
+            projects,
             last_id: body.last_id.filter(|id| !id.is_empty()).or(last_item_id),
             has_more: body.has_more,
-            data: body.data,
         })
     }
 

@@ -66,13 +66,17 @@ pub struct ListParams {
     pub include_archived: bool,
 }
 
+/// One listed project: its id and the API's own JSON for it, exactly as received.
+#[derive(Debug, Clone)]
+pub struct ListedProject {
+    pub id: String,
+    pub raw: Box<RawValue>,
+}
+
 /// One page of the list kept as the API's own JSON, for callers that store it as it came.
 #[derive(Debug, Clone)]
 pub struct RawProjectPage {
-    /// The `data` array, exactly as received.
-    pub data: Box<RawValue>,
-    /// How many projects `data` holds.
-    pub len: usize,
+    pub projects: Vec<ListedProject>,
     pub last_id: Option<String>,
     pub has_more: bool,
 }

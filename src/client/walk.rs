@@ -34,8 +34,12 @@ impl ProjectWalk {
         let Some(raw) = self.next_raw_page().await? else {
             return Ok(None);
         };
-        let data: Vec<Project> =
-            serde_json::from_str(raw.data.get()).map_err(|e| ApiError::Decode {
+        let data = raw
+            .projects
+            .iter()
+            .map(|p| serde_json::from_str::<Project>(p.raw.get()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Decode {
                 message: e.to_string(),
                 request_id: None,
             })?;
@@ -64,7 +68,7 @@ impl ProjectWalk {
             self.done = true;
             return Ok(Some(page));
         }
-        if page.len == 0 {
+        if page.projects.is_empty() {
             self.done = true;
             return Err(ApiError::Pagination {
                 page: self.pages,

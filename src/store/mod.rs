@@ -19,7 +19,7 @@ pub use runs::{
     RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
     last_success_started_at, start_run,
 };
-pub use walk::{ApplyOutcome, BatchCounts, GuardRefusal, WalkSession};
+pub use walk::{ApplyOutcome, BatchCounts, GuardRefusal, Listing, WalkSession, content_digest};
 
 /// Failures talking to Postgres, with the reason kept and the URL left out.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,10 @@
 //! One walk applied atomically: a dedicated connection holds the walk lock and one transaction,
 //! each batch of pages is applied inside it as it arrives, and only a complete walk commits.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
@@ -50,6 +53,27 @@ pub struct BatchCounts {
     pub reappeared: i64,
 }
 
+/// One listed project, as a walk hands it to the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing<'a> {
+    pub project_id: &'a str,
+    /// The API's JSON for the project, exactly as received.
+    pub raw: &'a str,
+    /// `content_digest(raw)`, computed by the caller, off the writer's path.
+    pub digest: i64,
+}
+
+/// A digest of a project's JSON text: equal text, equal digest.
+///
+/// The same content written differently (another key order, say) gets another digest; that
+/// costs a comparison of the content, never a wrong answer.
+pub fn content_digest(raw: &str) -> i64 {
+    let hash = Sha256::digest(raw.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    i64::from_be_bytes(first)
+}
+
 /// A walk in progress: its own connection, the walk lock, and an open transaction.
 pub struct WalkSession {
     connection: PgConnection,
@@ -76,13 +100,13 @@ impl WalkSession {
             let _ = connection.close().await;
             return Ok(None);
         }
-        sqlx::query("create temp table walk_seen (project_id text not null)")
+        sqlx::query("create temp table walk_seen (key bigint not null)")
             .execute(&mut connection)
             .await?;
         sqlx::query(
             "create temp table walk_batch (\
-                seq bigint, project_id text, raw jsonb, key bigint, old_name text, old_status text, \
-                missing_since timestamptz, name text, status text, created_at timestamptz, \
+                seq bigint, project_id text, raw jsonb, raw_digest bigint, key bigint, old_name text, \
+                old_status text, missing_since timestamptz, name text, status text, created_at timestamptz, \
                 archived_at timestamptz, external_key_id text, residency text)",
         )
         .execute(&mut connection)
@@ -120,40 +144,57 @@ impl WalkSession {
         Ok(())
     }
 
-    /// Applies listed projects, given as one JSON array, inside the walk's transaction.
+    /// Applies listed projects inside the walk's transaction.
     ///
-    /// A project listed again later in the same walk is compared with what its first listing
-    /// wrote, so an identical repeat changes nothing. Current state is looked up one project
-    /// at a time by index: inside the walk's long transaction the planner's statistics still
-    /// describe the table as it was, and would pick a full scan per batch.
+    /// Within the batch the last listing of an id counts; a project listed again in a later
+    /// batch is compared with what its first listing wrote, so an identical repeat changes
+    /// nothing. A known project whose digest is unchanged is not parsed or compared at all.
+    /// Current state is looked up one project at a time by index: inside the walk's long
+    /// transaction the planner's statistics still describe the table as it was, and would pick
+    /// a full scan per batch.
     pub async fn apply_batch(
         &mut self,
-        projects_json: &str,
-        listed: i64,
+        listings: &[Listing<'_>],
     ) -> Result<BatchCounts, StoreError> {
+        let listed = listings.len() as i64;
+        let last_listing: HashMap<&str, usize> = listings
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.project_id, i))
+            .collect();
+        let (mut ids, mut digests, mut raws, mut positions) = (
+            Vec::with_capacity(last_listing.len()),
+            Vec::with_capacity(last_listing.len()),
+            Vec::with_capacity(last_listing.len()),
+            Vec::with_capacity(last_listing.len()),
+        );
+        for (i, listing) in listings.iter().enumerate() {
+            if last_listing.get(listing.project_id) == Some(&i) {
+                ids.push(listing.project_id);
+                digests.push(listing.digest);
+                raws.push(listing.raw);
+                positions.push(self.listed + i as i64);
+            }
+        }
         let (inserted, changed, reappeared): (i64, i64, i64) = sqlx::query_as(
-            "with page as ( \
-                select distinct on (e ->> 'id') e ->> 'id' as project_id, e as raw, $2::bigint + t.ord as seq \
-                from jsonb_array_elements($1::jsonb) with ordinality as t(e, ord) \
-                order by e ->> 'id', t.ord desc \
-             ), seen as ( \
-                insert into walk_seen (project_id) select project_id from page \
-             ), looked as materialized ( \
-                select p.seq, p.project_id, p.raw, c.key, c.name as old_name, c.status as old_status, \
-                       c.missing_since, c.raw is distinct from p.raw as differs \
-                from page p \
+            "with looked as materialized ( \
+                select p.seq, p.project_id, p.digest, p.raw_text, c.key, c.name as old_name, \
+                       c.status as old_status, c.missing_since, c.raw as old_raw, \
+                       c.raw_digest is not distinct from p.digest as same_digest \
+                from unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) as p(project_id, digest, raw_text, seq) \
                 left join lateral ( \
-                   select key, name, status, missing_since, raw from openai.project_current \
+                   select key, name, status, missing_since, raw, raw_digest from openai.project_current \
                    where project_id = p.project_id limit 1 \
                 ) c on true \
+             ), unknown as materialized ( \
+                select seq, project_id, digest, raw_text::jsonb as raw from looked where key is null \
              ), fresh as ( \
                 insert into openai.project_current \
                     (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
-                     first_seen_at, last_seen_at) \
-                select l.project_id, f.name, f.status, f.created_at, f.archived_at, f.external_key_id, \
-                       f.residency, l.raw, $3, $3 \
-                from looked l cross join lateral openai.project_fields(l.raw) f \
-                where l.key is null \
+                     raw_digest, first_seen_at, last_seen_at) \
+                select u.project_id, f.name, f.status, f.created_at, f.archived_at, f.external_key_id, \
+                       f.residency, u.raw, u.digest, $5, $5 \
+                from unknown u cross join lateral openai.project_fields(u.raw) f \
                 on conflict (project_id) do nothing \
                 returning key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
                           raw, (status = 'archived' and archived_at > created_at) as split \
@@ -165,25 +206,35 @@ impl WalkSession {
                        case when split then 'active' else status end, created_at, \
                        case when split then null else archived_at end, external_key_id, residency, \
                        case when split then raw || '{\"status\": \"active\", \"archived_at\": null}'::jsonb else raw end, \
-                       'created', created_at, case when split then archived_at end, $4, case when split then $4 end \
+                       'created', created_at, case when split then archived_at end, $6, case when split then $6 end \
                 from fresh \
                 union all \
                 select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                       raw, 'archived', archived_at, null, $4, null \
+                       raw, 'archived', archived_at, null, $6, null \
                 from fresh where split \
+             ), suspect as materialized ( \
+                select l.*, l.raw_text::jsonb as raw from looked l \
+                where l.key is not null and (l.missing_since is not null or not l.same_digest) \
              ), held as ( \
                 insert into walk_held \
-                select l.seq, l.project_id, l.raw, l.key, l.old_name, l.old_status, l.missing_since, f.* \
-                from looked l cross join lateral openai.project_fields(l.raw) f \
-                where l.key is not null and (l.missing_since is not null or l.differs) \
+                select s.seq, s.project_id, s.raw, s.digest, s.key, s.old_name, s.old_status, s.missing_since, f.* \
+                from suspect s cross join lateral openai.project_fields(s.raw) f \
+                where s.missing_since is not null or s.raw is distinct from s.old_raw \
                 returning missing_since is not null as back \
+             ), seen as ( \
+                insert into walk_seen (key) \
+                select key from looked where key is not null \
+                union all \
+                select key from fresh \
              ) \
              select (select count(*) from fresh), \
                     (select count(*) from held where not back), \
                     (select count(*) from held where back)",
         )
-        .bind(projects_json)
-        .bind(self.listed)
+        .bind(&ids)
+        .bind(&digests)
+        .bind(&raws)
+        .bind(&positions)
         .bind(self.observed_at)
         .bind(self.run_id)
         .fetch_one(&mut self.connection)
@@ -227,13 +278,13 @@ impl WalkSession {
             "create temp table walk_vanished on commit drop as \
              select c.key from openai.project_current c \
              where c.missing_since is null and c.first_seen_at < $1 \
-               and not exists (select 1 from walk_seen s where s.project_id = c.project_id)",
+               and not exists (select 1 from walk_seen s where s.key = c.key)",
         )
         .bind(self.observed_at)
         .execute(&mut *tx)
         .await?;
         let (vanished, seen): (i64, i64) =
-            sqlx::query_as("select (select count(*) from walk_vanished), (select count(distinct project_id) from walk_seen)")
+            sqlx::query_as("select (select count(*) from walk_vanished), (select count(distinct key) from walk_seen)")
                 .fetch_one(&mut *tx)
                 .await?;
         let present = self.present_before;
@@ -325,7 +376,7 @@ async fn apply_changes(
          update openai.project_current p set \
             name = c.name, status = c.status, created_at = c.created_at, archived_at = c.archived_at, \
             external_key_id = c.external_key_id, residency = c.residency, raw = c.raw, \
-            last_seen_at = greatest(p.last_seen_at, $1), missing_since = null \
+            raw_digest = c.raw_digest, last_seen_at = greatest(p.last_seen_at, $1), missing_since = null \
          from changes c where p.key = c.key",
     )
     .bind(observed_at)

@@ -8,8 +8,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::client::{AdminClient, ApiError};
-use crate::store::{self, ApplyOutcome, GuardRefusal, RunCounts, StoreError, WalkSession};
+use crate::client::{AdminClient, ApiError, ListedProject};
+use crate::store::{self, ApplyOutcome, GuardRefusal, Listing, RunCounts, StoreError, WalkSession};
 
 /// What starts a walk, as recorded in `sync_runs.trigger`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,10 +158,9 @@ fn record_metrics(status: &'static str, pages: i32, duration: Duration) {
     metrics::histogram!("sync_duration_seconds", "status" => status).record(duration.as_secs_f64());
 }
 
-/// A fetched page, as the API's own JSON array.
+/// A fetched page: each project as the API's own JSON, with its digest.
 struct FetchedPage {
-    json: Box<serde_json::value::RawValue>,
-    projects: usize,
+    projects: Vec<(ListedProject, i64)>,
 }
 
 /// Aborts the fetch task when the walk ends early, whatever the reason.
@@ -189,9 +188,16 @@ async fn apply_all_pages(
     let _fetcher = AbortOnDrop(tokio::spawn(async move {
         loop {
             let next = match walk.next_raw_page().await {
+                // Digests are computed here, beside the fetch, not on the writer's path.
                 Ok(Some(page)) => Ok(FetchedPage {
-                    json: page.data,
-                    projects: page.len,
+                    projects: page
+                        .projects
+                        .into_iter()
+                        .map(|p| {
+                            let digest = store::content_digest(p.raw.get());
+                            (p, digest)
+                        })
+                        .collect(),
                 }),
                 Ok(None) => {
                     tracing::debug!(
@@ -233,37 +239,26 @@ async fn apply_all_pages(
                 Err(_) => break,
             }
         }
-        let listed = batch.iter().map(|p| p.projects as i64).sum();
+        let listings: Vec<Listing<'_>> = batch
+            .iter()
+            .flat_map(|page| &page.projects)
+            .map(|(project, digest)| Listing {
+                project_id: &project.id,
+                raw: project.raw.get(),
+                digest: *digest,
+            })
+            .collect();
         session
-            .apply_batch(&join_arrays(&batch), listed)
+            .apply_batch(&listings)
             .await
             .map_err(|e| (pages, SyncError::Store(e)))?;
         for page in &batch {
             pages += 1;
-            projects += page.projects as u64;
+            projects += page.projects.len() as u64;
             progress.page_staged(pages as u64, projects);
         }
         if let Some(cause) = failure {
             return Err((pages, SyncError::Api { pages, cause }));
         }
     }
-}
-
-/// Concatenates JSON arrays without parsing them again.
-fn join_arrays(pages: &[FetchedPage]) -> String {
-    if let [only] = pages {
-        return only.json.get().to_owned();
-    }
-    let mut joined =
-        String::with_capacity(pages.iter().map(|p| p.json.get().len()).sum::<usize>() + 2);
-    joined.push('[');
-    for page in pages.iter().filter(|p| p.projects > 0) {
-        if joined.len() > 1 {
-            joined.push(',');
-        }
-        let json = page.json.get().trim();
-        joined.push_str(&json[1..json.len() - 1]);
-    }
-    joined.push(']');
-    joined
 }

@@ -6,6 +6,7 @@ use openai_project_sync::emulator::{
     EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule, LostAs,
 };
 use openai_project_sync::store;
+use openai_project_sync::sync::{SyncDeps, Trigger, walk_and_apply};
 use openai_project_sync::worker::{self, TickReport, Unresolved, WorkerDeps};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -127,6 +128,55 @@ async fn seed(pool: &PgPool, name: &str, status: &str, extra: &str) -> i64 {
     .await
     .expect("seed a request");
     id
+}
+
+#[tokio::test]
+async fn a_project_the_queue_created_is_not_rewritten_by_the_next_walk() {
+    let q = queue(120).await;
+    let id = request(&q.db.pool, "Made by the queue").await;
+    tick(&q).await;
+    let (status, project_id, _) = outcome(&q.db.pool, id).await;
+    assert_eq!(status, "created");
+    let rows_of = |pool: PgPool, project_id: Option<String>| async move {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "select 'c' || ctid::text || xmin::text from openai.project_current where project_id = $1 \
+             union all select 'v' || ctid::text || xmin::text from openai.project_versions where project_id = $1 \
+             order by 1",
+        )
+        .bind(project_id)
+        .fetch_all(&pool)
+        .await
+        .expect("row identities");
+        rows
+    };
+    let before = rows_of(q.db.pool.clone(), project_id.clone()).await;
+    let deps = SyncDeps {
+        pool: q.db.pool.clone(),
+        connect: q.db.url.parse().expect("test URL parses"),
+        client: q.deps.client.clone(),
+        page_size: 100,
+        min_seen_ratio: 0.5,
+    };
+
+    let summary = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect("the walk applies");
+
+    assert_eq!(
+        (
+            summary.counts.seen,
+            summary.counts.inserted,
+            summary.counts.changed
+        ),
+        (121, 120, 0),
+        "the queue's project is seen, unchanged"
+    );
+    assert_eq!(before.len(), 2, "one current row and one version");
+    assert_eq!(
+        rows_of(q.db.pool.clone(), project_id).await,
+        before,
+        "the walk compared it and wrote nothing"
+    );
 }
 
 #[tokio::test]

@@ -535,35 +535,79 @@ async fn the_database_refuses_overlapping_empty_and_second_open_versions() {
     );
 }
 
-#[tokio::test]
-async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
-    let f = fixture(0).await;
+/// The API's JSON for one active project, written with `name` first when `name_first`.
+fn project_text(id: &str, name: &str, name_first: bool) -> String {
+    let rest = format!(
+        r#""id": "{id}", "object": "organization.project", "created_at": 1700000000, "status": "active", "archived_at": null"#
+    );
+    if name_first {
+        format!(r#"{{"name": "{name}", {rest}}}"#)
+    } else {
+        format!(r#"{{{rest}, "name": "{name}"}}"#)
+    }
+}
+
+/// Applies one batch of `(id, JSON text)` listings, as the sync would.
+async fn apply(session: &mut store::WalkSession, listed: &[(&str, String)]) -> store::BatchCounts {
+    let listings: Vec<store::Listing<'_>> = listed
+        .iter()
+        .map(|(id, raw)| store::Listing {
+            project_id: id,
+            raw,
+            digest: store::content_digest(raw),
+        })
+        .collect();
+    session.apply_batch(&listings).await.expect("batch")
+}
+
+async fn open_walk(f: &Fixture) -> store::WalkSession {
     let mut session = store::WalkSession::open(&f.deps.connect)
         .await
         .expect("open")
         .expect("lock is free");
     let (run_id, started) = store::start_run(&f.db.pool, "manual").await.expect("run");
     session.begin(run_id, started).await.expect("begin");
-    let listing = |id: &str, name: &str| {
-        serde_json::json!([{"id": id, "object": "organization.project", "created_at": 1_700_000_000, "name": name, "status": "active", "archived_at": null}]).to_string()
-    };
+    session
+}
 
-    session
-        .apply_batch(&listing("proj_same", "Listed twice"), 1)
-        .await
-        .expect("batch");
-    session
-        .apply_batch(&listing("proj_same", "Listed twice"), 1)
-        .await
-        .expect("batch");
-    session
-        .apply_batch(&listing("proj_moved", "First listing"), 1)
-        .await
-        .expect("batch");
-    let repeat = session
-        .apply_batch(&listing("proj_moved", "Second listing"), 1)
-        .await
-        .expect("batch");
+#[tokio::test]
+async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
+    let f = fixture(0).await;
+    let mut session = open_walk(&f).await;
+    let same = || ("proj_same", project_text("proj_same", "Listed twice", true));
+
+    let within = apply(
+        &mut session,
+        &[
+            (
+                "proj_within",
+                project_text("proj_within", "First in batch", true),
+            ),
+            same(),
+            (
+                "proj_within",
+                project_text("proj_within", "Last in batch", true),
+            ),
+        ],
+    )
+    .await;
+    apply(&mut session, &[same()]).await;
+    apply(
+        &mut session,
+        &[(
+            "proj_moved",
+            project_text("proj_moved", "First listing", true),
+        )],
+    )
+    .await;
+    let repeat = apply(
+        &mut session,
+        &[(
+            "proj_moved",
+            project_text("proj_moved", "Second listing", true),
+        )],
+    )
+    .await;
     let outcome = session.commit(4, 0.5).await.expect("commit");
 
     let store::ApplyOutcome::Applied(counts) = outcome else {
@@ -571,8 +615,12 @@ async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
     };
     assert_eq!(
         (counts.seen, counts.inserted),
-        (2, 2),
+        (3, 3),
         "each id counts once"
+    );
+    assert_eq!(
+        within.inserted, 2,
+        "a repeat within one batch is one project"
     );
     assert_eq!(
         repeat.changed, 1,
@@ -580,16 +628,72 @@ async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
     );
     let stored = current(&f.db.pool).await;
     assert_eq!(
+        stored.get("proj_within").map(|r| r.0.clone()),
+        Some(Some("Last in batch".to_owned())),
+        "the last listing within a batch counts"
+    );
+    assert_eq!(
         stored.get("proj_moved").map(|r| r.0.clone()),
         Some(Some("Second listing".to_owned()))
     );
-    let (same_versions,): (i64,) = sqlx::query_as(
-        "select count(*) from openai.project_versions where project_id = 'proj_same'",
+    let versions: BTreeMap<String, i64> = sqlx::query_as(
+        "select project_id, count(*) from openai.project_versions group by project_id",
     )
-    .fetch_one(&f.db.pool)
+    .fetch_all(&f.db.pool)
     .await
-    .expect("count");
-    assert_eq!(same_versions, 1, "an identical repeat writes nothing");
+    .expect("count")
+    .into_iter()
+    .collect();
+    assert_eq!(
+        versions.get("proj_same"),
+        Some(&1),
+        "an identical repeat writes nothing"
+    );
+    assert_eq!(versions.get("proj_within"), Some(&1));
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+#[tokio::test]
+async fn the_same_content_written_differently_is_not_a_change() {
+    let f = fixture(0).await;
+    let mut session = open_walk(&f).await;
+    apply(
+        &mut session,
+        &[("proj_text", project_text("proj_text", "Written once", true))],
+    )
+    .await;
+    session.commit(1, 0.5).await.expect("first walk");
+    let before = physical_rows(&f.db.pool).await;
+
+    let mut session = open_walk(&f).await;
+    let reordered = apply(
+        &mut session,
+        &[(
+            "proj_text",
+            project_text("proj_text", "Written once", false),
+        )],
+    )
+    .await;
+    let outcome = session.commit(1, 0.5).await.expect("second walk");
+
+    assert_eq!(reordered.changed, 0, "{outcome:?}");
+    assert_eq!(
+        physical_rows(&f.db.pool).await,
+        before,
+        "no row rewritten for a new spelling of the same object"
+    );
+
+    let mut session = open_walk(&f).await;
+    let renamed = apply(
+        &mut session,
+        &[("proj_text", project_text("proj_text", "Renamed", false))],
+    )
+    .await;
+    session.commit(1, 0.5).await.expect("third walk");
+    assert_eq!(
+        renamed.changed, 1,
+        "a real change behind a new spelling is seen"
+    );
     assert_history_is_contiguous(&f.db.pool).await;
 }
 
