@@ -100,6 +100,11 @@ impl WalkSession {
             let _ = connection.close().await;
             return Ok(None);
         }
+        // Estimates inside the walk's long transaction are stale and can look huge; compiling
+        // a statement that then touches a thousand rows would cost more than running it.
+        sqlx::query("set jit = off")
+            .execute(&mut connection)
+            .await?;
         sqlx::query("create temp table walk_seen (key bigint not null)")
             .execute(&mut connection)
             .await?;
@@ -341,13 +346,15 @@ async fn release(mut connection: PgConnection) {
 /// An archive starts at `archived_at`; other changes at the walk's observation time; neither
 /// before the version it replaces, so versions never overlap and leave no gap. The new version
 /// is inserted from the rows the close returns, so each close happens before its insert.
+/// Changes are few next to the tables, so every row is reached by index (`limit 1` lookups and
+/// `= any(array(...))`): left to its estimates, the planner hashes whole tables instead.
 async fn apply_changes(
     tx: &mut PgConnection,
     run_id: i64,
     observed_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "with changes as ( \
+        "with changes as materialized ( \
             select b.*, v.version_id as open_version, \
                    case when b.missing_since is not null then 'reappeared' \
                         when b.status = 'archived' and b.old_status is distinct from 'archived' then 'archived' \
@@ -360,10 +367,15 @@ async fn apply_changes(
                             then b.archived_at else $1 end, \
                        v.valid_from + interval '1 microsecond') as starts \
             from walk_batch b \
-            join openai.project_versions v on v.project_key = b.key and v.valid_to is null \
+            cross join lateral ( \
+                select version_id, valid_from from openai.project_versions \
+                where project_key = b.key and valid_to is null limit 1 \
+            ) v \
          ), closed as ( \
             update openai.project_versions v set valid_to = c.starts, closed_by_run = $2 \
-            from changes c where v.version_id = c.open_version \
+            from changes c \
+            where v.version_id = c.open_version \
+              and v.version_id = any(array(select open_version from changes)) \
             returning v.version_id \
          ), opened as ( \
             insert into openai.project_versions \
@@ -377,7 +389,7 @@ async fn apply_changes(
             name = c.name, status = c.status, created_at = c.created_at, archived_at = c.archived_at, \
             external_key_id = c.external_key_id, residency = c.residency, raw = c.raw, \
             raw_digest = c.raw_digest, last_seen_at = greatest(p.last_seen_at, $1), missing_since = null \
-         from changes c where p.key = c.key",
+         from changes c where p.key = c.key and p.key = any(array(select key from changes))",
     )
     .bind(observed_at)
     .bind(run_id)
