@@ -301,7 +301,9 @@ impl WalkSession {
                 min_seen_ratio,
             }));
         }
-        mark_vanished(tx, self.run_id, self.observed_at).await?;
+        if vanished > 0 {
+            mark_vanished(tx, self.run_id, self.observed_at).await?;
+        }
         let t = self.totals;
         let counts = RunCounts {
             pages,
@@ -369,7 +371,8 @@ async fn apply_changes(
             from walk_batch b \
             cross join lateral ( \
                 select version_id, valid_from from openai.project_versions \
-                where project_key = b.key and valid_to is null limit 1 \
+                where openai.spread_key(project_key) = openai.spread_key(b.key) \
+                  and project_key = b.key and valid_to is null limit 1 \
             ) v \
          ), closed as ( \
             update openai.project_versions v set valid_to = c.starts, closed_by_run = $2 \
@@ -407,7 +410,9 @@ async fn mark_vanished(
         "with closed as ( \
             update openai.project_versions v \
             set valid_to = greatest($1, v.valid_from + interval '1 microsecond'), closed_by_run = $2 \
-            from walk_vanished x where v.project_key = x.key and v.valid_to is null \
+            from walk_vanished x \
+            where openai.spread_key(v.project_key) = openai.spread_key(x.key) \
+              and v.project_key = x.key and v.valid_to is null \
             returning v.* \
          ) \
          insert into openai.project_versions \

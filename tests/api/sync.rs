@@ -571,6 +571,44 @@ async fn open_walk(f: &Fixture) -> store::WalkSession {
 }
 
 #[tokio::test]
+async fn the_exclusion_constraint_never_takes_two_projects_for_one() {
+    let f = fixture(0).await;
+    // The constraint's index keys on a spread of the project key: it must stay one-to-one,
+    // around the point where its formula changes too.
+    let (keys, distinct): (i64, i64) = sqlx::query_as(
+        "with k as ( \
+            select g as key from generate_series(1, 300000) g \
+            union all select g from generate_series(2147483548, 2147483748) g \
+            union all select g from generate_series(4294967196, 4294967396) g \
+            union all select g from generate_series(6442450844, 6442451044) g \
+         ) select count(*), count(distinct openai.spread_key(key)) from k",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("spread keys");
+    assert_eq!(distinct, keys);
+
+    let mut session = open_walk(&f).await;
+    let listed: Vec<(String, String)> = (0..300)
+        .map(|n| {
+            let id = format!("proj_same_time_{n}");
+            let raw = project_text(&id, "Same validity", true);
+            (id, raw)
+        })
+        .collect();
+    let listed: Vec<(&str, String)> = listed
+        .iter()
+        .map(|(id, raw)| (id.as_str(), raw.clone()))
+        .collect();
+    let batch = apply(&mut session, &listed).await;
+    session.commit(3, 0.5).await.expect("commit");
+    assert_eq!(
+        batch.inserted, 300,
+        "projects with identical validity are not overlaps of one another"
+    );
+}
+
+#[tokio::test]
 async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
     let f = fixture(0).await;
     let mut session = open_walk(&f).await;
