@@ -547,6 +547,11 @@ fn project_text(id: &str, name: &str, name_first: bool) -> String {
     }
 }
 
+/// One listing of an active project: its id and its JSON text.
+fn listed(id: &'static str, name: &str, name_first: bool) -> (&'static str, String) {
+    (id, project_text(id, name, name_first))
+}
+
 /// Applies one batch of `(id, JSON text)` listings, as the sync would.
 async fn apply(session: &mut store::WalkSession, listed: &[(&str, String)]) -> store::BatchCounts {
     let listings: Vec<store::Listing<'_>> = listed
@@ -612,38 +617,22 @@ async fn the_exclusion_constraint_never_takes_two_projects_for_one() {
 async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
     let f = fixture(0).await;
     let mut session = open_walk(&f).await;
-    let same = || ("proj_same", project_text("proj_same", "Listed twice", true));
+    let same = || listed("proj_same", "Listed twice", true);
 
     let within = apply(
         &mut session,
         &[
-            (
-                "proj_within",
-                project_text("proj_within", "First in batch", true),
-            ),
+            listed("proj_within", "First in batch", true),
             same(),
-            (
-                "proj_within",
-                project_text("proj_within", "Last in batch", true),
-            ),
+            listed("proj_within", "Last in batch", true),
         ],
     )
     .await;
     apply(&mut session, &[same()]).await;
-    apply(
-        &mut session,
-        &[(
-            "proj_moved",
-            project_text("proj_moved", "First listing", true),
-        )],
-    )
-    .await;
+    apply(&mut session, &[listed("proj_moved", "First listing", true)]).await;
     let repeat = apply(
         &mut session,
-        &[(
-            "proj_moved",
-            project_text("proj_moved", "Second listing", true),
-        )],
+        &[listed("proj_moved", "Second listing", true)],
     )
     .await;
     let outcome = session.commit(4, 0.5).await.expect("commit");
@@ -695,23 +684,12 @@ async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
 async fn the_same_content_written_differently_is_not_a_change() {
     let f = fixture(0).await;
     let mut session = open_walk(&f).await;
-    apply(
-        &mut session,
-        &[("proj_text", project_text("proj_text", "Written once", true))],
-    )
-    .await;
+    apply(&mut session, &[listed("proj_text", "Written once", true)]).await;
     session.commit(1, 0.5).await.expect("first walk");
     let before = physical_rows(&f.db.pool).await;
 
     let mut session = open_walk(&f).await;
-    let reordered = apply(
-        &mut session,
-        &[(
-            "proj_text",
-            project_text("proj_text", "Written once", false),
-        )],
-    )
-    .await;
+    let reordered = apply(&mut session, &[listed("proj_text", "Written once", false)]).await;
     let outcome = session.commit(1, 0.5).await.expect("second walk");
 
     assert_eq!(reordered.changed, 0, "{outcome:?}");
@@ -722,11 +700,7 @@ async fn the_same_content_written_differently_is_not_a_change() {
     );
 
     let mut session = open_walk(&f).await;
-    let renamed = apply(
-        &mut session,
-        &[("proj_text", project_text("proj_text", "Renamed", false))],
-    )
-    .await;
+    let renamed = apply(&mut session, &[listed("proj_text", "Renamed", false)]).await;
     session.commit(1, 0.5).await.expect("third walk");
     assert_eq!(
         renamed.changed, 1,
