@@ -8,5 +8,6 @@ mod demo;
 mod emulator;
 mod harness;
 mod helpers;
+mod migrations;
 mod requests;
 mod sync;

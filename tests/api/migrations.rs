@@ -1,0 +1,163 @@
+//! Upgrading a database that an earlier release migrated and wrote.
+
+use std::path::PathBuf;
+
+use openai_project_sync::emulator::EmulatorConfig;
+use openai_project_sync::store;
+use openai_project_sync::sync::{SyncDeps, Trigger, walk_and_apply};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TEST_KEY, TestDb, client_for, start_emulator_with};
+
+/// Applies the migrations up to `last` only, as an earlier release would have.
+async fn migrate_up_to(db: &TestDb, last: i64) {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let folder = std::env::temp_dir().join(format!(
+        "ops-migrations-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&folder).expect("a folder for the old migrations");
+    for entry in std::fs::read_dir(&source).expect("the migrations folder") {
+        let path = entry.expect("a migration").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let version: i64 = name
+            .split('_')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(i64::MAX);
+        if version <= last {
+            std::fs::copy(&path, folder.join(name)).expect("copy a migration");
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(folder.as_path())
+        .await
+        .expect("read the old migrations");
+    migrator
+        .run(&db.pool)
+        .await
+        .expect("the old migrations apply");
+    let _ = std::fs::remove_dir_all(&folder);
+}
+
+#[tokio::test]
+async fn upgrading_a_synced_database_keeps_its_history_and_its_guarantees() {
+    let db = TestDb::new().await;
+    migrate_up_to(&db, 2).await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects: 40,
+        seed: 5,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let client = client_for(&emulator);
+    let mut walk = client.walk_projects(100, true);
+    let mut projects = Vec::new();
+    while let Some(page) = walk.next_raw_page().await.expect("list") {
+        projects.extend(page.projects);
+    }
+    // As the first release wrote them: every project current with one version, one of them
+    // renamed once before.
+    for project in &projects {
+        sqlx::query(
+            "with c as ( \
+                insert into openai.project_current \
+                    (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
+                     first_seen_at, last_seen_at) \
+                select $1::jsonb ->> 'id', f.name, f.status, f.created_at, f.archived_at, \
+                       f.external_key_id, f.residency, $1::jsonb, now(), now() \
+                from openai.project_fields($1::jsonb) f \
+                returning * \
+             ) \
+             insert into openai.project_versions \
+                (project_key, project_id, name, status, created_at, archived_at, external_key_id, \
+                 residency, raw, change, valid_from) \
+             select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                    raw, 'created', created_at from c",
+        )
+        .bind(project.raw.get())
+        .execute(&db.pool)
+        .await
+        .expect("write as the first release did");
+    }
+    let renamed = &projects[0].id;
+    sqlx::query(
+        "with old as ( \
+            update openai.project_versions set valid_from = created_at + interval '1 day', change = 'renamed' \
+            where project_id = $1 returning * \
+         ) \
+         insert into openai.project_versions \
+            (project_key, project_id, name, status, created_at, raw, change, valid_from, valid_to) \
+         select project_key, project_id, 'Its first name', 'active', created_at, \
+                raw || '{\"name\": \"Its first name\"}', 'created', created_at, valid_from from old",
+    )
+    .bind(renamed)
+    .execute(&db.pool)
+    .await
+    .expect("an earlier rename");
+    let rows_before: Vec<(String,)> =
+        sqlx::query_as("select ctid::text || xmin::text from openai.project_versions order by 1")
+            .fetch_all(&db.pool)
+            .await
+            .expect("row identities");
+
+    store::migrate(&db.pool).await.expect("the upgrade applies");
+    let deps = SyncDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client,
+        page_size: 10,
+        min_seen_ratio: 0.5,
+    };
+    let summary = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect("a walk after the upgrade");
+
+    assert_eq!(
+        (
+            summary.counts.seen,
+            summary.counts.inserted,
+            summary.counts.changed
+        ),
+        (40, 0, 0),
+        "what the earlier release wrote is recognised, not duplicated"
+    );
+    let rows_after: Vec<(String,)> =
+        sqlx::query_as("select ctid::text || xmin::text from openai.project_versions order by 1")
+            .fetch_all(&db.pool)
+            .await
+            .expect("row identities");
+    assert_eq!(rows_after, rows_before, "history is kept as it was");
+    let names: Vec<(String,)> = sqlx::query_as(
+        "select name from openai.project_versions where project_id = $1 order by valid_from",
+    )
+    .bind(renamed)
+    .fetch_all(&db.pool)
+    .await
+    .expect("names");
+    assert_eq!(names.len(), 2);
+    assert_eq!(names[0].0, "Its first name");
+
+    let overlap = sqlx::query(
+        "insert into openai.project_versions \
+            (project_key, project_id, name, created_at, raw, change, valid_from) \
+         select project_key, project_id, 'Overlapping', created_at, raw, 'updated', created_at + interval '1 hour' \
+         from openai.project_versions where project_id = $1 limit 1",
+    )
+    .bind(renamed)
+    .execute(&db.pool)
+    .await
+    .expect_err("an overlapping version is still refused after the upgrade");
+    assert_eq!(
+        overlap
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("23P01"),
+        "{overlap}"
+    );
+}
