@@ -85,6 +85,8 @@ pub async fn walk_and_apply(
     let Some(mut session) = WalkSession::open(&deps.connect).await? else {
         return Err(SyncError::AlreadyRunning);
     };
+    // Pages start arriving while the run is recorded and its transaction opened.
+    let (pages_rx, _fetcher) = start_fetch(deps);
     let abandoned = store::abandon_stale_runs(&deps.pool).await?;
     if abandoned > 0 {
         tracing::warn!(
@@ -97,7 +99,7 @@ pub async fn walk_and_apply(
     let outcome = async {
         tracing::info!("walk started");
         session.begin(run_id, observed_at).await.map_err(|e| (0, SyncError::Store(e)))?;
-        let pages = match apply_all_pages(deps, &mut session, cancel, progress).await {
+        let pages = match apply_all_pages(pages_rx, &mut session, cancel, progress).await {
             Ok(pages) => pages,
             Err(failure) => {
                 if let Err(e) = session.rollback().await {
@@ -175,17 +177,12 @@ impl Drop for AbortOnDrop {
 /// Most pages staged in one statement when the writer falls behind the fetcher.
 const MAX_PAGES_PER_BATCH: usize = 16;
 
-/// Fetches pages in a task of their own while applying those already fetched; returns the page count.
-async fn apply_all_pages(
-    deps: &SyncDeps,
-    session: &mut WalkSession,
-    cancel: &CancellationToken,
-    progress: &mut dyn Progress,
-) -> Result<i32, (i32, SyncError)> {
-    let (sender, mut pages_rx) = mpsc::channel::<Result<FetchedPage, ApiError>>(PAGES_IN_FLIGHT);
+/// Fetches every page in a task of its own, at most `PAGES_IN_FLIGHT` ahead of the writer.
+fn start_fetch(deps: &SyncDeps) -> (mpsc::Receiver<Result<FetchedPage, ApiError>>, AbortOnDrop) {
+    let (sender, pages_rx) = mpsc::channel::<Result<FetchedPage, ApiError>>(PAGES_IN_FLIGHT);
     let mut walk = deps.client.walk_projects(deps.page_size, true);
     let fetch_started = Instant::now();
-    let _fetcher = AbortOnDrop(tokio::spawn(async move {
+    let fetcher = AbortOnDrop(tokio::spawn(async move {
         loop {
             let next = match walk.next_raw_page().await {
                 // Digests are computed here, beside the fetch, not on the writer's path.
@@ -215,6 +212,16 @@ async fn apply_all_pages(
             }
         }
     }));
+    (pages_rx, fetcher)
+}
+
+/// Applies pages as the fetch task delivers them; returns the page count.
+async fn apply_all_pages(
+    mut pages_rx: mpsc::Receiver<Result<FetchedPage, ApiError>>,
+    session: &mut WalkSession,
+    cancel: &CancellationToken,
+    progress: &mut dyn Progress,
+) -> Result<i32, (i32, SyncError)> {
     let (mut pages, mut projects) = (0i32, 0u64);
     loop {
         let received = tokio::select! {
