@@ -145,18 +145,26 @@ async fn run_sync(db_url: &str, emulator: &Emulator) -> Measured {
     }
 }
 
-/// Vacuums and analyzes the history tables, as autovacuum does within a minute of a large write.
+/// Vacuums and analyzes the history tables, as autovacuum does within a minute of a large write,
+/// then checkpoints.
 ///
 /// Scheduled syncs are minutes apart, so a re-sync never runs beside the vacuum of the sync
 /// before it; measured back to back, whichever scenario that vacuum landed on would pay for it.
+/// The checkpoint starts every scenario alike: otherwise the timed checkpoint falls in the
+/// middle of whichever scenario runs about five minutes into the benchmark.
 async fn settle(db_url: &str) {
     let mut connection = PgConnection::connect(db_url)
         .await
         .expect("connect to the benchmark database");
-    sqlx::query("vacuum (analyze) openai.project_current, openai.project_versions")
-        .execute(&mut connection)
-        .await
-        .expect("vacuum the history tables");
+    for statement in [
+        "vacuum (analyze) openai.project_current, openai.project_versions",
+        "checkpoint",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("settle the database");
+    }
 }
 
 fn row(label: &str, projects: usize, m: &Measured, latency: Option<Duration>) {
@@ -222,6 +230,7 @@ async fn main() {
         let db_url =
             fresh_database(&mut admin, &server_url, &format!("ops_bench_{projects}")).await;
         let emulator = Emulator::start(projects, 0);
+        settle(&db_url).await;
         row(
             "cold sync",
             projects,
@@ -256,6 +265,7 @@ async fn main() {
         let latency = Duration::from_millis(50);
         let db_url = fresh_database(&mut admin, &server_url, "ops_bench_latency").await;
         let emulator = Emulator::start(projects, latency.as_millis() as u64);
+        settle(&db_url).await;
         row(
             "cold sync, 50 ms/page",
             projects,
