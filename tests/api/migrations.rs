@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use openai_project_sync::emulator::EmulatorConfig;
 use openai_project_sync::store;
-use openai_project_sync::sync::{SyncDeps, Trigger, walk_and_apply};
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TEST_KEY, TestDb, client_for, start_emulator_with};
+use crate::helpers::{TEST_KEY, TestDb, client_for, start_emulator_with, sync, sync_deps};
 
 /// Applies the migrations up to `last` only, as an earlier release would have.
 async fn migrate_up_to(db: &TestDb, last: i64) {
@@ -106,16 +104,7 @@ async fn upgrading_a_synced_database_keeps_its_history_and_its_guarantees() {
             .expect("row identities");
 
     store::migrate(&db.pool).await.expect("the upgrade applies");
-    let deps = SyncDeps {
-        pool: db.pool.clone(),
-        connect: db.url.parse().expect("test URL parses"),
-        client,
-        page_size: 10,
-        min_seen_ratio: 0.5,
-    };
-    let summary = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
-        .await
-        .expect("a walk after the upgrade");
+    let summary = sync(&sync_deps(&db, client, 10)).await;
 
     assert_eq!(
         (

@@ -6,12 +6,13 @@ use openai_project_sync::emulator::{
     EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule, LostAs,
 };
 use openai_project_sync::store;
-use openai_project_sync::sync::{SyncDeps, Trigger, walk_and_apply};
 use openai_project_sync::worker::{self, TickReport, Unresolved, WorkerDeps};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TEST_KEY, TestDb, client_with, eventually, start_emulator_with};
+use crate::helpers::{
+    TEST_KEY, TestDb, client_with, eventually, start_emulator_with, sync, sync_deps,
+};
 
 pub struct Queue {
     pub db: TestDb,
@@ -150,17 +151,8 @@ async fn a_project_the_queue_created_is_not_rewritten_by_the_next_walk() {
         rows
     };
     let before = rows_of(q.db.pool.clone(), project_id.clone()).await;
-    let deps = SyncDeps {
-        pool: q.db.pool.clone(),
-        connect: q.db.url.parse().expect("test URL parses"),
-        client: q.deps.client.clone(),
-        page_size: 100,
-        min_seen_ratio: 0.5,
-    };
 
-    let summary = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
-        .await
-        .expect("the walk applies");
+    let summary = sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
 
     assert_eq!(
         (

@@ -8,11 +8,13 @@ use openai_project_sync::emulator::{
     EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule, ListOrder,
 };
 use openai_project_sync::store;
-use openai_project_sync::sync::{SyncDeps, SyncError, Trigger, WalkSummary, walk_and_apply};
+use openai_project_sync::sync::{SyncDeps, SyncError, Trigger, walk_and_apply};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TEST_KEY, TestDb, client_for, eventually, start_emulator_with};
+use crate::helpers::{
+    TEST_KEY, TestDb, client_for, eventually, start_emulator_with, sync, sync_deps,
+};
 
 pub struct Fixture {
     pub db: TestDb,
@@ -24,13 +26,7 @@ pub async fn fixture_with(config: EmulatorConfig) -> Fixture {
     let db = TestDb::new().await;
     store::migrate(&db.pool).await.expect("migrations apply");
     let emulator = start_emulator_with(config).await;
-    let deps = SyncDeps {
-        pool: db.pool.clone(),
-        connect: db.url.parse().expect("test URL parses"),
-        client: client_for(&emulator),
-        page_size: 100,
-        min_seen_ratio: 0.5,
-    };
+    let deps = sync_deps(&db, client_for(&emulator), 100);
     Fixture { db, emulator, deps }
 }
 
@@ -43,12 +39,6 @@ pub async fn fixture(projects: usize) -> Fixture {
         ..EmulatorConfig::default()
     })
     .await
-}
-
-pub async fn sync(deps: &SyncDeps) -> WalkSummary {
-    walk_and_apply(deps, Trigger::Manual, &CancellationToken::new(), &mut ())
-        .await
-        .expect("the walk applies")
 }
 
 fn ts(seconds: i64) -> DateTime<Utc> {

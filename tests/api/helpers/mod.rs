@@ -10,6 +10,35 @@ use secrecy::SecretString;
 
 pub use postgres::TestDb;
 
+/// What a walk needs against `db` through `client`: pages of `page_size`, the default guard.
+pub fn sync_deps(
+    db: &TestDb,
+    client: AdminClient,
+    page_size: u32,
+) -> openai_project_sync::sync::SyncDeps {
+    openai_project_sync::sync::SyncDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client,
+        page_size,
+        min_seen_ratio: 0.5,
+    }
+}
+
+/// One manual walk that must apply.
+pub async fn sync(
+    deps: &openai_project_sync::sync::SyncDeps,
+) -> openai_project_sync::sync::WalkSummary {
+    openai_project_sync::sync::walk_and_apply(
+        deps,
+        openai_project_sync::sync::Trigger::Manual,
+        &tokio_util::sync::CancellationToken::new(),
+        &mut (),
+    )
+    .await
+    .expect("the walk applies")
+}
+
 /// The key every test emulator accepts; an obvious placeholder.
 pub const TEST_KEY: &str = "sk-admin-test-placeholder";
 
