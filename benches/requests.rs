@@ -3,14 +3,14 @@
 //!
 //! Postgres comes from `DATABASE_URL`, else a throwaway cluster from the machine's binaries.
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_openai-project-sync");
-const KEY: &str = "sk-admin-bench-placeholder";
+use support::{BINARY, Emulator, KEY, fresh_database};
 
 struct Process(Child);
 
@@ -67,45 +67,9 @@ async fn main() {
     )
     .expect("a Postgres server");
     let mut admin = PgConnection::connect(&server_url).await.expect("connect");
-    sqlx::query("drop database if exists ops_bench_requests with (force)")
-        .execute(&mut admin)
-        .await
-        .expect("drop");
-    sqlx::query("create database ops_bench_requests")
-        .execute(&mut admin)
-        .await
-        .expect("create");
-    let mut url = reqwest::Url::parse(&server_url).expect("URL");
-    url.set_path("/ops_bench_requests");
-    let db_url = url.to_string();
-    assert!(
-        Command::new(BINARY)
-            .arg("migrate")
-            .env("DATABASE_URL", &db_url)
-            .env("APP_LOG__LEVEL", "warn")
-            .status()
-            .expect("migrate")
-            .success()
-    );
-
-    let port = local_postgres::free_port().expect("port");
-    let _emulator = Process(
-        Command::new(BINARY)
-            .args([
-                "emulator",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-key",
-                KEY,
-                "--projects",
-                "100",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the emulator"),
-    );
-    let base_url = format!("http://127.0.0.1:{port}/v1");
+    let db_url = fresh_database(&mut admin, &server_url, "ops_bench_requests").await;
+    let emulator = Emulator::start(100, 0);
+    let base_url = emulator.base_url();
     let mut db = PgConnection::connect(&db_url).await.expect("connect");
 
     let first = daemon(&db_url, &base_url);

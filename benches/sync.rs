@@ -3,74 +3,28 @@
 //!
 //! Postgres comes from `DATABASE_URL`, else a throwaway cluster from the machine's binaries.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
+use support::{BINARY, Emulator, KEY, fresh_database};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_openai-project-sync");
-const KEY: &str = "sk-admin-bench-placeholder";
-
-struct Emulator {
-    child: Child,
-    port: u16,
-}
-
-impl Emulator {
-    fn start(projects: usize, latency_ms: u64) -> Emulator {
-        let port = local_postgres::free_port().expect("free port");
-        let mut child = Command::new(BINARY)
-            .args([
-                "emulator",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-key",
-                KEY,
-            ])
-            .args([
-                "--projects",
-                &projects.to_string(),
-                "--seed",
-                "1",
-                "--latency-ms",
-                &latency_ms.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the emulator");
-        let stdout = child.stdout.take().expect("emulator stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("emulator says it listens");
-        assert!(line.contains("listening"), "emulator did not start: {line}");
-        Emulator { child, port }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
-    }
-
-    async fn churn(&self, renames: usize) {
-        let response = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/_emulator/churn", self.port))
-            .bearer_auth(KEY)
-            .json(&serde_json::json!({"renamed": renames}))
-            .send()
-            .await
-            .expect("churn");
-        assert!(response.status().is_success());
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Renames `renames` projects behind the sync's back.
+async fn churn(emulator: &Emulator, renames: usize) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/_emulator/churn",
+            emulator.port
+        ))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"renamed": renames}))
+        .send()
+        .await
+        .expect("churn");
+    assert!(response.status().is_success());
 }
 
 struct Measured {
@@ -167,6 +121,18 @@ async fn settle(db_url: &str) {
     }
 }
 
+/// Settles the database, then runs one sync and prints its row.
+async fn measure(
+    label: &str,
+    projects: usize,
+    db_url: &str,
+    emulator: &Emulator,
+    latency: Option<Duration>,
+) {
+    settle(db_url).await;
+    row(label, projects, &run_sync(db_url, emulator).await, latency);
+}
+
 fn row(label: &str, projects: usize, m: &Measured, latency: Option<Duration>) {
     let per_second = projects as f64 / m.wall.as_secs_f64();
     let ratio = latency
@@ -185,27 +151,6 @@ fn row(label: &str, projects: usize, m: &Measured, latency: Option<Duration>) {
         m.peak_mib,
         m.rows_written
     );
-}
-
-async fn fresh_database(admin: &mut PgConnection, server_url: &str, name: &str) -> String {
-    sqlx::query(&format!("drop database if exists {name} with (force)"))
-        .execute(&mut *admin)
-        .await
-        .expect("drop");
-    sqlx::query(&format!("create database {name}"))
-        .execute(&mut *admin)
-        .await
-        .expect("create");
-    let mut url = reqwest::Url::parse(server_url).expect("server URL");
-    url.set_path(&format!("/{name}"));
-    let status = Command::new(BINARY)
-        .arg("migrate")
-        .env("DATABASE_URL", url.as_str())
-        .env("APP_LOG__LEVEL", "warn")
-        .status()
-        .expect("migrate");
-    assert!(status.success(), "migrations failed");
-    url.to_string()
 }
 
 #[tokio::main]
@@ -230,28 +175,10 @@ async fn main() {
         let db_url =
             fresh_database(&mut admin, &server_url, &format!("ops_bench_{projects}")).await;
         let emulator = Emulator::start(projects, 0);
-        settle(&db_url).await;
-        row(
-            "cold sync",
-            projects,
-            &run_sync(&db_url, &emulator).await,
-            None,
-        );
-        settle(&db_url).await;
-        row(
-            "unchanged re-sync",
-            projects,
-            &run_sync(&db_url, &emulator).await,
-            None,
-        );
-        settle(&db_url).await;
-        emulator.churn(projects / 100).await;
-        row(
-            "re-sync, 1% changed",
-            projects,
-            &run_sync(&db_url, &emulator).await,
-            None,
-        );
+        measure("cold sync", projects, &db_url, &emulator, None).await;
+        measure("unchanged re-sync", projects, &db_url, &emulator, None).await;
+        churn(&emulator, projects / 100).await;
+        measure("re-sync, 1% changed", projects, &db_url, &emulator, None).await;
         drop(emulator);
         sqlx::query(&format!(
             "drop database if exists ops_bench_{projects} with (force)"
@@ -265,13 +192,14 @@ async fn main() {
         let latency = Duration::from_millis(50);
         let db_url = fresh_database(&mut admin, &server_url, "ops_bench_latency").await;
         let emulator = Emulator::start(projects, latency.as_millis() as u64);
-        settle(&db_url).await;
-        row(
+        measure(
             "cold sync, 50 ms/page",
             projects,
-            &run_sync(&db_url, &emulator).await,
+            &db_url,
+            &emulator,
             Some(latency),
-        );
+        )
+        .await;
         drop(emulator);
         sqlx::query("drop database if exists ops_bench_latency with (force)")
             .execute(&mut admin)

@@ -1,0 +1,84 @@
+//! What both benchmarks share: the release binary, the emulator in its own process, a fresh
+//! migrated database.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use openai_project_sync::local_postgres;
+use sqlx::PgConnection;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_openai-project-sync");
+pub const KEY: &str = "sk-admin-bench-placeholder";
+
+/// The emulator in a process of its own, so the measured process's memory is the sync's alone.
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+}
+
+impl Emulator {
+    /// Starts an emulator of `projects` with `latency_ms` per call, once it says it listens.
+    pub fn start(projects: usize, latency_ms: u64) -> Emulator {
+        let port = local_postgres::free_port().expect("free port");
+        let mut child = Command::new(BINARY)
+            .args([
+                "emulator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-key",
+                KEY,
+            ])
+            .args([
+                "--projects",
+                &projects.to_string(),
+                "--seed",
+                "1",
+                "--latency-ms",
+                &latency_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the emulator");
+        let stdout = child.stdout.take().expect("emulator stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("emulator says it listens");
+        assert!(line.contains("listening"), "emulator did not start: {line}");
+        Emulator { child, port }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Drops and creates database `name` on the server, migrates it, and returns its URL.
+pub async fn fresh_database(admin: &mut PgConnection, server_url: &str, name: &str) -> String {
+    sqlx::query(&format!("drop database if exists {name} with (force)"))
+        .execute(&mut *admin)
+        .await
+        .expect("drop");
+    sqlx::query(&format!("create database {name}"))
+        .execute(&mut *admin)
+        .await
+        .expect("create");
+    let mut url = reqwest::Url::parse(server_url).expect("server URL");
+    url.set_path(&format!("/{name}"));
+    let status = Command::new(BINARY)
+        .arg("migrate")
+        .env("DATABASE_URL", url.as_str())
+        .env("APP_LOG__LEVEL", "warn")
+        .status()
+        .expect("migrate");
+    assert!(status.success(), "migrations failed");
+    url.to_string()
+}
