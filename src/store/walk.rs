@@ -400,6 +400,7 @@ async fn apply_changes(
     .await?;
     Ok(())
 }
+
 /// Gives each project missing from this complete walk a `vanished` version and `missing_since`.
 async fn mark_vanished(
     tx: &mut PgConnection,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use openai_project_sync::emulator::EmulatorConfig;
 use openai_project_sync::store;
 
-use crate::helpers::{TEST_KEY, TestDb, client_for, start_emulator_with, sync, sync_deps};
+use crate::helpers::{
+    TEST_KEY, TestDb, client_for, row_identities, start_emulator_with, sync, sync_deps,
+};
 
 /// Applies the migrations up to `last` only, as an earlier release would have.
 async fn migrate_up_to(db: &TestDb, last: i64) {
@@ -97,11 +99,7 @@ async fn upgrading_a_synced_database_keeps_its_history_and_its_guarantees() {
     .execute(&db.pool)
     .await
     .expect("an earlier rename");
-    let rows_before: Vec<(String,)> =
-        sqlx::query_as("select ctid::text || xmin::text from openai.project_versions order by 1")
-            .fetch_all(&db.pool)
-            .await
-            .expect("row identities");
+    let rows_before = row_identities(&db.pool, None).await;
 
     store::migrate(&db.pool).await.expect("the upgrade applies");
     let summary = sync(&sync_deps(&db, client, 10)).await;
@@ -115,12 +113,11 @@ async fn upgrading_a_synced_database_keeps_its_history_and_its_guarantees() {
         (40, 0, 0),
         "what the earlier release wrote is recognised, not duplicated"
     );
-    let rows_after: Vec<(String,)> =
-        sqlx::query_as("select ctid::text || xmin::text from openai.project_versions order by 1")
-            .fetch_all(&db.pool)
-            .await
-            .expect("row identities");
-    assert_eq!(rows_after, rows_before, "history is kept as it was");
+    let rows_after = row_identities(&db.pool, None).await;
+    assert_eq!(
+        rows_after, rows_before,
+        "history and current rows are kept as they were"
+    );
     let names: Vec<(String,)> = sqlx::query_as(
         "select name from openai.project_versions where project_id = $1 order by valid_from",
     )

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    TEST_KEY, TestDb, client_with, eventually, start_emulator_with, sync, sync_deps,
+    TEST_KEY, TestDb, client_with, eventually, row_identities, start_emulator_with, sync, sync_deps,
 };
 
 pub struct Queue {
@@ -138,19 +138,7 @@ async fn a_project_the_queue_created_is_not_rewritten_by_the_next_walk() {
     tick(&q).await;
     let (status, project_id, _) = outcome(&q.db.pool, id).await;
     assert_eq!(status, "created");
-    let rows_of = |pool: PgPool, project_id: Option<String>| async move {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "select 'c' || ctid::text || xmin::text from openai.project_current where project_id = $1 \
-             union all select 'v' || ctid::text || xmin::text from openai.project_versions where project_id = $1 \
-             order by 1",
-        )
-        .bind(project_id)
-        .fetch_all(&pool)
-        .await
-        .expect("row identities");
-        rows
-    };
-    let before = rows_of(q.db.pool.clone(), project_id.clone()).await;
+    let before = row_identities(&q.db.pool, project_id.as_deref()).await;
 
     let summary = sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
 
@@ -165,7 +153,7 @@ async fn a_project_the_queue_created_is_not_rewritten_by_the_next_walk() {
     );
     assert_eq!(before.len(), 2, "one current row and one version");
     assert_eq!(
-        rows_of(q.db.pool.clone(), project_id).await,
+        row_identities(&q.db.pool, project_id.as_deref()).await,
         before,
         "the walk compared it and wrote nothing"
     );

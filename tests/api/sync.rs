@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    TEST_KEY, TestDb, client_for, eventually, start_emulator_with, sync, sync_deps,
+    TEST_KEY, TestDb, client_for, eventually, row_identities, start_emulator_with, sync, sync_deps,
 };
 
 pub struct Fixture {
@@ -130,17 +130,6 @@ async fn changes_of(
 }
 
 /// Identity of every physical row of the two history tables; a rewrite changes it.
-async fn physical_rows(pool: &PgPool) -> Vec<String> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "select 'c' || ctid::text || xmin::text from openai.project_current \
-         union all select 'v' || ctid::text || xmin::text from openai.project_versions order by 1",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("read row identities");
-    rows.into_iter().map(|(r,)| r).collect()
-}
-
 async fn run_rows(pool: &PgPool) -> Vec<(String, Option<String>)> {
     sqlx::query_as("select status, error from openai.sync_runs order by id")
         .fetch_all(pool)
@@ -301,7 +290,7 @@ async fn renames_archives_new_projects_and_unmodelled_fields_become_versions_and
 async fn an_unchanged_resync_writes_no_row_to_projects_or_versions() {
     let f = fixture(450).await;
     sync(&f.deps).await;
-    let before = physical_rows(&f.db.pool).await;
+    let before = row_identities(&f.db.pool, None).await;
 
     let summary = sync(&f.deps).await;
 
@@ -314,7 +303,7 @@ async fn an_unchanged_resync_writes_no_row_to_projects_or_versions() {
         (450, 0, 0)
     );
     assert_eq!(
-        physical_rows(&f.db.pool).await,
+        row_identities(&f.db.pool, None).await,
         before,
         "no row was inserted, updated or deleted"
     );
@@ -397,7 +386,7 @@ async fn a_failure_on_page_7_of_13_applies_nothing_and_marks_the_run_failed() {
     let target = f.emulator.projects()[10].id.clone();
     f.emulator.rename(&target, "Never applied");
     f.emulator.create("Never inserted");
-    let before = physical_rows(&f.db.pool).await;
+    let before = row_identities(&f.db.pool, None).await;
     f.emulator.push_fault(FaultRule {
         endpoint: Endpoint::List,
         skip: 6,
@@ -414,7 +403,7 @@ async fn a_failure_on_page_7_of_13_applies_nothing_and_marks_the_run_failed() {
         "{error:?}"
     );
     assert_eq!(
-        physical_rows(&f.db.pool).await,
+        row_identities(&f.db.pool, None).await,
         before,
         "readers never see half a sync"
     );
@@ -433,7 +422,7 @@ async fn a_failure_on_page_7_of_13_applies_nothing_and_marks_the_run_failed() {
 async fn the_guard_refuses_a_walk_that_suddenly_sees_a_tenth_of_the_projects() {
     let f = fixture(500).await;
     sync(&f.deps).await;
-    let before = physical_rows(&f.db.pool).await;
+    let before = row_identities(&f.db.pool, None).await;
     for project in f.emulator.projects().iter().skip(50) {
         f.emulator.set_hidden(&project.id, true);
     }
@@ -448,7 +437,7 @@ async fn the_guard_refuses_a_walk_that_suddenly_sees_a_tenth_of_the_projects() {
         message.contains("saw only 50 of the 500") && message.contains("sync.min_seen_ratio"),
         "{message}"
     );
-    assert_eq!(physical_rows(&f.db.pool).await, before);
+    assert_eq!(row_identities(&f.db.pool, None).await, before);
     assert_eq!(run_rows(&f.db.pool).await[1].0, "failed");
 }
 
@@ -676,7 +665,7 @@ async fn the_same_content_written_differently_is_not_a_change() {
     let mut session = open_walk(&f).await;
     apply(&mut session, &[listed("proj_text", "Written once", true)]).await;
     session.commit(1, 0.5).await.expect("first walk");
-    let before = physical_rows(&f.db.pool).await;
+    let before = row_identities(&f.db.pool, None).await;
 
     let mut session = open_walk(&f).await;
     let reordered = apply(&mut session, &[listed("proj_text", "Written once", false)]).await;
@@ -684,7 +673,7 @@ async fn the_same_content_written_differently_is_not_a_change() {
 
     assert_eq!(reordered.changed, 0, "{outcome:?}");
     assert_eq!(
-        physical_rows(&f.db.pool).await,
+        row_identities(&f.db.pool, None).await,
         before,
         "no row rewritten for a new spelling of the same object"
     );

@@ -25,6 +25,23 @@ pub fn sync_deps(
     }
 }
 
+/// The physical identity (ctid and xmin) of every current and version row, or of one project's:
+/// equal before and after means nothing was written.
+pub async fn row_identities(pool: &sqlx::PgPool, project_id: Option<&str>) -> Vec<String> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "select 'c' || ctid::text || xmin::text from openai.project_current \
+         where $1::text is null or project_id = $1 \
+         union all select 'v' || ctid::text || xmin::text from openai.project_versions \
+         where $1::text is null or project_id = $1 \
+         order by 1",
+    )
+    .bind(project_id)
+    .fetch_all(pool)
+    .await
+    .expect("read row identities");
+    rows.into_iter().map(|(r,)| r).collect()
+}
+
 /// One manual walk that must apply.
 pub async fn sync(
     deps: &openai_project_sync::sync::SyncDeps,
