@@ -63,6 +63,79 @@ pub struct Listing<'a> {
     pub digest: i64,
 }
 
+/// The statement fragment that inserts the projects of a CTE `unknown (project_id, digest,
+/// raw)` and opens their first versions; `$1` is the walk's observation time, `$2` its run.
+/// An id that is already known is skipped (`on conflict`), never overwritten.
+macro_rules! insert_unknown_sql {
+    () => {
+        "fresh as ( \
+            insert into openai.project_current \
+                (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
+                 raw_digest, first_seen_at, last_seen_at) \
+            select u.project_id, f.name, f.status, f.created_at, f.archived_at, f.external_key_id, \
+                   f.residency, u.raw, u.digest, $1, $1 \
+            from unknown u cross join lateral openai.project_fields(u.raw) f \
+            on conflict (project_id) do nothing \
+            returning key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                      raw, (status = 'archived' and archived_at > created_at) as split \
+         ), first_versions as ( \
+            insert into openai.project_versions \
+                (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                 raw, change, valid_from, valid_to, opened_by_run, closed_by_run) \
+            select key, project_id, name, \
+                   case when split then 'active' else status end, created_at, \
+                   case when split then null else archived_at end, external_key_id, residency, \
+                   case when split then raw || '{\"status\": \"active\", \"archived_at\": null}'::jsonb else raw end, \
+                   'created', created_at, case when split then archived_at end, $2, case when split then $2 end \
+            from fresh \
+            union all \
+            select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+                   raw, 'archived', archived_at, null, $2, null \
+            from fresh where split \
+         )"
+    };
+}
+
+/// The last listing of each id in a batch, as the columns the statements take.
+struct LastListings<'a> {
+    ids: Vec<&'a str>,
+    digests: Vec<i64>,
+    raws: Vec<&'a str>,
+    /// Position of the listing in the whole walk, so the last of several listings wins.
+    positions: Vec<i64>,
+}
+
+impl<'a> LastListings<'a> {
+    fn with_capacity(n: usize) -> LastListings<'a> {
+        LastListings {
+            ids: Vec::with_capacity(n),
+            digests: Vec::with_capacity(n),
+            raws: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, listing: &Listing<'a>, position: i64) {
+        self.ids.push(listing.project_id);
+        self.digests.push(listing.digest);
+        self.raws.push(listing.raw);
+        self.positions.push(position);
+    }
+
+    /// The listings at `indexes`, in their order.
+    fn only(&self, indexes: &[i32]) -> LastListings<'a> {
+        let mut kept = LastListings::with_capacity(indexes.len());
+        for &i in indexes {
+            let i = i as usize;
+            kept.ids.push(self.ids[i]);
+            kept.digests.push(self.digests[i]);
+            kept.raws.push(self.raws[i]);
+            kept.positions.push(self.positions[i]);
+        }
+        kept
+    }
+}
+
 /// A digest of a project's JSON text: equal text, equal digest.
 ///
 /// The same content written differently (another key order, say) gets another digest; that
@@ -83,6 +156,9 @@ pub struct WalkSession {
     present_before: i64,
     listed: i64,
     totals: BatchCounts,
+    /// Whether the last batch was (almost) all new projects, or the walk began on an empty
+    /// table: then the next batch is inserted first and only what is known is compared.
+    mostly_new: bool,
 }
 
 impl WalkSession {
@@ -123,6 +199,7 @@ impl WalkSession {
             present_before: 0,
             listed: 0,
             totals: BatchCounts::default(),
+            mostly_new: false,
         }))
     }
 
@@ -138,14 +215,15 @@ impl WalkSession {
             .execute(&mut self.connection)
             .await?;
         sqlx::query("begin").execute(&mut self.connection).await?;
-        let (present_before,): (i64,) = sqlx::query_as(
-            "select count(*) from openai.project_current where missing_since is null",
+        let (present_before, empty): (i64, bool) = sqlx::query_as(
+            "select count(*) filter (where missing_since is null), count(*) = 0 from openai.project_current",
         )
         .fetch_one(&mut self.connection)
         .await?;
         self.run_id = run_id;
         self.observed_at = observed_at;
         self.present_before = present_before;
+        self.mostly_new = empty;
         Ok(())
     }
 
@@ -154,9 +232,8 @@ impl WalkSession {
     /// Within the batch the last listing of an id counts; a project listed again in a later
     /// batch is compared with what its first listing wrote, so an identical repeat changes
     /// nothing. A known project whose digest is unchanged is not parsed or compared at all.
-    /// Current state is looked up one project at a time by index: inside the walk's long
-    /// transaction the planner's statistics still describe the table as it was, and would pick
-    /// a full scan per batch.
+    /// While listings are almost all new (a first sync, a large influx), the batch is inserted
+    /// first and only the ids that turn out to be known are looked up and compared.
     pub async fn apply_batch(
         &mut self,
         listings: &[Listing<'_>],
@@ -167,57 +244,90 @@ impl WalkSession {
             .enumerate()
             .map(|(i, l)| (l.project_id, i))
             .collect();
-        let (mut ids, mut digests, mut raws, mut positions) = (
-            Vec::with_capacity(last_listing.len()),
-            Vec::with_capacity(last_listing.len()),
-            Vec::with_capacity(last_listing.len()),
-            Vec::with_capacity(last_listing.len()),
-        );
+        let mut batch = LastListings::with_capacity(last_listing.len());
         for (i, listing) in listings.iter().enumerate() {
             if last_listing.get(listing.project_id) == Some(&i) {
-                ids.push(listing.project_id);
-                digests.push(listing.digest);
-                raws.push(listing.raw);
-                positions.push(self.listed + i as i64);
+                batch.push(listing, self.listed + i as i64);
             }
         }
-        let (inserted, changed, reappeared): (i64, i64, i64) = sqlx::query_as(
+        let mut counts = BatchCounts {
+            listed,
+            ..BatchCounts::default()
+        };
+        if self.mostly_new {
+            let (inserted, known) = self.insert_unknown(&batch).await?;
+            counts.inserted = inserted;
+            batch = batch.only(&known);
+        }
+        if !batch.ids.is_empty() {
+            let (inserted, changed, reappeared) = self.compare_known(&batch).await?;
+            counts.inserted += inserted;
+            counts.changed = changed;
+            counts.reappeared = reappeared;
+        }
+        self.mostly_new = counts.inserted * 10 >= listed * 9;
+        self.listed += listed;
+        self.totals.listed += counts.listed;
+        self.totals.inserted += counts.inserted;
+        self.totals.changed += counts.changed;
+        self.totals.reappeared += counts.reappeared;
+        Ok(counts)
+    }
+
+    /// Inserts the batch's projects that are not known yet; returns how many, and the
+    /// positions in `batch` of those that were known.
+    async fn insert_unknown(
+        &mut self,
+        batch: &LastListings<'_>,
+    ) -> Result<(i64, Vec<i32>), StoreError> {
+        let (inserted, known): (i64, Vec<i32>) = sqlx::query_as(concat!(
+            "with unknown as materialized ( \
+                select project_id, digest, raw_text::jsonb as raw \
+                from unnest($3::text[], $4::bigint[], $5::text[]) as p(project_id, digest, raw_text) \
+             ), ",
+            insert_unknown_sql!(),
+            ", seen as ( \
+                insert into walk_seen (key) select key from fresh \
+             ) \
+             select (select count(*) from fresh), \
+                    array(select (l.i - 1)::int from unnest($3::text[]) with ordinality as l(project_id, i) \
+                          where l.project_id not in (select project_id from fresh))"
+        ))
+        .bind(self.observed_at)
+        .bind(self.run_id)
+        .bind(&batch.ids)
+        .bind(&batch.digests)
+        .bind(&batch.raws)
+        .fetch_one(&mut self.connection)
+        .await?;
+        Ok((inserted, known))
+    }
+
+    /// Looks up each of the batch's projects, inserts the unknown ones, and holds the changes
+    /// of known ones for the end of the walk; returns (inserted, changed, reappeared).
+    ///
+    /// Current state is looked up one project at a time by index: inside the walk's long
+    /// transaction the planner's statistics still describe the table as it was, and would pick
+    /// a full scan per batch.
+    async fn compare_known(
+        &mut self,
+        batch: &LastListings<'_>,
+    ) -> Result<(i64, i64, i64), StoreError> {
+        let counts = sqlx::query_as(concat!(
             "with looked as materialized ( \
                 select p.seq, p.project_id, p.digest, p.raw_text, c.key, c.name as old_name, \
                        c.status as old_status, c.missing_since, c.raw as old_raw, \
                        c.raw_digest is not distinct from p.digest as same_digest \
-                from unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) as p(project_id, digest, raw_text, seq) \
+                from unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[]) as p(project_id, digest, raw_text, seq) \
                 left join lateral ( \
                    select key, name, status, missing_since, raw, raw_digest from openai.project_current \
                    where project_id = p.project_id limit 1 \
                 ) c on true \
              ), unknown as materialized ( \
                 select seq, project_id, digest, raw_text::jsonb as raw from looked where key is null \
-             ), fresh as ( \
-                insert into openai.project_current \
-                    (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
-                     raw_digest, first_seen_at, last_seen_at) \
-                select u.project_id, f.name, f.status, f.created_at, f.archived_at, f.external_key_id, \
-                       f.residency, u.raw, u.digest, $5, $5 \
-                from unknown u cross join lateral openai.project_fields(u.raw) f \
-                on conflict (project_id) do nothing \
-                returning key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                          raw, (status = 'archived' and archived_at > created_at) as split \
-             ), first_versions as ( \
-                insert into openai.project_versions \
-                    (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                     raw, change, valid_from, valid_to, opened_by_run, closed_by_run) \
-                select key, project_id, name, \
-                       case when split then 'active' else status end, created_at, \
-                       case when split then null else archived_at end, external_key_id, residency, \
-                       case when split then raw || '{\"status\": \"active\", \"archived_at\": null}'::jsonb else raw end, \
-                       'created', created_at, case when split then archived_at end, $6, case when split then $6 end \
-                from fresh \
-                union all \
-                select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                       raw, 'archived', archived_at, null, $6, null \
-                from fresh where split \
-             ), suspect as materialized ( \
+             ), ",
+            insert_unknown_sql!(),
+            ", suspect as materialized ( \
                 select l.*, l.raw_text::jsonb as raw from looked l \
                 where l.key is not null and (l.missing_since is not null or not l.same_digest) \
              ), held as ( \
@@ -234,27 +344,16 @@ impl WalkSession {
              ) \
              select (select count(*) from fresh), \
                     (select count(*) from held where not back), \
-                    (select count(*) from held where back)",
-        )
-        .bind(&ids)
-        .bind(&digests)
-        .bind(&raws)
-        .bind(&positions)
+                    (select count(*) from held where back)"
+        ))
         .bind(self.observed_at)
         .bind(self.run_id)
+        .bind(&batch.ids)
+        .bind(&batch.digests)
+        .bind(&batch.raws)
+        .bind(&batch.positions)
         .fetch_one(&mut self.connection)
         .await?;
-        self.listed += listed;
-        let counts = BatchCounts {
-            listed,
-            inserted,
-            changed,
-            reappeared,
-        };
-        self.totals.listed += counts.listed;
-        self.totals.inserted += counts.inserted;
-        self.totals.changed += counts.changed;
-        self.totals.reappeared += counts.reappeared;
         Ok(counts)
     }
 
@@ -277,21 +376,15 @@ impl WalkSession {
             .await?;
             apply_changes(tx, self.run_id, self.observed_at).await?;
         }
-        // The only statement here that joins whole tables: give the planner real sizes.
-        sqlx::query("analyze walk_seen").execute(&mut *tx).await?;
-        sqlx::query(
-            "create temp table walk_vanished on commit drop as \
-             select c.key from openai.project_current c \
-             where c.missing_since is null and c.first_seen_at < $1 \
-               and not exists (select 1 from walk_seen s where s.key = c.key)",
-        )
-        .bind(self.observed_at)
-        .execute(&mut *tx)
-        .await?;
-        let (vanished, seen): (i64, i64) =
-            sqlx::query_as("select (select count(*) from walk_vanished), (select count(distinct key) from walk_seen)")
-                .fetch_one(&mut *tx)
-                .await?;
+        // A walk that began with no project present has nothing to mark missing.
+        let vanished = if self.present_before > 0 {
+            find_vanished(tx, self.observed_at).await?
+        } else {
+            0
+        };
+        let (seen,): (i64,) = sqlx::query_as("select count(distinct key) from walk_seen")
+            .fetch_one(&mut *tx)
+            .await?;
         let present = self.present_before;
         if vanished > 0 && ((present - vanished) as f64) < min_seen_ratio * present as f64 {
             self.rollback().await?;
@@ -399,6 +492,29 @@ async fn apply_changes(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Collects into `walk_vanished` the present projects this complete walk did not list, and
+/// counts them.
+async fn find_vanished(
+    tx: &mut PgConnection,
+    observed_at: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    // The only statement here that joins whole tables: give the planner real sizes.
+    sqlx::query("analyze walk_seen").execute(&mut *tx).await?;
+    sqlx::query(
+        "create temp table walk_vanished on commit drop as \
+         select c.key from openai.project_current c \
+         where c.missing_since is null and c.first_seen_at < $1 \
+           and not exists (select 1 from walk_seen s where s.key = c.key)",
+    )
+    .bind(observed_at)
+    .execute(&mut *tx)
+    .await?;
+    let (vanished,): (i64,) = sqlx::query_as("select count(*) from walk_vanished")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(vanished)
 }
 
 /// Gives each project missing from this complete walk a `vanished` version and `missing_since`.
