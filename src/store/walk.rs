@@ -441,8 +441,9 @@ async fn release(mut connection: PgConnection) {
 /// An archive starts at `archived_at`; other changes at the walk's observation time; neither
 /// before the version it replaces, so versions never overlap and leave no gap. The new version
 /// is inserted from the rows the close returns, so each close happens before its insert.
-/// Changes are few next to the tables, so every row is reached by index (`limit 1` lookups and
-/// `= any(array(...))`): left to its estimates, the planner hashes whole tables instead.
+/// Changes are few next to the tables, so every row is reached directly: open versions by the
+/// exclusion constraint's index and then by row address (`ctid`), current rows by key (`limit 1`
+/// lookups and `= any(array(...))`); left to its estimates, the planner hashes whole tables.
 async fn apply_changes(
     tx: &mut PgConnection,
     run_id: i64,
@@ -450,7 +451,7 @@ async fn apply_changes(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "with changes as materialized ( \
-            select b.*, v.version_id as open_version, \
+            select b.*, v.ctid as open_version, \
                    case when b.missing_since is not null then 'reappeared' \
                         when b.status = 'archived' and b.old_status is distinct from 'archived' then 'archived' \
                         when b.old_status = 'archived' and b.status is distinct from 'archived' then 'unarchived' \
@@ -463,23 +464,23 @@ async fn apply_changes(
                        v.valid_from + interval '1 microsecond') as starts \
             from walk_batch b \
             cross join lateral ( \
-                select version_id, valid_from from openai.project_versions \
+                select ctid, valid_from from openai.project_versions \
                 where openai.spread_key(project_key) = openai.spread_key(b.key) \
                   and project_key = b.key and valid_to is null limit 1 \
             ) v \
          ), closed as ( \
             update openai.project_versions v set valid_to = c.starts, closed_by_run = $2 \
             from changes c \
-            where v.version_id = c.open_version \
-              and v.version_id = any(array(select open_version from changes)) \
-            returning v.version_id \
+            where v.ctid = c.open_version \
+              and v.ctid = any(array(select open_version from changes)) \
+            returning c.open_version \
          ), opened as ( \
             insert into openai.project_versions \
                 (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
                  raw, change, valid_from, opened_by_run) \
             select c.key, c.project_id, c.name, c.status, c.created_at, c.archived_at, c.external_key_id, \
                    c.residency, c.raw, c.change, c.starts, $2 \
-            from changes c join closed on closed.version_id = c.open_version \
+            from changes c join closed on closed.open_version = c.open_version \
          ) \
          update openai.project_current p set \
             name = c.name, status = c.status, created_at = c.created_at, archived_at = c.archived_at, \
