@@ -92,6 +92,7 @@ pub fn worker_deps(
         retry_max_delay,
         reconcile_grace: settings.reconcile_grace()?,
         unresolved: settings.requests.unresolved,
+        before_create: None,
     })
 }
 

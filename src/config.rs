@@ -128,7 +128,7 @@ min_seen_ratio = 0.5
 [requests]
 poll_interval = "5s"
 max_attempts = 5
-reconcile_grace = "30s"
+reconcile_grace = "5m"
 unresolved = "retry"
 [http]
 listen = "127.0.0.1:9187"

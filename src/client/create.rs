@@ -2,18 +2,27 @@
 
 use std::time::Duration;
 
+use super::retry::RETRY_AFTER_CAP;
 use super::{ApiError, Project};
+
+/// A project the API says it created: its fields, and its JSON exactly as the API sent it.
+#[derive(Debug, Clone)]
+pub struct CreatedProject {
+    pub project: Project,
+    pub raw: String,
+}
 
 /// The outcome of one `POST /organization/projects`, classified for the request queue.
 #[derive(Debug, Clone)]
 pub enum CreateOutcome {
     /// The project exists and this is it.
-    Created(Project),
+    Created(CreatedProject),
     /// The API refused the request for good; the message says why.
     Rejected(ApiError),
     /// Nothing was created (rate limited, or the request never left); safe to try later.
     RefusedForNow {
         error: ApiError,
+        /// The server's asked wait, capped like a read's.
         retry_after: Option<Duration>,
     },
     /// The project may or may not exist; only looking it up can tell.
@@ -22,7 +31,7 @@ pub enum CreateOutcome {
 
 impl CreateOutcome {
     /// Sorts a single create attempt's result into its class.
-    pub(super) fn classify(result: Result<Project, ApiError>) -> CreateOutcome {
+    pub(super) fn classify(result: Result<CreatedProject, ApiError>) -> CreateOutcome {
         let error = match result {
             Ok(project) => return CreateOutcome::Created(project),
             Err(error) => error,
@@ -33,7 +42,7 @@ impl CreateOutcome {
                 retry_after,
                 ..
             } => CreateOutcome::RefusedForNow {
-                retry_after: *retry_after,
+                retry_after: retry_after.map(|asked| asked.min(RETRY_AFTER_CAP)),
                 error,
             },
             ApiError::Status { status, .. } if (400..500).contains(status) && *status != 408 => {

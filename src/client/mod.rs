@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use create::CreateOutcome;
+pub use create::{CreateOutcome, CreatedProject};
 pub use error::ApiError;
 pub use project::{
     CreateProject, ListParams, ListedProject, ModifyProject, Project, ProjectPage, RawProjectPage,
@@ -147,7 +147,14 @@ impl AdminClient {
     pub async fn create_project(&self, body: &CreateProject) -> CreateOutcome {
         let url = self.url(&["organization", "projects"]);
         let answer = self.send("create", Method::POST, url, Some(body)).await;
-        CreateOutcome::classify(answer.and_then(|a| decode::<Project>(&a)))
+        CreateOutcome::classify(answer.and_then(|a| {
+            let project = decode::<Project>(&a)?;
+            let raw = String::from_utf8(a.body.to_vec()).map_err(|e| ApiError::Decode {
+                message: format!("the created project is not UTF-8: {e}"),
+                request_id: a.request_id.clone(),
+            })?;
+            Ok(CreatedProject { project, raw })
+        }))
     }
 
     /// Fetches one project by id.

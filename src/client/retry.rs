@@ -7,7 +7,7 @@ use reqwest::header::HeaderMap;
 use super::ApiError;
 
 /// Longest wait a server's `retry-after` may impose on one retry.
-const RETRY_AFTER_CAP: Duration = Duration::from_secs(120);
+pub(super) const RETRY_AFTER_CAP: Duration = Duration::from_secs(120);
 
 /// Exponential backoff with jitter for idempotent calls.
 #[derive(Debug, Clone)]

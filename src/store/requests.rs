@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 
 use super::StoreError;
+use super::walk::insert_unknown_sql;
 
 /// A request as the worker handles it; `attempt_id` fences every write of an attempt's outcome.
 #[derive(Debug, Clone, PartialEq, FromRow)]
@@ -22,10 +23,28 @@ pub struct ClaimedRequest {
     pub attempt_id: Option<String>,
     pub attempt_started_at: Option<DateTime<Utc>>,
     pub reconcile_walks: i32,
+    /// When the outcome became unknown; the grace period counts from here.
+    pub unknown_since: Option<DateTime<Utc>>,
+    /// Start of the earliest attempt that may have reached the API.
+    pub candidates_since: Option<DateTime<Utc>>,
+    /// When the first list walk that found no candidate started.
+    pub first_fruitless_walk_at: Option<DateTime<Utc>>,
+}
+
+/// How recording a created project for an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linked {
+    /// The request is `created` and links the project.
+    Done,
+    /// The attempt no longer owns the request (its lease ran out); nothing was written.
+    NotOwner,
+    /// Another request links this project already; nothing was written.
+    ProjectTaken,
 }
 
 const RETURNED: &str = "r.id, r.name, r.external_key_id, r.geography, r.residency, r.allow_duplicate_name, \
-     r.requested_at, r.status, r.attempts, r.attempt_id::text as attempt_id, r.attempt_started_at, r.reconcile_walks";
+     r.requested_at, r.status, r.attempts, r.attempt_id::text as attempt_id, r.attempt_started_at, r.reconcile_walks, \
+     r.unknown_since, r.candidates_since, r.first_fruitless_walk_at";
 
 /// The database's clock, which every due time is measured against.
 pub async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>, StoreError> {
@@ -82,19 +101,16 @@ pub async fn find_same_name(
 }
 
 /// Records a created project for the attempt that still owns the request, and puts the project
-/// into the history at once; `false` when the attempt no longer owns it.
+/// into the history at once from the API's own JSON (`project_raw`), as a walk would.
 pub async fn finish_created(
     pool: &PgPool,
     request_id: i64,
     attempt_id: &str,
-    project_raw: &serde_json::Value,
-) -> Result<bool, StoreError> {
-    let project_id = project_raw
-        .get("id")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
+    project_id: &str,
+    project_raw: &str,
+) -> Result<Linked, StoreError> {
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
+    let linked = sqlx::query(
         "update openai.project_requests set status = 'created', project_id = $3, error = null, \
             finished_at = now(), lease_until = null, updated_at = now() \
          where id = $1 and attempt_id = $2::uuid and status in ('creating', 'unknown')",
@@ -103,34 +119,38 @@ pub async fn finish_created(
     .bind(attempt_id)
     .bind(project_id)
     .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        tx.rollback().await?;
-        return Ok(false);
+    .await;
+    match linked {
+        Ok(done) if done.rows_affected() == 0 => {
+            tx.rollback().await?;
+            return Ok(Linked::NotOwner);
+        }
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e))
+            if e.constraint() == Some("project_requests_project_once") =>
+        {
+            tx.rollback().await?;
+            return Ok(Linked::ProjectTaken);
+        }
+        Err(e) => return Err(e.into()),
     }
-    sqlx::query(
-        "with inserted as ( \
-            insert into openai.project_current \
-                (project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
-                 first_seen_at, last_seen_at) \
-            select $1::jsonb ->> 'id', f.name, f.status, f.created_at, f.archived_at, f.external_key_id, \
-                   f.residency, $1::jsonb, now(), now() \
-            from openai.project_fields($1::jsonb) f \
-            on conflict (project_id) do nothing \
-            returning key, project_id, name, status, created_at, archived_at, external_key_id, residency, raw \
-         ) \
-         insert into openai.project_versions \
-            (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-             raw, change, valid_from) \
-         select key, project_id, name, status, created_at, archived_at, external_key_id, residency, raw, \
-                'created', created_at \
-         from inserted",
-    )
-    .bind(project_raw.to_string())
+    let (now,): (DateTime<Utc>,) = sqlx::query_as("select now()").fetch_one(&mut *tx).await?;
+    sqlx::query(concat!(
+        "with unknown as ( \
+            select $3::text as project_id, $4::bigint as digest, $5::text::jsonb as raw \
+         ), ",
+        insert_unknown_sql!(),
+        " select count(*) from fresh"
+    ))
+    .bind(now)
+    .bind(None::<i64>)
+    .bind(project_id)
+    .bind(super::content_digest(project_raw))
+    .bind(project_raw)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(Linked::Done)
 }
 
 /// Ends the attempt's request as failed with its reason; `false` when the attempt no longer owns it.
@@ -164,7 +184,8 @@ pub async fn defer_request(
     let done = sqlx::query(
         "update openai.project_requests set status = 'pending', \
             next_attempt_at = now() + make_interval(secs => $3), error = $4, \
-            lease_until = null, reconcile_walks = 0, updated_at = now() \
+            lease_until = null, reconcile_walks = 0, unknown_since = null, first_fruitless_walk_at = null, \
+            updated_at = now() \
          where id = $1 and attempt_id = $2::uuid and status in ('creating', 'unknown')",
     )
     .bind(request_id)
@@ -184,7 +205,9 @@ pub async fn mark_unknown(
     reason: &str,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "update openai.project_requests set status = 'unknown', error = $3, lease_until = null, updated_at = now() \
+        "update openai.project_requests set status = 'unknown', error = $3, lease_until = null, \
+            unknown_since = now(), candidates_since = coalesce(candidates_since, attempt_started_at), \
+            first_fruitless_walk_at = null, reconcile_walks = 0, updated_at = now() \
          where id = $1 and attempt_id = $2::uuid and status = 'creating'",
     )
     .bind(request_id)
@@ -199,6 +222,8 @@ pub async fn mark_unknown(
 pub async fn expire_leases(pool: &PgPool) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "update openai.project_requests set status = 'unknown', lease_until = null, updated_at = now(), \
+            unknown_since = now(), candidates_since = coalesce(candidates_since, attempt_started_at), \
+            first_fruitless_walk_at = null, reconcile_walks = 0, \
             error = 'the worker of attempt ' || attempts || ' stopped before recording its outcome; checking the project list' \
          where status = 'creating' and lease_until < now()",
     )
@@ -217,32 +242,107 @@ pub async fn unknown_requests(pool: &PgPool) -> Result<Vec<ClaimedRequest>, Stor
         .await?)
 }
 
-/// Counts one more walk that found no project for the attempt; returns the new count.
+/// Counts a list walk that started at `walk_started_at` and found no candidate for the attempt,
+/// if the outcome was already unknown then; returns the count and the first such walk's start.
 pub async fn note_fruitless_walk(
     pool: &PgPool,
     request_id: i64,
     attempt_id: &str,
-) -> Result<Option<i32>, StoreError> {
-    let walks: Option<(i32,)> = sqlx::query_as(
-        "update openai.project_requests set reconcile_walks = reconcile_walks + 1, updated_at = now() \
-         where id = $1 and attempt_id = $2::uuid and status = 'unknown' returning reconcile_walks",
+    walk_started_at: DateTime<Utc>,
+) -> Result<Option<(i32, DateTime<Utc>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "update openai.project_requests set reconcile_walks = reconcile_walks + 1, \
+            first_fruitless_walk_at = coalesce(first_fruitless_walk_at, $3), updated_at = now() \
+         where id = $1 and attempt_id = $2::uuid and status = 'unknown' and unknown_since <= $3 \
+         returning reconcile_walks, first_fruitless_walk_at",
     )
     .bind(request_id)
     .bind(attempt_id)
+    .bind(walk_started_at)
     .fetch_optional(pool)
-    .await?;
-    Ok(walks.map(|(n,)| n))
+    .await?)
 }
 
-/// Whether some request already links this project.
-pub async fn is_project_linked(pool: &PgPool, project_id: &str) -> Result<bool, StoreError> {
-    let (linked,): (bool,) = sqlx::query_as(
-        "select exists (select 1 from openai.project_requests where project_id = $1)",
+/// Whether some unknown request needs a list walk now: none has looked since it became unknown,
+/// or its second walk is due `grace` after the first.
+pub async fn reconcile_walk_due(pool: &PgPool, grace: Duration) -> Result<bool, StoreError> {
+    let (due,): (bool,) = sqlx::query_as(
+        "select exists (select 1 from openai.project_requests where status = 'unknown' and \
+            (first_fruitless_walk_at is null \
+             or first_fruitless_walk_at + make_interval(secs => $1) <= now()))",
     )
-    .bind(project_id)
+    .bind(grace.as_secs_f64())
     .fetch_one(pool)
     .await?;
-    Ok(linked)
+    Ok(due)
+}
+
+/// One project already in `project_current`, as a candidate for an unknown request.
+#[derive(Debug, Clone, FromRow)]
+pub struct StoredCandidate {
+    pub project_id: String,
+    /// The API's JSON for it, as last stored.
+    pub raw: String,
+}
+
+/// Projects already stored whose comparable name is the request's, created since `since`, and
+/// linked to no request.
+pub async fn stored_candidates(
+    pool: &PgPool,
+    name: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<StoredCandidate>, StoreError> {
+    Ok(sqlx::query_as(
+        "select c.project_id, c.raw::text as raw from openai.project_current c \
+         where c.created_at >= $2 and openai.comparable_name(c.name) = openai.comparable_name($1) \
+           and not exists (select 1 from openai.project_requests r where r.project_id = c.project_id) \
+         order by c.created_at, c.project_id",
+    )
+    .bind(name)
+    .bind(since)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Whether another request under the same comparable name is being created right now, whose
+/// project could be mistaken for this request's.
+pub async fn same_name_in_flight(
+    pool: &PgPool,
+    request: &ClaimedRequest,
+) -> Result<bool, StoreError> {
+    let (in_flight,): (bool,) = sqlx::query_as(
+        "select exists (select 1 from openai.project_requests \
+            where status = 'creating' and id <> $2 \
+              and openai.comparable_name(name) = openai.comparable_name($1))",
+    )
+    .bind(&request.name)
+    .bind(request.id)
+    .fetch_one(pool)
+    .await?;
+    Ok(in_flight)
+}
+
+/// The comparable form of `name`, as the database computes it.
+pub async fn comparable_name(pool: &PgPool, name: &str) -> Result<Option<String>, StoreError> {
+    let (comparable,): (Option<String>,) = sqlx::query_as("select openai.comparable_name($1)")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    Ok(comparable)
+}
+
+/// Which of `project_ids` some request links already.
+pub async fn linked_projects(
+    pool: &PgPool,
+    project_ids: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    let linked: Vec<(String,)> = sqlx::query_as(
+        "select project_id from openai.project_requests where project_id = any($1::text[])",
+    )
+    .bind(project_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(linked.into_iter().map(|(id,)| id).collect())
 }
 
 /// Whether anything is due now: a pending request, an expired lease, or an unknown outcome.

@@ -95,6 +95,7 @@ macro_rules! insert_unknown_sql {
          )"
     };
 }
+pub(super) use insert_unknown_sql;
 
 /// The last listing of each id in a batch, as the columns the statements take.
 struct LastListings<'a> {

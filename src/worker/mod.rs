@@ -1,6 +1,7 @@
 //! The request worker: claims due requests, creates each project at most once, and settles
 //! ambiguous outcomes by looking at the project list, never by trying again blindly.
 
+mod candidates;
 mod listener;
 mod reconcile;
 
@@ -10,10 +11,14 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{AdminClient, CreateOutcome, CreateProject};
-use crate::store::{self, ClaimedRequest, StoreError};
+use tracing::Instrument;
 
+use crate::client::{AdminClient, CreateOutcome, CreateProject};
+use crate::store::{self, ClaimedRequest, Linked, StoreError};
+
+pub use candidates::{comparable_name, region_family};
 pub use listener::spawn_listener;
+pub use reconcile::Lookup;
 
 /// What to do with a request whose outcome stayed unknown after two walks found no project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -36,9 +41,13 @@ pub struct WorkerDeps {
     pub max_attempts: u32,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
-    /// How long after an attempt started reconciliation waits before concluding nothing was created.
+    /// How long after an outcome became unknown, and between the two list walks that found no
+    /// candidate, before concluding that nothing was created.
     pub reconcile_grace: Duration,
     pub unresolved: Unresolved,
+    /// Called with each claimed request just before its create; lets tests make a worker panic.
+    #[doc(hidden)]
+    pub before_create: Option<fn(&ClaimedRequest)>,
 }
 
 /// Why a tick stopped early.
@@ -84,8 +93,17 @@ impl TickReport {
 /// Most requests one tick claims, so reconciliation and shutdown get their turn.
 const CLAIMS_PER_TICK: u32 = 100;
 
-/// One pass: expire dead leases, settle unknown outcomes, then create what is due.
+/// One pass: expire dead leases, settle unknown outcomes (walking the list when due), then
+/// create what is due.
 pub async fn tick(deps: &WorkerDeps, stop: &CancellationToken) -> Result<TickReport, WorkerError> {
+    tick_looking(deps, stop, Lookup::StoredThenList).await
+}
+
+async fn tick_looking(
+    deps: &WorkerDeps,
+    stop: &CancellationToken,
+    lookup: Lookup,
+) -> Result<TickReport, WorkerError> {
     let mut report = TickReport {
         expired: store::expire_leases(&deps.pool).await? as u32,
         ..TickReport::default()
@@ -93,27 +111,36 @@ pub async fn tick(deps: &WorkerDeps, stop: &CancellationToken) -> Result<TickRep
     if report.expired > 0 {
         tracing::warn!(
             requests = report.expired,
-            "attempts whose worker stopped are now unknown; checking the project list"
+            "attempts whose worker stopped are now unknown; looking for their projects"
         );
     }
     // Only what was due when the tick began: a request deferred during the tick waits for the next.
     let due_by = store::database_now(&deps.pool).await?;
-    reconcile::settle_unknown(deps, &mut report).await?;
+    reconcile::settle_unknown(deps, lookup, &mut report).await?;
     while report.claimed < CLAIMS_PER_TICK && !stop.is_cancelled() {
         let Some(request) = store::claim_next_request(&deps.pool, deps.lease, due_by).await? else {
             break;
         };
         report.claimed += 1;
-        attempt(deps, &request, &mut report).await?;
+        let outcome = attempt_catching_panics(deps, request).await?;
+        report.add(&outcome);
     }
     Ok(report)
 }
 
-/// Ticks until a tick changes nothing; for the `requests` command and after each wake-up.
+/// Ticks until a tick changes nothing; for the `requests` command.
 pub async fn drain(deps: &WorkerDeps, stop: &CancellationToken) -> Result<TickReport, WorkerError> {
+    drain_looking(deps, stop, Lookup::StoredThenList).await
+}
+
+async fn drain_looking(
+    deps: &WorkerDeps,
+    stop: &CancellationToken,
+    lookup: Lookup,
+) -> Result<TickReport, WorkerError> {
     let mut total = TickReport::default();
     loop {
-        let report = tick(deps, stop).await?;
+        let report = tick_looking(deps, stop, lookup).await?;
         total.add(&report);
         if !report.progressed() || stop.is_cancelled() {
             publish_request_counts(&deps.pool).await;
@@ -122,34 +149,121 @@ pub async fn drain(deps: &WorkerDeps, stop: &CancellationToken) -> Result<TickRe
     }
 }
 
-/// The daemon's worker: drains at start, on every wake-up and every `poll_interval`, until `stop`.
+/// The daemon's worker until `stop`: claims on start, on every wake-up and every
+/// `poll_interval`, while a reconciler of its own walks the list for unknown outcomes, so a
+/// long walk never delays a new row.
 pub async fn run(deps: WorkerDeps, poll_interval: Duration, stop: CancellationToken) {
     let wake = spawn_listener(deps.pool.clone(), stop.clone());
+    let reconciler = tokio::spawn(
+        reconcile_until_stopped(deps.clone(), poll_interval, stop.clone(), wake.clone())
+            .instrument(tracing::info_span!("reconciler")),
+    );
     loop {
-        if let Err(e) = drain(&deps, &stop).await {
-            tracing::warn!(error = %e, "the request worker failed a pass; it tries again shortly");
+        if let Err(e) = drain_looking(&deps, &stop, Lookup::StoredOnly).await {
+            tracing::warn!(error = %e, "the request worker failed a pass; it tries again at the next wake-up or poll");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(poll_interval) => {}
+        }
+    }
+    if let Err(e) = reconciler.await {
+        tracing::warn!(error = %e, "the reconciler ended abnormally");
+    }
+}
+
+/// Settles unknown outcomes every `poll_interval`, walking the list when one is due; a walk in
+/// progress is abandoned on `stop`, and a panic ends only the pass it happened in.
+async fn reconcile_until_stopped(
+    deps: WorkerDeps,
+    poll_interval: Duration,
+    stop: CancellationToken,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let pass_deps = deps.clone();
+        let pass = tokio::spawn(
+            async move {
+                let mut report = TickReport::default();
+                reconcile::settle_unknown(&pass_deps, Lookup::StoredThenList, &mut report)
+                    .await
+                    .map(|()| report)
+            }
+            .in_current_span(),
+        );
+        let abort = pass.abort_handle();
+        let finished = tokio::select! {
+            _ = stop.cancelled() => {
+                abort.abort();
+                return;
+            }
+            finished = pass => finished,
+        };
+        match finished {
+            Ok(Ok(report)) if report.retried > 0 => wake.notify_one(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a reconciliation pass failed; the next one tries again")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a reconciliation pass panicked; the next one tries again")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = wake.notified() => {}
             _ = tokio::time::sleep(poll_interval) => {}
         }
     }
 }
 
-/// Creates the project of one claimed request and records what is known of the outcome.
-async fn attempt(
+/// Runs one attempt in a task of its own; a panic there is recorded on the request, which
+/// becomes `unknown` (the create may have been sent) and is settled by looking, never retried blindly.
+async fn attempt_catching_panics(
     deps: &WorkerDeps,
-    request: &ClaimedRequest,
-    report: &mut TickReport,
-) -> Result<(), WorkerError> {
-    let Some(attempt_id) = request.attempt_id.as_deref() else {
-        return Ok(());
-    };
+    request: ClaimedRequest,
+) -> Result<TickReport, WorkerError> {
     let span = tracing::info_span!("request", id = request.id, attempt = request.attempts);
-    let _entered = span.enter();
+    let (id, attempt_id, attempts) = (request.id, request.attempt_id.clone(), request.attempts);
+    let handled = tokio::spawn(attempt(deps.clone(), request).instrument(span.clone())).await;
+    let panic = match handled {
+        Ok(outcome) => return outcome,
+        Err(e) => e,
+    };
+    let message = panic_message(panic);
+    tracing::error!(parent: &span, panic = %message, "the worker panicked handling a request; it is now unknown and will be looked up");
+    let mut report = TickReport::default();
+    if let Some(attempt_id) = attempt_id {
+        let reason = format!(
+            "the worker failed while handling attempt {attempts} ({message}); the create may have been sent, so the daemon is looking for the project"
+        );
+        report.unknown +=
+            u32::from(store::mark_unknown(&deps.pool, id, &attempt_id, &reason).await?);
+    }
+    Ok(report)
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return error.to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .map_or_else(|| "a panic".to_owned(), |m| format!("panic: {m}"))
+}
+
+/// Creates the project of one claimed request and records what is known of the outcome.
+async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport, WorkerError> {
+    let mut report = TickReport::default();
+    let Some(attempt_id) = request.attempt_id.as_deref() else {
+        return Ok(report);
+    };
+    let deps = &deps;
     if !request.allow_duplicate_name
-        && let Some(clash) = store::find_same_name(&deps.pool, request).await?
+        && let Some(clash) = store::find_same_name(&deps.pool, &request).await?
     {
         let error = format!(
             "duplicate name: {clash}; set allow_duplicate_name to create another one anyway"
@@ -158,7 +272,10 @@ async fn attempt(
             report.failed += 1;
             count_outcome("failed");
         }
-        return Ok(());
+        return Ok(report);
+    }
+    if let Some(hook) = deps.before_create {
+        hook(&request);
     }
     if request.attempts == 1 {
         let waited = (Utc::now() - request.requested_at)
@@ -174,14 +291,34 @@ async fn attempt(
     };
     let outcome = deps.client.create_project(&body).await;
     let recorded = match &outcome {
-        CreateOutcome::Created(project) => {
-            let raw = serde_json::to_value(project).unwrap_or_default();
-            let done = store::finish_created(&deps.pool, request.id, attempt_id, &raw).await?;
-            if done {
-                report.created += 1;
-                tracing::info!(project_id = %project.id, "project created");
+        CreateOutcome::Created(created) => {
+            let project_id = created.project.id.as_str();
+            match store::finish_created(
+                &deps.pool,
+                request.id,
+                attempt_id,
+                project_id,
+                &created.raw,
+            )
+            .await?
+            {
+                Linked::Done => {
+                    report.created += 1;
+                    tracing::info!(project_id, "project created");
+                    true
+                }
+                Linked::NotOwner => false,
+                Linked::ProjectTaken => {
+                    // Another request adopted this project while the answer was on its way.
+                    let reason = format!(
+                        "the API created project {project_id}, but another request links it already; looking for this request's project"
+                    );
+                    let done =
+                        store::mark_unknown(&deps.pool, request.id, attempt_id, &reason).await?;
+                    report.unknown += u32::from(done);
+                    done
+                }
             }
-            done
         }
         CreateOutcome::Rejected(error) => {
             let done = store::fail_request(
@@ -218,7 +355,7 @@ async fn attempt(
         }
         CreateOutcome::Ambiguous(error) => {
             let reason =
-                format!("the create may have reached the API ({error}); checking the project list");
+                format!("the create may have reached the API ({error}); looking for the project");
             let done = store::mark_unknown(&deps.pool, request.id, attempt_id, &reason).await?;
             report.unknown += u32::from(done);
             done
@@ -238,7 +375,7 @@ async fn attempt(
             "the attempt no longer owned its request; reconciliation settles it"
         );
     }
-    Ok(())
+    Ok(report)
 }
 
 fn count_outcome(outcome: &'static str) {

@@ -1,90 +1,219 @@
-//! Settling requests whose create may or may not have happened, by walking the project list.
+//! Settling requests whose create may or may not have happened: projects already stored are
+//! looked at first, the API's list only when needed, and a new attempt is made only when no
+//! candidate exists at all — "could not confirm" never becomes "nothing was made".
 
 use std::collections::HashMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
+use super::candidates::{Candidate, comparable_name, created_since};
 use super::{TickReport, Unresolved, WorkerDeps, WorkerError};
-use crate::client::Project;
-use crate::store::{self, ClaimedRequest};
+use crate::client::ApiError;
+use crate::store::{self, ClaimedRequest, Linked};
 
 /// How far a project's `created_at` may precede the attempt's start and still be its result;
 /// the API's clock and ours are not the same clock.
 const CLOCK_SKEW_SECS: i64 = 60;
 
-/// Walks the list once for every unknown request: one match is adopted, several go to a person,
-/// none (after two walks and the grace period) lets the request be tried again.
-pub async fn settle_unknown(deps: &WorkerDeps, report: &mut TickReport) -> Result<(), WorkerError> {
+/// Where one reconciliation pass may look for candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Only projects already in `openai.project_current`: cheap, for every tick.
+    StoredOnly,
+    /// Stored projects, then a walk of the API's list when some request needs one.
+    StoredThenList,
+}
+
+/// Settles what it can of every unknown request: one fitting candidate is adopted, anything
+/// else but "no candidate" goes to a person, and no candidate in two walks a grace period apart
+/// lets the request be tried again.
+pub async fn settle_unknown(
+    deps: &WorkerDeps,
+    lookup: Lookup,
+    report: &mut TickReport,
+) -> Result<(), WorkerError> {
     let unknown = store::unknown_requests(&deps.pool).await?;
-    if unknown.is_empty() {
+    let mut unsettled = Vec::new();
+    for request in unknown {
+        let Some(since) = candidates_since(&request) else {
+            continue;
+        };
+        let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
+        let stored = store::stored_candidates(&deps.pool, &request.name, since - skew).await?;
+        let candidates: Vec<Candidate> = stored
+            .into_iter()
+            .filter_map(|c| match Candidate::from_raw(c.raw) {
+                Ok(candidate) => Some(candidate),
+                Err(e) => {
+                    tracing::warn!(project_id = %c.project_id, error = %e, "a stored project could not be read as a candidate");
+                    None
+                }
+            })
+            .collect();
+        if candidates.is_empty() {
+            unsettled.push(request);
+        } else {
+            settle_with(deps, &request, candidates, report).await?;
+        }
+    }
+    if unsettled.is_empty()
+        || lookup == Lookup::StoredOnly
+        || !store::reconcile_walk_due(&deps.pool, deps.reconcile_grace).await?
+    {
         return Ok(());
     }
-    let candidates = match find_candidates(deps, &unknown).await {
-        Ok(candidates) => candidates,
+    let walk_started_at = store::database_now(&deps.pool).await?;
+    let found = match list_candidates(deps, &unsettled).await {
+        Ok(found) => found,
         Err(e) => {
-            tracing::warn!(error = %e, requests = unknown.len(), "could not walk the project list to settle unknown outcomes; trying again later");
+            tracing::warn!(error = %e, requests = unsettled.len(), "could not walk the project list to settle unknown outcomes; trying again later");
             return Ok(());
         }
     };
     report.walks += 1;
-    for (request, found) in unknown.iter().zip(candidates) {
-        let Some(attempt_id) = request.attempt_id.as_deref() else {
-            continue;
-        };
-        let mut free = Vec::new();
-        for project in found {
-            if !store::is_project_linked(&deps.pool, &project.id).await? {
-                free.push(project);
-            }
+    let ids: Vec<&str> = found
+        .iter()
+        .flatten()
+        .map(|c| c.project.id.as_str())
+        .collect();
+    let linked = store::linked_projects(&deps.pool, &ids).await?;
+    for (request, candidates) in unsettled.iter().zip(found) {
+        let free: Vec<Candidate> = candidates
+            .into_iter()
+            .filter(|c| !linked.contains(&c.project.id))
+            .collect();
+        if free.is_empty() {
+            settle_not_found(deps, request, walk_started_at, report).await?;
+        } else {
+            settle_with(deps, request, free, report).await?;
         }
-        match free.as_slice() {
-            [project] => {
-                let raw = serde_json::to_value(project).unwrap_or_default();
-                if store::finish_created(&deps.pool, request.id, attempt_id, &raw).await? {
+    }
+    Ok(())
+}
+
+/// Where the request's candidates start: its earliest attempt that may have reached the API.
+fn candidates_since(request: &ClaimedRequest) -> Option<DateTime<Utc>> {
+    request.candidates_since.or(request.attempt_started_at)
+}
+
+/// Adopts the one fitting candidate, or hands the request to a person naming every candidate.
+async fn settle_with(
+    deps: &WorkerDeps,
+    request: &ClaimedRequest,
+    candidates: Vec<Candidate>,
+    report: &mut TickReport,
+) -> Result<(), WorkerError> {
+    let Some(attempt_id) = request.attempt_id.as_deref() else {
+        return Ok(());
+    };
+    if store::same_name_in_flight(&deps.pool, request).await? {
+        // Another request of this name is being created: a candidate may be its project.
+        tracing::debug!(
+            id = request.id,
+            "a same-name request is being created; settling this one after it"
+        );
+        return Ok(());
+    }
+    match candidates.as_slice() {
+        [only] if only.fits(request) => {
+            match store::finish_created(
+                &deps.pool,
+                request.id,
+                attempt_id,
+                &only.project.id,
+                &only.raw,
+            )
+            .await?
+            {
+                Linked::Done => {
                     report.adopted += 1;
                     count("adopted");
-                    tracing::info!(id = request.id, project_id = %project.id, "the create had happened; adopted the project");
+                    tracing::info!(id = request.id, project_id = %only.project.id, "the create had happened; adopted the project");
                 }
+                Linked::ProjectTaken => tracing::info!(
+                    id = request.id,
+                    project_id = %only.project.id,
+                    "another request linked the candidate meanwhile; looking again"
+                ),
+                Linked::NotOwner => {}
             }
-            [] => settle_not_found(deps, request, attempt_id, report).await?,
-            several => {
-                let ids: Vec<&str> = several.iter().map(|p| p.id.as_str()).collect();
-                let error = format!(
-                    "several projects match this request and none is linked yet: {}; decide which one is its project",
-                    ids.join(", ")
+        }
+        _ => {
+            let error = describe_candidates(request, &candidates);
+            if store::fail_request(&deps.pool, request.id, attempt_id, &error).await? {
+                report.failed += 1;
+                count("ambiguous");
+                tracing::warn!(
+                    id = request.id,
+                    candidates = candidates.len(),
+                    "could not tell which project is the request's; ended for a person"
                 );
-                if store::fail_request(&deps.pool, request.id, attempt_id, &error).await? {
-                    report.failed += 1;
-                    count("ambiguous");
-                }
             }
         }
     }
     Ok(())
 }
 
+/// The reason a request goes to a person: every candidate with what the API said of it.
+fn describe_candidates(request: &ClaimedRequest, candidates: &[Candidate]) -> String {
+    let listed: Vec<String> = candidates
+        .iter()
+        .map(|c| {
+            let p = &c.project;
+            format!(
+                "{} (name {:?}, residency {}, external key {}{})",
+                p.id,
+                p.name.as_deref().unwrap_or(""),
+                p.residency.as_deref().unwrap_or("not shown"),
+                p.external_key_id.as_deref().unwrap_or("none shown"),
+                if c.fits(request) {
+                    ""
+                } else {
+                    ", does not match the request"
+                }
+            )
+        })
+        .collect();
+    format!(
+        "could not tell whether the create of attempt {} made a project: {} candidate(s) with this name, \
+         created since the attempt began and linked to no request: {}. Check them in the OpenAI \
+         dashboard: if one is this request's project it exists already, so do not request it again",
+        request.attempts,
+        candidates.len(),
+        listed.join("; ")
+    )
+}
+
+/// Counts a walk that found no candidate; after two such walks a grace period apart (and the
+/// grace since the outcome became unknown), tries again or holds for a person.
 async fn settle_not_found(
     deps: &WorkerDeps,
     request: &ClaimedRequest,
-    attempt_id: &str,
+    walk_started_at: DateTime<Utc>,
     report: &mut TickReport,
 ) -> Result<(), WorkerError> {
-    let Some(walks) = store::note_fruitless_walk(&deps.pool, request.id, attempt_id).await? else {
+    let Some(attempt_id) = request.attempt_id.as_deref() else {
         return Ok(());
     };
-    let waited = request
-        .attempt_started_at
-        .map(|at| (Utc::now() - at).to_std().unwrap_or_default())
-        .unwrap_or_default();
-    if walks < 2 || waited < deps.reconcile_grace {
+    let Some((walks, first_walk_at)) =
+        store::note_fruitless_walk(&deps.pool, request.id, attempt_id, walk_started_at).await?
+    else {
+        return Ok(());
+    };
+    let grace = chrono::Duration::from_std(deps.reconcile_grace).unwrap_or(chrono::Duration::MAX);
+    let unknown_since = request.unknown_since.unwrap_or(walk_started_at);
+    let waited_since = |from: DateTime<Utc>| walk_started_at.signed_duration_since(from) >= grace;
+    if walks < 2 || !waited_since(first_walk_at) || !waited_since(unknown_since) {
         return Ok(());
     }
+    let looked = format!(
+        "two walks of the list {}s apart found no project with this name created since attempt {} began",
+        deps.reconcile_grace.as_secs(),
+        request.attempts
+    );
     let settled = match deps.unresolved {
-        Unresolved::Retry => {
-            let reason = format!(
-                "attempt {} left no project after {walks} walks of the list; trying again",
-                request.attempts
-            );
+        Unresolved::Retry if (request.attempts as u32) < deps.max_attempts => {
+            let reason = format!("{looked}, so none was made; trying again");
             store::defer_request(
                 &deps.pool,
                 request.id,
@@ -94,10 +223,16 @@ async fn settle_not_found(
             )
             .await?
         }
+        Unresolved::Retry => {
+            let reason = format!(
+                "gave up after {} attempts whose outcome was never confirmed; {looked}. Insert a new request to try again",
+                request.attempts
+            );
+            store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?
+        }
         Unresolved::Hold => {
             let reason = format!(
-                "attempt {} left no project after {walks} walks of the list; held for a person (requests.unresolved = hold): insert a new request to try again",
-                request.attempts
+                "{looked}; held for a person (requests.unresolved = hold): insert a new request to try again"
             );
             store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?
         }
@@ -109,51 +244,50 @@ async fn settle_not_found(
     Ok(())
 }
 
-/// One walk of the whole list, keeping per request the projects that could be its result.
-async fn find_candidates(
+/// One walk of the whole list, keeping per request the same-name projects created since its
+/// attempt began.
+async fn list_candidates(
     deps: &WorkerDeps,
     unknown: &[ClaimedRequest],
-) -> Result<Vec<Vec<Project>>, crate::client::ApiError> {
-    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+) -> Result<Vec<Vec<Candidate>>, ApiError> {
+    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, request) in unknown.iter().enumerate() {
-        by_name.entry(request.name.as_str()).or_default().push(i);
+        by_name
+            .entry(comparable_name(&request.name))
+            .or_default()
+            .push(i);
     }
     let mut candidates = vec![Vec::new(); unknown.len()];
     let mut walk = deps.client.walk_projects(deps.page_size, true);
-    while let Some(page) = walk.next_page().await? {
-        for project in page.data {
-            let Some(indexes) = project.name.as_deref().and_then(|name| by_name.get(name)) else {
+    while let Some(page) = walk.next_raw_page().await? {
+        for listed in page.projects {
+            let raw = listed.raw.get().to_owned();
+            let candidate = match Candidate::from_raw(raw) {
+                Ok(candidate) => candidate,
+                Err(e) => {
+                    tracing::warn!(project_id = %listed.id, error = %e, "a listed project could not be read; skipped as a candidate");
+                    continue;
+                }
+            };
+            let Some(indexes) = candidate
+                .project
+                .name
+                .as_deref()
+                .and_then(|name| by_name.get(&comparable_name(name)))
+            else {
                 continue;
             };
             for &i in indexes {
-                if could_be_result_of(&unknown[i], &project) {
-                    candidates[i].push(project.clone());
+                let since = candidates_since(&unknown[i]).map(|at| at.timestamp());
+                if since.is_none_or(|since| {
+                    created_since(candidate.project.created_at, since, CLOCK_SKEW_SECS)
+                }) {
+                    candidates[i].push(candidate.clone());
                 }
             }
         }
     }
     Ok(candidates)
-}
-
-/// Same name, key and residency, and created no earlier than the attempt (less clock skew).
-fn could_be_result_of(request: &ClaimedRequest, project: &Project) -> bool {
-    let wanted = request
-        .geography
-        .as_deref()
-        .or(request.residency.as_deref());
-    let same_residency = wanted.is_none_or(|w| {
-        project.residency.as_deref() == Some(w) || geography_of(project) == Some(w)
-    });
-    project.name.as_deref() == Some(request.name.as_str())
-        && project.external_key_id == request.external_key_id
-        && same_residency
-        && request
-            .attempt_started_at
-            .is_none_or(|started| project.created_at >= started.timestamp() - CLOCK_SKEW_SECS)
-}
-
-fn geography_of(project: &Project) -> Option<&str> {
-    project.extra.get("geography").and_then(|g| g.as_str())
 }
 
 fn count(outcome: &'static str) {

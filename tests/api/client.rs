@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use openai_project_sync::client::{ApiError, CreateOutcome, CreateProject, ListParams};
+use openai_project_sync::client::{
+    ApiError, CreateOutcome, CreateProject, CreatedProject, ListParams,
+};
 use openai_project_sync::emulator::{EmulatorConfig, Endpoint, Fault, FaultRule, LostAs};
 
 use crate::helpers::{
@@ -258,7 +260,7 @@ async fn a_successful_create_returns_the_project_with_its_name_intact() {
         })
         .await;
 
-    let CreateOutcome::Created(project) = outcome else {
+    let CreateOutcome::Created(CreatedProject { project, .. }) = outcome else {
         panic!("expected created, got {outcome:?}")
     };
     assert_eq!(project.name.as_deref(), Some(name));

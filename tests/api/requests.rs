@@ -40,6 +40,7 @@ pub async fn queue(projects: usize) -> Queue {
         retry_max_delay: Duration::from_millis(50),
         reconcile_grace: Duration::from_millis(200),
         unresolved: Unresolved::Retry,
+        before_create: None,
     };
     Queue { db, emulator, deps }
 }
@@ -115,9 +116,12 @@ fn upstream_named(emulator: &EmulatorHandle, name: &str) -> usize {
 async fn seed(pool: &PgPool, name: &str, status: &str, extra: &str) -> i64 {
     let (id,): (i64,) = sqlx::query_as(&format!(
         "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until, \
-            reconcile_walks, project_id, error, finished_at) \
+            reconcile_walks, unknown_since, candidates_since, first_fruitless_walk_at, project_id, error, finished_at) \
          select $1, $2, 1, gen_random_uuid(), now() - interval '1 minute', {extra}, \
             case when $2 = 'unknown' then 1 else 0 end, \
+            case when $2 = 'unknown' then now() - interval '1 minute' end, \
+            case when $2 = 'unknown' then now() - interval '1 minute' end, \
+            case when $2 = 'unknown' then now() - interval '1 minute' end, \
             case when $2 = 'created' then 'proj_seeded_' || $1 end, \
             case when $2 in ('failed', 'cancelled', 'unknown') then 'seeded' end, \
             case when $2 in ('created', 'failed', 'cancelled') then now() end \

@@ -1,0 +1,115 @@
+//! Which projects could be an unknown request's result, and which of those fit the request.
+//!
+//! The API may echo a request differently from how it was sent: `geography` is write-only and
+//! comes back, if at all, as a `residency` of another vocabulary; absent fields may be omitted;
+//! the server may pick a default residency; names may be stored in another Unicode form. So a
+//! candidate is found by name and time alone, and region and key only decide whether it fits.
+
+use unicode_normalization::UnicodeNormalization;
+
+use crate::client::Project;
+use crate::store::ClaimedRequest;
+
+/// Characters a comparison ignores: zero-width spaces, joiners and the byte-order mark.
+const ZERO_WIDTH: [char; 6] = [
+    '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{180E}',
+];
+
+/// The form in which names are compared: NFC, zero-width characters removed, every run of
+/// Unicode white space folded to one space, none at either end; `openai.comparable_name` in SQL.
+pub fn comparable_name(name: &str) -> String {
+    let mut folded = String::with_capacity(name.len());
+    let mut pending_space = false;
+    for c in name.nfc().filter(|c| !ZERO_WIDTH.contains(c)) {
+        if c.is_whitespace() {
+            pending_space = true;
+            continue;
+        }
+        if pending_space && !folded.is_empty() {
+            folded.push(' ');
+        }
+        pending_space = false;
+        folded.push(c);
+    }
+    folded
+}
+
+/// A same-name project created since the request's attempt began and linked to no request.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub project: Project,
+    /// The API's JSON for it, as received.
+    pub raw: String,
+}
+
+impl Candidate {
+    /// Parses a candidate from the API's JSON for a project.
+    pub fn from_raw(raw: String) -> Result<Candidate, serde_json::Error> {
+        let project = serde_json::from_str(&raw)?;
+        Ok(Candidate { project, raw })
+    }
+
+    /// Whether the project agrees with what the request asked for, where the API echoed it.
+    pub fn fits(&self, request: &ClaimedRequest) -> bool {
+        let key_fits = match (&request.external_key_id, &self.project.external_key_id) {
+            (_, None) => true,
+            (Some(asked), Some(got)) => asked == got,
+            (None, Some(_)) => false,
+        };
+        let asked_region = request
+            .geography
+            .as_deref()
+            .or(request.residency.as_deref());
+        let region_fits = match (asked_region, self.project.residency.as_deref()) {
+            // Not echoed, or nothing asked and the server picked a default.
+            (_, None) | (None, Some(_)) => true,
+            (Some(asked), Some(got)) => region_family(asked) == region_family(got),
+        };
+        key_fits && region_fits
+    }
+}
+
+/// The region a geography (`EU`) or residency (`EU_STORAGE_PROCESSING`, `JP_STORAGE`) names.
+pub fn region_family(value: &str) -> String {
+    let upper = value.trim().to_ascii_uppercase();
+    for suffix in ["_STORAGE_PROCESSING", "_STORAGE", "_PROCESSING"] {
+        if let Some(region) = upper.strip_suffix(suffix) {
+            return region.to_owned();
+        }
+    }
+    upper
+}
+
+/// Whether a project created at `created_at` (unix seconds) may be the result of an attempt
+/// begun at `since` (unix seconds), given how far the API's clock may be behind ours.
+pub fn created_since(created_at: i64, since: i64, clock_skew_secs: i64) -> bool {
+    created_at >= since.saturating_sub(clock_skew_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_differ_only_by_form_compare_equal() {
+        assert_eq!(
+            comparable_name("Cafe\u{301}  Ops"),
+            comparable_name("Café Ops")
+        );
+        assert_eq!(
+            comparable_name("\u{3000}Zürich\u{200B}\tTeam "),
+            "Zürich Team"
+        );
+        assert_ne!(comparable_name("Team A"), comparable_name("team a"));
+        assert_eq!(comparable_name("\u{200B} \u{00A0}"), "");
+    }
+
+    #[test]
+    fn regions_compare_by_family_across_vocabularies() {
+        assert_eq!(region_family("EU"), region_family("EU_STORAGE_PROCESSING"));
+        assert_eq!(region_family("JP"), region_family("JP_STORAGE"));
+        assert_eq!(region_family("jp"), region_family("JP_STORAGE_PROCESSING"));
+        assert_ne!(region_family("EU"), region_family("US_STORAGE_PROCESSING"));
+        assert_ne!(region_family("EU"), region_family("GLOBAL"));
+    }
+}
