@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -142,10 +144,12 @@ pub async fn start_daemon(
     let deps = sync_deps(&settings).await?;
     let period = schedule_period(&settings.sync.schedule)?;
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
-    let worker = tokio::spawn(worker::run(
+    let worker_running = Arc::new(AtomicBool::new(true));
+    let worker = tokio::spawn(supervise_worker(
         worker_deps,
         settings.poll_interval()?,
         shutdown.clone(),
+        worker_running.clone(),
     ));
     let metrics = crate::http::metrics_handle();
     let listener = tokio::net::TcpListener::bind(settings.listen_addr()?)
@@ -156,6 +160,7 @@ pub async fn start_daemon(
         pool: deps.pool.clone(),
         metrics,
         max_sync_age: period * 2 + Duration::from_secs(60),
+        worker_running,
     });
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -224,6 +229,40 @@ pub async fn start_daemon(
         http_addr,
         finished,
     })
+}
+
+/// Runs the request worker until `shutdown`, restarting it if it ever ends abnormally;
+/// `running` is false while it is down, which makes the daemon unready.
+async fn supervise_worker(
+    deps: WorkerDeps,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+    running: Arc<AtomicBool>,
+) {
+    let mut restarts = 0u32;
+    loop {
+        running.store(true, Ordering::Relaxed);
+        let ended = tokio::spawn(worker::run(deps.clone(), poll_interval, shutdown.clone())).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        running.store(false, Ordering::Relaxed);
+        restarts += 1;
+        let pause = Duration::from_secs(u64::from(restarts.min(30)));
+        match ended {
+            Err(e) => {
+                tracing::error!(error = %e, restart_in_s = pause.as_secs(), "the request worker died; restarting it")
+            }
+            Ok(()) => tracing::error!(
+                restart_in_s = pause.as_secs(),
+                "the request worker stopped unexpectedly; restarting it"
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 async fn publish_project_counts(pool: &sqlx::PgPool) {

@@ -1,5 +1,6 @@
 //! The health and metrics listener: `/healthz`, `/readyz`, `/metrics`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct HealthState {
     pub metrics: PrometheusHandle,
     /// A successful walk older than this makes the daemon unready.
     pub max_sync_age: Duration,
+    /// Whether the request worker is running; unready while it is not.
+    pub worker_running: Arc<AtomicBool>,
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -52,6 +55,9 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
         )
             .into_response()
     };
+    if !state.worker_running.load(Ordering::Relaxed) {
+        return unready("the request worker is not running".into());
+    }
     let database = tokio::time::timeout(Duration::from_secs(3), store::ping(&state.pool)).await;
     match database {
         Ok(Ok(())) => {}

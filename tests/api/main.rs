@@ -9,5 +9,6 @@ mod emulator;
 mod harness;
 mod helpers;
 mod migrations;
+mod reconcile;
 mod requests;
 mod sync;

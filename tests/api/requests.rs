@@ -45,7 +45,7 @@ pub async fn queue(projects: usize) -> Queue {
     Queue { db, emulator, deps }
 }
 
-async fn request(pool: &PgPool, name: &str) -> i64 {
+pub async fn request(pool: &PgPool, name: &str) -> i64 {
     let (id,): (i64,) =
         sqlx::query_as("insert into openai.project_requests (name) values ($1) returning id")
             .bind(name)
@@ -66,7 +66,7 @@ async fn insert_requests(pool: &PgPool, prefix: &str, count: i32) {
 }
 
 /// Gives every create call `ms` of latency.
-fn slow_creates(emulator: &EmulatorHandle, ms: u64) {
+pub fn slow_creates(emulator: &EmulatorHandle, ms: u64) {
     emulator.set_rates(
         Endpoint::Create,
         FaultRates {
@@ -76,9 +76,9 @@ fn slow_creates(emulator: &EmulatorHandle, ms: u64) {
     );
 }
 
-type Outcome = (String, Option<String>, Option<String>);
+pub type Outcome = (String, Option<String>, Option<String>);
 
-async fn outcome(pool: &PgPool, id: i64) -> Outcome {
+pub async fn outcome(pool: &PgPool, id: i64) -> Outcome {
     sqlx::query_as("select status, project_id, error from openai.project_requests where id = $1")
         .bind(id)
         .fetch_one(pool)
@@ -86,14 +86,14 @@ async fn outcome(pool: &PgPool, id: i64) -> Outcome {
         .expect("read a request")
 }
 
-async fn tick(q: &Queue) -> TickReport {
+pub async fn tick(q: &Queue) -> TickReport {
     worker::tick(&q.deps, &CancellationToken::new())
         .await
         .expect("a tick")
 }
 
 /// Ticks until the request is terminal; the reconciliation grace makes this take a few ticks.
-async fn settle(q: &Queue, id: i64) -> Outcome {
+pub async fn settle(q: &Queue, id: i64) -> Outcome {
     eventually("the request ends", || async {
         tick(q).await;
         matches!(
@@ -105,7 +105,7 @@ async fn settle(q: &Queue, id: i64) -> Outcome {
     outcome(&q.db.pool, id).await
 }
 
-fn upstream_named(emulator: &EmulatorHandle, name: &str) -> usize {
+pub fn upstream_named(emulator: &EmulatorHandle, name: &str) -> usize {
     emulator
         .projects()
         .iter()

@@ -1,0 +1,450 @@
+//! Settling unknown outcomes against a server that uses the spec's freedoms: never a second
+//! project, and "could not confirm" never read as "nothing was made".
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use openai_project_sync::emulator::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
+use openai_project_sync::store::{self, ClaimedRequest};
+use openai_project_sync::worker::{self, WorkerDeps};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TEST_KEY, client_with, eventually, row_identities, sync, sync_deps};
+use crate::requests::{Queue, outcome, queue, request, settle, tick, upstream_named};
+
+fn lose_next_create(q: &Queue) {
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::LostResponse {
+            then: LostAs::ServerError,
+        },
+    });
+}
+
+/// Creates land `ms` after they arrive, whatever the caller does meanwhile.
+fn creates_land_after(q: &Queue, ms: u64) {
+    q.emulator.set_rates(
+        Endpoint::Create,
+        FaultRates {
+            latency_ms: ms,
+            ..FaultRates::default()
+        },
+    );
+}
+
+async fn insert(pool: &PgPool, sql: &str) -> i64 {
+    let (id,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(pool)
+        .await
+        .expect("insert a request");
+    id
+}
+
+async fn status_of(pool: &PgPool, id: i64) -> String {
+    outcome(pool, id).await.0
+}
+
+#[tokio::test]
+async fn a_lost_answer_ends_with_exactly_one_project_whatever_the_request_asks() {
+    let cases = [
+        (
+            "plain",
+            "insert into openai.project_requests (name) values ('Lost plain') returning id",
+        ),
+        (
+            "geography",
+            "insert into openai.project_requests (name, geography) values ('Lost geography', 'EU') returning id",
+        ),
+        (
+            "residency",
+            "insert into openai.project_requests (name, residency) values ('Lost residency', 'EU_STORAGE_PROCESSING') returning id",
+        ),
+        (
+            "external key",
+            "insert into openai.project_requests (name, external_key_id) values ('Lost key', 'key_placeholder') returning id",
+        ),
+    ];
+    for (label, sql) in cases {
+        let q = queue(20).await;
+        lose_next_create(&q);
+        let id = insert(&q.db.pool, sql).await;
+
+        let (status, project_id, error) = settle(&q, id).await;
+
+        assert_eq!(status, "created", "{label}: {error:?}");
+        let name = format!("Lost {}", label.split(' ').next().unwrap_or(label));
+        assert_eq!(
+            upstream_named(&q.emulator, &name),
+            1,
+            "{label}: one project"
+        );
+        assert_eq!(q.emulator.stats().create_calls, 1, "{label}: one create");
+        assert!(
+            project_id.is_some_and(|p| q.emulator.project(&p).is_some()),
+            "{label}: the linked project exists"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_create_that_lands_after_the_client_gave_up_is_adopted_never_repeated_with_the_default_grace()
+ {
+    let mut q = queue(10).await;
+    q.deps.reconcile_grace = Duration::from_secs(300);
+    q.deps.client = client_with(&q.emulator.base_url(), TEST_KEY, Duration::from_millis(300));
+    creates_land_after(&q, 1_500);
+    let id = request(&q.db.pool, "Lands late").await;
+
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, id).await, "unknown");
+    let report = tick(&q).await;
+    assert_eq!(
+        report.walks, 1,
+        "one walk as soon as the outcome is unknown, too early to find it"
+    );
+    eventually("the create lands upstream", || async {
+        upstream_named(&q.emulator, "Lands late") == 1
+    })
+    .await;
+    for _ in 0..5 {
+        tick(&q).await;
+    }
+    assert_eq!(
+        status_of(&q.db.pool, id).await,
+        "unknown",
+        "within the grace no conclusion is drawn"
+    );
+    // The scheduled walk stores the project; the next tick finds it without walking itself.
+    q.emulator.clear_faults();
+    sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+    let report = tick(&q).await;
+
+    assert_eq!(report.adopted, 1);
+    assert_eq!(status_of(&q.db.pool, id).await, "created");
+    assert_eq!(q.emulator.stats().create_calls, 1);
+    assert_eq!(upstream_named(&q.emulator, "Lands late"), 1);
+}
+
+#[tokio::test]
+async fn a_create_that_lands_after_the_grace_since_the_attempt_began_is_still_found_with_a_short_grace()
+ {
+    // The attempt times out after 1 s and its project lands at 2.2 s. A grace of 2 s counted
+    // from the attempt's start would have concluded "nothing" at 2 s and created again.
+    let mut q = queue(10).await;
+    q.deps.reconcile_grace = Duration::from_secs(2);
+    q.deps.lease = Duration::from_secs(10);
+    q.deps.client = client_with(&q.emulator.base_url(), TEST_KEY, Duration::from_secs(1));
+    creates_land_after(&q, 2_200);
+    let id = request(&q.db.pool, "Lands after the grace").await;
+
+    let (status, _, error) = settle(&q, id).await;
+
+    assert_eq!(status, "created", "{error:?}");
+    assert_eq!(q.emulator.stats().create_calls, 1);
+    assert_eq!(upstream_named(&q.emulator, "Lands after the grace"), 1);
+}
+
+#[tokio::test]
+async fn a_same_name_project_that_does_not_fit_ends_failed_naming_it_and_is_never_created_again() {
+    let q = queue(10).await;
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::Drop,
+    });
+    let id = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, external_key_id) values ('Keyed', 'key_ours') returning id",
+    )
+    .await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, id).await, "unknown");
+    let theirs: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/_emulator/projects", q.emulator.addr()))
+        .bearer_auth(TEST_KEY)
+        .json(&serde_json::json!({"name": "Keyed", "external_key_id": "key_theirs"}))
+        .send()
+        .await
+        .expect("create behind the back")
+        .json()
+        .await
+        .expect("the project");
+    let theirs = theirs["id"].as_str().expect("an id").to_owned();
+
+    let (status, project_id, error) = settle(&q, id).await;
+
+    assert_eq!((status.as_str(), project_id), ("failed", None));
+    let error = error.unwrap_or_default();
+    assert!(
+        error.starts_with("could not tell") && error.contains(&theirs),
+        "{error}"
+    );
+    assert!(!error.contains("insert a new request"), "{error}");
+    assert_eq!(q.emulator.stats().create_calls, 1, "never a second create");
+    let (next_step,): (String,) =
+        sqlx::query_as("select next_step from openai.project_request_status where id = $1")
+            .bind(id)
+            .fetch_one(&q.db.pool)
+            .await
+            .expect("status view");
+    assert!(next_step.contains("candidate"), "{next_step}");
+}
+
+#[tokio::test]
+async fn two_fitting_candidates_end_failed_naming_both_and_nothing_is_created_again() {
+    let q = queue(10).await;
+    lose_next_create(&q);
+    let id = request(&q.db.pool, "Twice made").await;
+    tick(&q).await;
+    let other = q.emulator.create("Twice made");
+
+    let (status, _, error) = settle(&q, id).await;
+
+    assert_eq!(status, "failed");
+    let error = error.unwrap_or_default();
+    let ours = q
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("Twice made") && p.id != other.id)
+        .expect("the lost create landed");
+    assert!(
+        error.contains(&other.id) && error.contains(&ours.id),
+        "{error}"
+    );
+    assert_eq!(q.emulator.stats().create_calls, 1);
+}
+
+#[tokio::test]
+async fn an_adopted_archived_project_gets_the_two_versions_a_walk_gives_it_and_the_next_walk_writes_nothing()
+ {
+    let q = queue(10).await;
+    lose_next_create(&q);
+    let id = request(&q.db.pool, "Archived before adoption").await;
+    tick(&q).await;
+    let made = q
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("Archived before adoption"))
+        .expect("the lost create landed");
+    eventually("a second has passed since the create", || async {
+        chrono::Utc::now().timestamp() > made.created_at
+    })
+    .await;
+    q.emulator.archive(&made.id);
+
+    let (status, project_id, _) = settle(&q, id).await;
+
+    assert_eq!(
+        (status.as_str(), project_id.as_deref()),
+        ("created", Some(made.id.as_str()))
+    );
+    let changes: Vec<(String,)> = sqlx::query_as(
+        "select change from openai.project_changes where project_id = $1 order by changed_at",
+    )
+    .bind(&made.id)
+    .fetch_all(&q.db.pool)
+    .await
+    .expect("changes");
+    assert_eq!(
+        changes,
+        vec![("created".to_owned(),), ("archived".to_owned(),)]
+    );
+    let before = row_identities(&q.db.pool, Some(&made.id)).await;
+    let summary = sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+    assert_eq!(summary.counts.changed, 0);
+    assert_eq!(row_identities(&q.db.pool, Some(&made.id)).await, before);
+}
+
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+fn panic_once(request: &ClaimedRequest) {
+    if request.name == "Panics once" && !PANICKED.swap(true, Ordering::SeqCst) {
+        panic!("injected by the test");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_panic_is_recorded_on_its_request_which_still_ends_with_one_project() {
+    let mut q = queue(5).await;
+    q.deps.before_create = Some(panic_once);
+    let panics = request(&q.db.pool, "Panics once").await;
+    let calm = request(&q.db.pool, "Calm neighbour").await;
+
+    tick(&q).await;
+
+    let (status, _, error) = outcome(&q.db.pool, panics).await;
+    assert_eq!(status, "unknown");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("panic: injected by the test")),
+        "{error:?}"
+    );
+    assert_eq!(
+        status_of(&q.db.pool, calm).await,
+        "created",
+        "the worker went on"
+    );
+    let (status, _, error) = settle(&q, panics).await;
+    assert_eq!(status, "created", "{error:?}");
+    assert_eq!(upstream_named(&q.emulator, "Panics once"), 1);
+    assert_eq!(q.emulator.stats().create_calls, 2, "one each");
+}
+
+#[tokio::test]
+async fn two_replicas_racing_on_same_name_requests_never_link_one_project_twice_or_make_a_second() {
+    let q = queue(0).await;
+    q.emulator.set_rates(
+        Endpoint::Create,
+        FaultRates {
+            latency_ms: 5,
+            lost_response: 0.4,
+            ..FaultRates::default()
+        },
+    );
+    sqlx::query(
+        "insert into openai.project_requests (name, allow_duplicate_name) \
+         select 'Same name', true from generate_series(1, 12)",
+    )
+    .execute(&q.db.pool)
+    .await
+    .expect("insert");
+    let other = WorkerDeps {
+        pool: sqlx::PgPool::connect(&q.db.url).await.expect("second pool"),
+        ..q.deps.clone()
+    };
+    let stop = CancellationToken::new();
+
+    eventually("every request ends", || async {
+        let (a, b) = tokio::join!(worker::tick(&q.deps, &stop), worker::tick(&other, &stop));
+        a.expect("replica a");
+        b.expect("replica b");
+        let (open,): (i64,) = sqlx::query_as(
+            "select count(*) from openai.project_requests where status not in ('created', 'failed')",
+        )
+        .fetch_one(&q.db.pool)
+        .await
+        .expect("count");
+        open == 0
+    })
+    .await;
+
+    let (created, linked, distinct, failed_for_a_person): (i64, i64, i64, i64) = sqlx::query_as(
+        "select count(*) filter (where status = 'created'), count(project_id), count(distinct project_id), \
+                count(*) filter (where status = 'failed' and error like 'could not tell%') \
+         from openai.project_requests",
+    )
+    .fetch_one(&q.db.pool)
+    .await
+    .expect("count");
+    assert_eq!(linked, distinct, "no project linked twice");
+    assert_eq!(
+        created + failed_for_a_person,
+        12,
+        "every request created or for a person"
+    );
+    let stats = q.emulator.stats();
+    assert_eq!(
+        stats.projects_created, stats.create_calls,
+        "every create landed (lost answers included)"
+    );
+    assert_eq!(stats.create_calls, 12, "no request was created twice");
+}
+
+#[tokio::test]
+async fn names_that_cannot_be_compared_safely_are_refused_at_insert_with_the_reason() {
+    let q = queue(0).await;
+    let cases = [
+        ("Cafe\u{301} ops", "request_name_is_not_nfc_normalized"),
+        ("Pay\u{200B}ments", "request_name_has_zero_width_characters"),
+        ("\u{3000}Payments", "request_name_has_surrounding_spaces"),
+        ("Payments\u{00A0}", "request_name_has_surrounding_spaces"),
+        ("\u{2003}", "request_name_is_blank"),
+    ];
+    for (name, constraint) in cases {
+        let refused = sqlx::query("insert into openai.project_requests (name) values ($1)")
+            .bind(name)
+            .execute(&q.db.pool)
+            .await
+            .expect_err("refused");
+        let refused_by = refused
+            .as_database_error()
+            .and_then(|e| e.constraint())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(refused_by, constraint, "{name:?}");
+    }
+    request(&q.db.pool, "Café  ops, two spaces inside").await;
+}
+
+#[tokio::test]
+async fn the_database_and_the_worker_compare_names_the_same_way() {
+    let q = queue(0).await;
+    let names = [
+        "Café Ops",
+        "Cafe\u{301}  Ops",
+        "\u{3000}Zürich\u{200B}\tTeam\u{00A0}",
+        "数据平台 Search 7",
+        "🚀 launch\u{200D}",
+        "  ",
+        "O'Brien's \"Labs\"",
+        "a\u{2028}b\u{205F}c",
+    ];
+    for name in names {
+        let in_sql = store::comparable_name(&q.db.pool, name)
+            .await
+            .expect("sql")
+            .unwrap_or_default();
+        assert_eq!(in_sql, worker::comparable_name(name), "{name:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_row_is_claimed_while_reconciliation_walks_a_large_organization_and_shutdown_cancels_the_walk()
+ {
+    let q = queue(3_000).await;
+    q.emulator.set_rates(
+        Endpoint::List,
+        FaultRates {
+            latency_ms: 200,
+            ..FaultRates::default()
+        },
+    );
+    let mut deps = q.deps.clone();
+    deps.page_size = 100;
+    lose_next_create(&q);
+    let unknown = request(&q.db.pool, "Settled by a slow walk").await;
+    let stop = CancellationToken::new();
+    let daemon_worker = tokio::spawn(worker::run(deps, Duration::from_millis(100), stop.clone()));
+    eventually(
+        "the first request is unknown and a walk is under way",
+        || async {
+            status_of(&q.db.pool, unknown).await == "unknown" && q.emulator.stats().list_calls > 0
+        },
+    )
+    .await;
+
+    let fresh = request(&q.db.pool, "Inserted during the walk").await;
+    eventually("the new row is created", || async {
+        status_of(&q.db.pool, fresh).await == "created"
+    })
+    .await;
+
+    assert!(
+        q.emulator.stats().list_calls < 30,
+        "created before the 30-page walk ended ({} pages listed)",
+        q.emulator.stats().list_calls
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(3), daemon_worker)
+        .await
+        .expect("the worker stops without finishing the walk")
+        .expect("the worker task");
+    assert!(q.emulator.stats().list_calls < 30, "the walk was abandoned");
+}
