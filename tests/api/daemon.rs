@@ -229,3 +229,48 @@ async fn a_second_sync_while_one_runs_says_so_and_exits_1() {
         "{first_output}"
     );
 }
+
+#[tokio::test]
+async fn readyz_is_unready_while_the_request_worker_is_not_running() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tower::ServiceExt;
+
+    let db = TestDb::new().await;
+    openai_project_sync::store::migrate(&db.pool)
+        .await
+        .expect("migrations apply");
+    sqlx::query("insert into openai.sync_runs (trigger, status, finished_at) values ('manual', 'succeeded', now())")
+        .execute(&db.pool)
+        .await
+        .expect("a recent successful walk");
+    let worker_running = Arc::new(AtomicBool::new(false));
+    let router = openai_project_sync::http::router(openai_project_sync::http::HealthState {
+        pool: db.pool.clone(),
+        metrics: openai_project_sync::http::metrics_handle(),
+        max_sync_age: Duration::from_secs(600),
+        worker_running: worker_running.clone(),
+    });
+    let probe = |router: axum::Router| async move {
+        let response = router
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("answer");
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    let (status, body) = probe(router.clone()).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("request worker is not running"), "{body}");
+
+    worker_running.store(true, Ordering::Relaxed);
+    assert_eq!(probe(router).await.0, 200);
+}
