@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use openai_project_sync::client::ListParams;
-use openai_project_sync::emulator::{EmulatorConfig, ListOrder};
+use openai_project_sync::emulator::{EmulatorConfig, Freedoms, ListOrder};
 use serde_json::Value;
 
 use crate::helpers::{TEST_KEY, client_for, start_emulator, start_emulator_with, walk_all};
@@ -14,7 +14,10 @@ fn config(projects: usize, seed: u64, order: ListOrder) -> EmulatorConfig {
         projects,
         archived_ratio: 0.25,
         seed,
-        order,
+        freedoms: Freedoms {
+            order,
+            ..Freedoms::default()
+        },
         ..EmulatorConfig::default()
     }
 }
@@ -192,7 +195,7 @@ async fn created_projects_are_listed_first_in_newest_order_and_counted() {
     let (status, created) = raw_post(
         &emulator.base_url(),
         "/organization/projects",
-        serde_json::json!({"name": "Fresh", "residency": "EU"}),
+        serde_json::json!({"name": "Fresh", "residency": "EU_STORAGE_PROCESSING"}),
     )
     .await;
 
@@ -207,7 +210,7 @@ async fn created_projects_are_listed_first_in_newest_order_and_counted() {
 
     assert_eq!(status, 200);
     assert_eq!(created["status"], "active");
-    assert_eq!(created["residency"], "EU");
+    assert_eq!(created["residency"], "EU_STORAGE_PROCESSING");
     assert_eq!(page.data[0].id, created["id"].as_str().unwrap_or_default());
     let stats = emulator.stats();
     assert_eq!(
