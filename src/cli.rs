@@ -82,8 +82,8 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Starts from the faithful-but-hostile freedoms (geography answered as residency, nulls
-    /// omitted, unknown fields, default residency GLOBAL, short pages, arbitrary order); the
-    /// flags below add to them.
+    /// omitted, unknown fields, default residency GLOBAL, pages of at most 7, arbitrary order);
+    /// the flags below add to them.
     #[arg(long)]
     pub hostile: bool,
     /// Order of the project list [default: newest-first; arbitrary with --hostile].
@@ -459,6 +459,12 @@ async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
         stats.projects,
         handle.base_url()
     );
+    let freedoms = handle.freedoms();
+    if freedoms != Freedoms::default()
+        && let Ok(json) = serde_json::to_string(&freedoms)
+    {
+        println!("freedoms taken: {json} (change them with POST /_emulator/freedoms)");
+    }
     crate::shutdown::on_signal().cancelled().await;
     handle.shutdown();
     Ok(())

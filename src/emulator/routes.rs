@@ -404,11 +404,10 @@ async fn create_to_completion(
     let json = {
         let mut store = shared.store();
         let project = store.create(&name, body.external_key_id, residency);
-        store.get_json(&project.id).map(str::to_owned)
+        project.to_json(Rendering::of(store.freedoms()))
     };
     shared.projects_created.fetch_add(1, Ordering::Relaxed);
-    let ok = json.map_or_else(|| no_such_project("(new)"), json_body);
-    deliver(&shared, fault, &kill, ok).await
+    deliver(&shared, fault, &kill, json_body(json)).await
 }
 
 async fn retrieve(
@@ -603,9 +602,9 @@ async fn create_behind_back(
             .residency
             .or_else(|| store.freedoms().default_residency.clone());
         let project = store.create(&body.name, body.external_key_id, residency);
-        store.get_json(&project.id).map(str::to_owned)
+        project.to_json(Rendering::of(store.freedoms()))
     };
-    json.map_or_else(|| no_such_project("(new)"), json_body)
+    json_body(json)
 }
 
 #[derive(Deserialize)]
