@@ -9,7 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings, Sources};
-use crate::emulator::{self, EmulatorConfig, Endpoint, FaultRates, ListOrder};
+use crate::emulator::{
+    self, EmulatorConfig, Endpoint, FaultRates, Freedoms, GeographyAnswer, ListOrder,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,12 +78,45 @@ pub struct EmulatorArgs {
     /// Share of generated projects that are archived (0 to 1).
     #[arg(long, default_value_t = 0.2)]
     pub archived_ratio: f64,
-    /// Seed of the generated organization and of random faults.
+    /// Seed of the generated organization, of the arbitrary order and of random faults.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Order of the project list.
-    #[arg(long, value_enum, default_value = "newest-first")]
-    pub order: ListOrder,
+    /// Starts from the faithful-but-hostile freedoms (geography answered as residency, nulls
+    /// omitted, unknown fields, default residency GLOBAL, pages of at most 7, arbitrary order);
+    /// the flags below add to them.
+    #[arg(long)]
+    pub hostile: bool,
+    /// Order of the project list [default: newest-first; arbitrary with --hostile].
+    #[arg(long, value_enum)]
+    pub order: Option<ListOrder>,
+    /// Leaves null-valued optional project fields out of the JSON instead of writing null.
+    #[arg(long)]
+    pub omit_nulls: bool,
+    /// Adds fields the client does not model to every project and every list page.
+    #[arg(long)]
+    pub unknown_fields: bool,
+    /// How a create's geography is answered: as a residency of the new vocabulary, or not at
+    /// all (write-only); never as geography [default: new-vocabulary].
+    #[arg(long, value_enum, value_name = "ANSWER")]
+    pub geography_answer: Option<GeographyAnswer>,
+    /// The residency assigned to a create that asks for none (e.g. GLOBAL).
+    #[arg(long, value_name = "RESIDENCY")]
+    pub default_residency: Option<String>,
+    /// Milliseconds a create takes to land; it lands even after the caller gave up.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub create_delay_ms: u64,
+    /// Milliseconds after its create before a new project appears in the list (retrieve finds it at once).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub list_lag_ms: u64,
+    /// The most projects a list page holds, whatever limit asks for.
+    #[arg(long, value_name = "N")]
+    pub short_pages: Option<usize>,
+    /// Stores names NFD-decomposed with whitespace runs folded to one space.
+    #[arg(long)]
+    pub rewrite_names: bool,
+    /// Gives a 429's retry-after as an HTTP date, without retry-after-ms.
+    #[arg(long)]
+    pub retry_after_date: bool,
     /// Latency added to every call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -343,8 +378,8 @@ pub fn emulator_setup(
         projects: args.projects,
         archived_ratio: share("archived-ratio", args.archived_ratio)?,
         seed: args.seed,
-        order: args.order,
         hang_for: Duration::from_secs(args.hang_secs),
+        freedoms: emulator_freedoms(args)?,
     };
     let rates = FaultRates {
         latency_ms: args.latency_ms,
@@ -375,6 +410,37 @@ pub fn emulator_setup(
     Ok((config, per_endpoint))
 }
 
+/// The freedoms the emulator flags ask for: the hostile set or the defaults, then each flag.
+fn emulator_freedoms(args: &EmulatorArgs) -> Result<Freedoms, Failure> {
+    let mut freedoms = if args.hostile {
+        Freedoms::hostile()
+    } else {
+        Freedoms::default()
+    };
+    freedoms.omit_nulls |= args.omit_nulls;
+    freedoms.unknown_fields |= args.unknown_fields;
+    freedoms.rewrite_names |= args.rewrite_names;
+    freedoms.retry_after_as_date |= args.retry_after_date;
+    if let Some(order) = args.order {
+        freedoms.order = order;
+    }
+    if let Some(answer) = args.geography_answer {
+        freedoms.geography_answer = answer;
+    }
+    if let Some(residency) = &args.default_residency {
+        freedoms.default_residency = Some(residency.clone());
+    }
+    if args.short_pages.is_some() {
+        freedoms.short_pages = args.short_pages;
+    }
+    freedoms.create_delay_ms = args.create_delay_ms;
+    freedoms.list_lag_ms = args.list_lag_ms;
+    freedoms
+        .check()
+        .map_err(|why| Failure::Usage(format!("emulator freedoms: {why}")))?;
+    Ok(freedoms)
+}
+
 async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
     let (config, rates) = emulator_setup(args)?;
     if !args.listen.ip().is_loopback() {
@@ -393,6 +459,12 @@ async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
         stats.projects,
         handle.base_url()
     );
+    let freedoms = handle.freedoms();
+    if freedoms != Freedoms::default()
+        && let Ok(json) = serde_json::to_string(&freedoms)
+    {
+        println!("freedoms taken: {json} (change them with POST /_emulator/freedoms)");
+    }
     crate::shutdown::on_signal().cancelled().await;
     handle.shutdown();
     Ok(())

@@ -1,8 +1,14 @@
 //! A local, stateful emulator of the Admin API's project endpoints, for tests, benchmarks and the demo.
+//!
+//! It speaks the wire format with types of its own and takes the freedoms the spec leaves a
+//! server (see `Freedoms`), so a client that leans on one server's habits fails here first.
 
 mod faults;
+mod freedoms;
+mod regions;
 mod routes;
 mod store;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,22 +22,28 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
-use crate::client::Project;
 pub use faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
+pub use freedoms::{Freedoms, GeographyAnswer, HOSTILE_PAGE_CAP, ListOrder};
+pub use regions::{GEOGRAPHIES, RESIDENCIES, residency_of_geography};
+pub use store::ChurnReport;
 use store::ProjectStore;
-pub use store::{ChurnReport, ListOrder};
+pub use wire::EmulatedProject;
 
 /// How the emulated organization starts out.
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
     /// The only bearer token accepted.
     pub admin_key: String,
+    /// How many projects are generated at start.
     pub projects: usize,
+    /// The share of generated projects that are archived, 0 to 1.
     pub archived_ratio: f64,
+    /// The seed of the generated organization, of the arbitrary order and of random faults.
     pub seed: u64,
-    pub order: ListOrder,
     /// How long a `Hang` fault holds a call before answering 500.
     pub hang_for: Duration,
+    /// The freedoms the server takes from the start; `set_freedoms` changes them later.
+    pub freedoms: Freedoms,
 }
 
 impl Default for EmulatorConfig {
@@ -41,8 +53,8 @@ impl Default for EmulatorConfig {
             projects: 0,
             archived_ratio: 0.2,
             seed: 1,
-            order: ListOrder::NewestFirst,
             hang_for: Duration::from_secs(600),
+            freedoms: Freedoms::default(),
         }
     }
 }
@@ -50,12 +62,19 @@ impl Default for EmulatorConfig {
 /// Calls received per endpoint, and projects created through the API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EmulatorStats {
+    /// List calls received, refused ones included.
     pub list_calls: u64,
+    /// Create calls received, refused ones included.
     pub create_calls: u64,
+    /// Retrieve calls received, refused ones included.
     pub retrieve_calls: u64,
+    /// Modify calls received, refused ones included.
     pub modify_calls: u64,
+    /// Archive calls received, refused ones included.
     pub archive_calls: u64,
+    /// Projects that landed through API creates, late ones included once they land.
     pub projects_created: u64,
+    /// Projects in the organization, however they came.
     pub projects: u64,
 }
 
@@ -102,11 +121,21 @@ pub struct EmulatorHandle {
 }
 
 /// Starts the emulator on `listen` (port 0 picks a free one) and serves until `shutdown`.
+///
+/// Fails when it cannot listen, or when `config.freedoms` cannot be served.
 pub async fn start(listen: SocketAddr, config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
+    config
+        .freedoms
+        .check()
+        .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let mut store = ProjectStore::seeded(config.projects, config.archived_ratio, config.seed);
-    store.order = config.order;
+    let store = ProjectStore::seeded(
+        config.projects,
+        config.archived_ratio,
+        config.seed,
+        config.freedoms,
+    );
     let shared = Arc::new(Shared {
         admin_key: config.admin_key,
         hang_for: config.hang_for,
@@ -210,36 +239,49 @@ impl EmulatorHandle {
             .clear();
     }
 
-    /// Changes the order the list answers in.
+    /// Changes the order the list answers in, leaving the other freedoms as they are.
     pub fn set_order(&self, order: ListOrder) {
-        self.shared.store().order = order;
+        self.shared.store().set_order(order);
     }
 
-    /// One project as the API would show it now.
-    pub fn project(&self, id: &str) -> Option<Project> {
+    /// Replaces the freedoms the server takes; every project's JSON follows at once.
+    ///
+    /// A page cap of 0 is served as 1; the control channel refuses what `Freedoms::check` refuses.
+    pub fn set_freedoms(&self, freedoms: Freedoms) {
+        self.shared.store().set_freedoms(freedoms);
+    }
+
+    /// The freedoms the server takes now.
+    pub fn freedoms(&self) -> Freedoms {
+        self.shared.store().freedoms().clone()
+    }
+
+    /// One project as the server holds it now, found at once even while the list lags.
+    pub fn project(&self, id: &str) -> Option<EmulatedProject> {
         self.shared.store().get(id).cloned()
     }
 
     /// Every project, oldest first.
-    pub fn projects(&self) -> Vec<Project> {
+    pub fn projects(&self) -> Vec<EmulatedProject> {
         self.shared.store().all().to_vec()
     }
 
-    /// Renames a project behind the daemon's back.
-    pub fn rename(&self, id: &str, name: &str) -> Option<Project> {
-        self.shared
-            .store()
-            .update(id, |p| p.name = Some(name.to_owned()))
+    /// Renames a project behind the daemon's back; the name is stored the server's way.
+    pub fn rename(&self, id: &str, name: &str) -> Option<EmulatedProject> {
+        self.shared.store().rename(id, name)
     }
 
     /// Archives a project behind the daemon's back.
-    pub fn archive(&self, id: &str) -> Option<Project> {
+    pub fn archive(&self, id: &str) -> Option<EmulatedProject> {
         self.shared.store().archive(id)
     }
 
-    /// Creates a project behind the daemon's back (not counted as an API create).
-    pub fn create(&self, name: &str) -> Project {
-        self.shared.store().create(name.to_owned(), None, None)
+    /// Creates a project behind the daemon's back (not counted as an API create), with the
+    /// default residency if one is set, listed after the list lag.
+    pub fn create(&self, name: &str) -> EmulatedProject {
+        let mut store = self.shared.store();
+        let residency = store.freedoms().default_residency.clone();
+        store.create(name, None, residency)
     }
 
     /// Makes a project vanish from every answer, or come back; `false` if no such project.
@@ -248,7 +290,7 @@ impl EmulatorHandle {
     }
 
     /// Sets a field the product does not model on one project.
-    pub fn set_field(&self, id: &str, key: &str, value: Value) -> Option<Project> {
+    pub fn set_field(&self, id: &str, key: &str, value: Value) -> Option<EmulatedProject> {
         self.shared.store().set_extra(id, key, value)
     }
 

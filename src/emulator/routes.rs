@@ -15,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
-use super::store::ListOrder;
+use super::freedoms::{Freedoms, ListOrder};
+use super::wire::{self, Rendering};
 use super::{ConnectionKill, Shared};
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -28,6 +29,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/faults", post(push_fault).delete(clear_faults))
         .route("/rates/{endpoint}", post(set_rates))
         .route("/order", post(set_order))
+        .route("/freedoms", get(freedoms).post(set_freedoms))
         .route("/projects", post(create_behind_back))
         .route("/churn", post(churn))
         .route("/projects/{id}", post(change_behind_back));
@@ -62,6 +64,15 @@ fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
         param,
         code,
     )
+}
+
+/// A 200 answer whose body is JSON the store already rendered.
+fn json_body(body: String) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn no_such_project(id: &str) -> Response {
@@ -179,15 +190,15 @@ async fn fail(shared: &Shared, fault: &Fault, kill: &ConnectionKill) {
 }
 
 /// The failure answer for every fault but a lost response, which first lets the call take effect.
-fn answered_early(fault: &Option<Fault>) -> Option<Response> {
+fn answered_early(shared: &Shared, fault: &Option<Fault>) -> Option<Response> {
     match fault {
         None
         | Some(Fault::LostResponse { .. } | Fault::IgnoreCursor | Fault::EmptyPageWithMore) => None,
-        Some(other) => Some(fault_response(other)),
+        Some(other) => Some(fault_response(shared, other)),
     }
 }
 
-fn fault_response(fault: &Fault) -> Response {
+fn fault_response(shared: &Shared, fault: &Fault) -> Response {
     match fault {
         Fault::TooManyRequests { retry_after_ms } => {
             let mut response = api_error(
@@ -197,12 +208,19 @@ fn fault_response(fault: &Fault) -> Response {
                 None,
                 Some("rate_limit_exceeded"),
             );
+            let as_date = shared.store().freedoms().retry_after_as_date;
             let headers = response.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&retry_after_ms.to_string()) {
-                headers.insert("retry-after-ms", v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&retry_after_ms.div_ceil(1000).to_string()) {
-                headers.insert("retry-after", v);
+            if as_date {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_date(*retry_after_ms)) {
+                    headers.insert("retry-after", v);
+                }
+            } else {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_ms.to_string()) {
+                    headers.insert("retry-after-ms", v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&retry_after_ms.div_ceil(1000).to_string()) {
+                    headers.insert("retry-after", v);
+                }
             }
             response
         }
@@ -223,6 +241,15 @@ fn fault_response(fault: &Fault) -> Response {
     }
 }
 
+/// An HTTP date at least `retry_after_ms` from now, whole seconds as the format has them.
+fn retry_after_date(retry_after_ms: u64) -> String {
+    let wait = i64::try_from(retry_after_ms.saturating_add(999)).unwrap_or(i64::MAX / 2);
+    let at = chrono::Utc::now()
+        .checked_add_signed(chrono::TimeDelta::milliseconds(wait))
+        .unwrap_or_else(chrono::Utc::now);
+    at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
 /// Answers with `ok`, unless the call's fault says the answer is lost.
 async fn deliver(
     shared: &Shared,
@@ -234,9 +261,9 @@ async fn deliver(
         None | Some(Fault::IgnoreCursor | Fault::EmptyPageWithMore) => ok,
         Some(lost @ Fault::LostResponse { .. }) => {
             fail(shared, &lost, kill).await;
-            fault_response(&lost)
+            fault_response(shared, &lost)
         }
-        Some(other) => fault_response(&other),
+        Some(other) => fault_response(shared, &other),
     }
 }
 
@@ -246,7 +273,7 @@ async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let fault = intercept(&shared, Endpoint::List, &kill).await;
-    if let Some(early) = answered_early(&fault) {
+    if let Some(early) = answered_early(&shared, &fault) {
         return early;
     }
     let limit = match query.get("limit").map(|v| v.parse::<i64>()) {
@@ -274,12 +301,18 @@ async fn list(
     let after = query
         .get("after")
         .filter(|a| !a.is_empty() && fault != Some(Fault::IgnoreCursor));
-    if fault == Some(Fault::EmptyPageWithMore) {
-        let body = json!({"object": "list", "data": [], "first_id": null, "last_id": null, "has_more": true});
-        return Json(body).into_response();
-    }
     let page = {
         let store = shared.store();
+        if fault == Some(Fault::EmptyPageWithMore) {
+            let rendering = Rendering::of(store.freedoms());
+            return json_body(wire::list_body(
+                std::iter::empty(),
+                None,
+                None,
+                true,
+                rendering,
+            ));
+        }
         if let Some(after) = after
             && !store.contains(after)
         {
@@ -289,18 +322,15 @@ async fn list(
                 None,
             );
         }
-        store.list(limit, after.map(String::as_str), include_archived)
+        store.list(
+            limit,
+            after.map(String::as_str),
+            include_archived,
+            std::time::Instant::now(),
+        )
     };
-    let ok = (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        page.body,
-    )
-        .into_response();
-    deliver(&shared, fault, &kill, ok).await
+    deliver(&shared, fault, &kill, json_body(page)).await
 }
-
-/// Regions the emulated organization may keep data in.
-const KNOWN_REGIONS: [&str; 8] = ["US", "EU", "JP", "IN", "KR", "CA", "AU", "SG"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -339,7 +369,7 @@ async fn create_to_completion(
     body: axum::body::Bytes,
 ) -> Response {
     let fault = intercept(&shared, Endpoint::Create, &kill).await;
-    if let Some(early) = answered_early(&fault) {
+    if let Some(early) = answered_early(&shared, &fault) {
         return early;
     }
     let body: CreateBody = match serde_json::from_slice(&body) {
@@ -350,29 +380,34 @@ async fn create_to_completion(
         Some(name) if !name.trim().is_empty() => name,
         _ => return invalid("Project name must not be empty.", Some("name"), None),
     };
-    if body.geography.is_some() && body.residency.is_some() {
-        return invalid(
-            "Only one of 'geography' and 'residency' may be given.",
-            Some("residency"),
-            None,
-        );
+    let (residency, delay) = {
+        let store = shared.store();
+        let freedoms = store.freedoms();
+        let residency =
+            freedoms.residency_for_create(body.geography.as_deref(), body.residency.as_deref());
+        (residency, freedoms.create_delay())
+    };
+    let residency = match residency {
+        Ok(residency) => residency,
+        Err(refusal) => {
+            return invalid(
+                &refusal.message,
+                Some(refusal.param),
+                Some("invalid_region"),
+            );
+        }
+    };
+    // A late create: the server holds the work, then lands it even if the caller is long gone.
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
-    let residency = body.residency.or(body.geography);
-    if let Some(region) = &residency
-        && !KNOWN_REGIONS.contains(&region.as_str())
-    {
-        return invalid(
-            &format!(
-                "Invalid region '{region}': data residency must be one of {}.",
-                KNOWN_REGIONS.join(", ")
-            ),
-            Some("geography"),
-            Some("invalid_region"),
-        );
-    }
-    let project = shared.store().create(name, body.external_key_id, residency);
+    let json = {
+        let mut store = shared.store();
+        let project = store.create(&name, body.external_key_id, residency);
+        project.to_json(Rendering::of(store.freedoms()))
+    };
     shared.projects_created.fetch_add(1, Ordering::Relaxed);
-    deliver(&shared, fault, &kill, Json(project).into_response()).await
+    deliver(&shared, fault, &kill, json_body(json)).await
 }
 
 async fn retrieve(
@@ -381,12 +416,12 @@ async fn retrieve(
     Path(id): Path<String>,
 ) -> Response {
     let fault = intercept(&shared, Endpoint::Retrieve, &kill).await;
-    if let Some(early) = answered_early(&fault) {
+    if let Some(early) = answered_early(&shared, &fault) {
         return early;
     }
-    let found = shared.store().get(&id).cloned();
+    let found = shared.store().get_json(&id).map(str::to_owned);
     match found {
-        Some(project) => deliver(&shared, fault, &kill, Json(project).into_response()).await,
+        Some(json) => deliver(&shared, fault, &kill, json_body(json)).await,
         None => no_such_project(&id),
     }
 }
@@ -407,7 +442,7 @@ async fn modify(
     body: axum::body::Bytes,
 ) -> Response {
     let fault = intercept(&shared, Endpoint::Modify, &kill).await;
-    if let Some(early) = answered_early(&fault) {
+    if let Some(early) = answered_early(&shared, &fault) {
         return early;
     }
     let body: ModifyBody = match serde_json::from_slice(&body) {
@@ -421,23 +456,27 @@ async fn modify(
         let mut store = shared.store();
         match store.get(&id) {
             None => Err(no_such_project(&id)),
-            Some(p) if p.status.as_deref() == Some("archived") => Err(invalid(
-                "Archived projects cannot be modified.",
+            Some(p) if p.is_archived() => Err(invalid(
+                &format!("Project '{id}' is archived. You can only update an active project."),
                 None,
                 Some("project_archived"),
             )),
-            Some(_) => Ok(store.update(&id, |p| {
+            Some(_) => {
                 if let Some(name) = body.name {
-                    p.name = Some(name);
+                    store.rename(&id, &name);
                 }
                 if let Some(key) = body.external_key_id {
-                    p.external_key_id = Some(key);
+                    store.update(&id, |p| p.external_key_id = Some(key));
                 }
-            })),
+                store
+                    .get_json(&id)
+                    .map(str::to_owned)
+                    .ok_or_else(|| no_such_project(&id))
+            }
         }
     };
     match outcome {
-        Ok(project) => deliver(&shared, fault, &kill, Json(project).into_response()).await,
+        Ok(json) => deliver(&shared, fault, &kill, json_body(json)).await,
         Err(response) => response,
     }
 }
@@ -448,12 +487,17 @@ async fn archive(
     Path(id): Path<String>,
 ) -> Response {
     let fault = intercept(&shared, Endpoint::Archive, &kill).await;
-    if let Some(early) = answered_early(&fault) {
+    if let Some(early) = answered_early(&shared, &fault) {
         return early;
     }
-    let archived = shared.store().archive(&id);
+    let archived = {
+        let mut store = shared.store();
+        store
+            .archive(&id)
+            .and_then(|_| store.get_json(&id).map(str::to_owned))
+    };
     match archived {
-        Some(project) => deliver(&shared, fault, &kill, Json(project).into_response()).await,
+        Some(json) => deliver(&shared, fault, &kill, json_body(json)).await,
         None => no_such_project(&id),
     }
 }
@@ -518,8 +562,25 @@ struct OrderBody {
 }
 
 async fn set_order(State(shared): State<Arc<Shared>>, Json(body): Json<OrderBody>) -> StatusCode {
-    shared.store().order = body.order;
+    shared.store().set_order(body.order);
     StatusCode::NO_CONTENT
+}
+
+async fn freedoms(State(shared): State<Arc<Shared>>) -> Json<Freedoms> {
+    Json(shared.store().freedoms().clone())
+}
+
+/// Replaces the freedoms with the body's; fields left out take their defaults.
+async fn set_freedoms(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let freedoms: Freedoms = match serde_json::from_slice(&body) {
+        Ok(freedoms) => freedoms,
+        Err(e) => return invalid(&format!("Invalid freedoms: {e}."), None, None),
+    };
+    if let Err(why) = freedoms.check() {
+        return invalid(&format!("Invalid freedoms: {why}."), None, None);
+    }
+    shared.store().set_freedoms(freedoms.clone());
+    Json(freedoms).into_response()
 }
 
 #[derive(Deserialize)]
@@ -535,10 +596,15 @@ async fn create_behind_back(
     State(shared): State<Arc<Shared>>,
     Json(body): Json<BehindBackCreate>,
 ) -> Response {
-    let project = shared
-        .store()
-        .create(body.name, body.external_key_id, body.residency);
-    Json(project).into_response()
+    let json = {
+        let mut store = shared.store();
+        let residency = body
+            .residency
+            .or_else(|| store.freedoms().default_residency.clone());
+        let project = store.create(&body.name, body.external_key_id, residency);
+        project.to_json(Rendering::of(store.freedoms()))
+    };
+    json_body(json)
 }
 
 #[derive(Deserialize)]
@@ -563,7 +629,7 @@ async fn change_behind_back(
         return no_such_project(&id);
     }
     if let Some(name) = body.name {
-        store.update(&id, |p| p.name = Some(name));
+        store.rename(&id, &name);
     }
     if body.archive {
         store.archive(&id);
@@ -574,6 +640,6 @@ async fn change_behind_back(
     if let Some(hidden) = body.hidden {
         store.set_hidden(&id, hidden);
     }
-    let project = store.get(&id).cloned();
-    Json(project).into_response()
+    let json = store.get_json(&id).map_or("null", |j| j).to_owned();
+    json_body(json)
 }

@@ -1,11 +1,14 @@
-//! The emulator's organization: its projects in creation order, seeded deterministically.
+//! The emulated organization: its projects in creation order, seeded deterministically, and
+//! their list answers in the order and shape the current freedoms call for.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::client::Project;
+use super::freedoms::{Freedoms, ListOrder};
+use super::wire::{self, EmulatedProject, PROJECT_OBJECT, Rendering};
 
 /// What one round of churn changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,31 +21,22 @@ pub struct ChurnReport {
     pub created: usize,
 }
 
-/// Which end of the creation order the list starts from; the real order is undocumented.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum ListOrder {
-    #[default]
-    NewestFirst,
-    OldestFirst,
-}
-
-/// The answer to one list call, already JSON.
-pub struct ListedPage {
-    pub body: String,
-}
-
 /// Every project of the emulated organization.
 pub struct ProjectStore {
-    projects: Vec<Project>,
-    /// Each project's JSON, kept in step with `projects` so a page is a concatenation.
+    projects: Vec<EmulatedProject>,
+    /// Each project's JSON in the current rendering, kept in step with `projects` so a page is a concatenation.
     json: Vec<String>,
     index: HashMap<String, usize>,
+    /// When each project starts showing in list answers; `None` for always.
+    visible_from: Vec<Option<Instant>>,
+    /// Positions in `projects`, sorted by `arbitrary_rank`: the arbitrary list order.
+    by_rank: Vec<usize>,
+    rank_seed: u64,
     /// Projects left out of every answer, as if they had vanished upstream.
     hidden: HashSet<String>,
     rng: fastrand::Rng,
     last_created_at: i64,
-    pub order: ListOrder,
+    freedoms: Freedoms,
 }
 
 /// Seconds since the epoch at which generated histories start (2023-11-14).
@@ -72,42 +66,101 @@ const FLAVOURS: &[&str] = &[
 
 impl ProjectStore {
     /// Generates `count` projects, a share `archived_ratio` archived; the same seed gives the same projects.
-    pub fn seeded(count: usize, archived_ratio: f64, seed: u64) -> ProjectStore {
+    pub fn seeded(
+        count: usize,
+        archived_ratio: f64,
+        seed: u64,
+        freedoms: Freedoms,
+    ) -> ProjectStore {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut store = ProjectStore {
             projects: Vec::with_capacity(count),
             json: Vec::with_capacity(count),
             index: HashMap::with_capacity(count),
+            visible_from: Vec::with_capacity(count),
+            by_rank: Vec::with_capacity(count),
+            rank_seed: seed.rotate_left(17) ^ 0x51_7cc1_b727_220a,
             hidden: Default::default(),
             rng: fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15),
             last_created_at: SEED_EPOCH,
-            order: ListOrder::default(),
+            freedoms,
         };
         let mut created_at = SEED_EPOCH - (count as i64) * 600;
         for n in 0..count {
             created_at += rng.i64(1..=600);
             let archived = rng.f64() < archived_ratio;
-            let project = Project {
+            let project = EmulatedProject {
                 id: new_id(&mut rng),
-                object: "organization.project".into(),
+                object: PROJECT_OBJECT.into(),
                 created_at,
-                name: generated_name(&mut rng, n),
+                name: generated_name(&mut rng, n).map(|name| store.freedoms.stored_name(&name)),
                 status: Some(if archived { "archived" } else { "active" }.into()),
                 archived_at: archived.then(|| created_at + rng.i64(60..=86_400 * 30)),
                 external_key_id: (rng.u8(..) < 8).then(|| format!("key_{}", rng.u32(..))),
-                residency: (rng.u8(..) < 16).then(|| "EU".to_owned()),
+                residency: (rng.u8(..) < 16).then(|| "EU_STORAGE_PROCESSING".to_owned()),
                 extra: Default::default(),
             };
-            store.insert(project);
+            store.push(project, None);
         }
+        // Sorting once beats inserting each seeded project at its rank.
+        let mut ranked: Vec<(u64, usize)> = (0..store.projects.len())
+            .map(|i| (store.arbitrary_rank(i), i))
+            .collect();
+        ranked.sort_unstable();
+        store.by_rank = ranked.into_iter().map(|(_, i)| i).collect();
         store.last_created_at = created_at.max(SEED_EPOCH);
         store
     }
 
-    fn insert(&mut self, project: Project) {
-        self.index.insert(project.id.clone(), self.projects.len());
-        self.json.push(to_json(&project));
+    /// Appends a project to the creation order, without ranking it.
+    fn push(&mut self, project: EmulatedProject, visible_from: Option<Instant>) -> usize {
+        let i = self.projects.len();
+        self.index.insert(project.id.clone(), i);
+        self.json
+            .push(project.to_json(Rendering::of(&self.freedoms)));
+        self.visible_from.push(visible_from);
         self.projects.push(project);
+        i
+    }
+
+    /// The project's key in the arbitrary order: a seeded hash of its id, then its position.
+    fn arbitrary_rank(&self, i: usize) -> u64 {
+        // FNV-1a then a splitmix64 finalizer: stable for a seed, unrelated to creation order.
+        let mut hash = self.rank_seed ^ 0xcbf2_9ce4_8422_2325;
+        for byte in self.projects[i].id.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        hash ^ (hash >> 31)
+    }
+
+    /// Where project `i` stands, or would stand, in `by_rank`.
+    fn rank_position(&self, i: usize) -> Result<usize, usize> {
+        let key = (self.arbitrary_rank(i), i);
+        self.by_rank
+            .binary_search_by_key(&key, |&j| (self.arbitrary_rank(j), j))
+    }
+
+    /// The freedoms the server takes now.
+    pub fn freedoms(&self) -> &Freedoms {
+        &self.freedoms
+    }
+
+    /// Takes other freedoms; every project's JSON is rendered again when the shape changed.
+    pub fn set_freedoms(&mut self, freedoms: Freedoms) {
+        let rerender = Rendering::of(&freedoms) != Rendering::of(&self.freedoms);
+        self.freedoms = freedoms;
+        if rerender {
+            let rendering = Rendering::of(&self.freedoms);
+            self.json = self.projects.iter().map(|p| p.to_json(rendering)).collect();
+        }
+    }
+
+    /// Changes the order the list answers in.
+    pub fn set_order(&mut self, order: ListOrder) {
+        self.freedoms.order = order;
     }
 
     /// The number of projects, archived ones included.
@@ -115,12 +168,20 @@ impl ProjectStore {
         self.projects.len()
     }
 
-    /// One project by id, unless hidden.
-    pub fn get(&self, id: &str) -> Option<&Project> {
+    /// One project by id, unless hidden; a project not yet listed is found all the same.
+    pub fn get(&self, id: &str) -> Option<&EmulatedProject> {
         if self.hidden.contains(id) {
             return None;
         }
         self.index.get(id).map(|&i| &self.projects[i])
+    }
+
+    /// One project's JSON as the server writes it now, unless hidden.
+    pub fn get_json(&self, id: &str) -> Option<&str> {
+        if self.hidden.contains(id) {
+            return None;
+        }
+        self.index.get(id).map(|&i| self.json[i].as_str())
     }
 
     /// Leaves a project out of every answer (`true`) or brings it back (`false`).
@@ -137,7 +198,7 @@ impl ProjectStore {
     }
 
     /// Every project, oldest first.
-    pub fn all(&self) -> &[Project] {
+    pub fn all(&self) -> &[EmulatedProject] {
         &self.projects
     }
 
@@ -146,94 +207,108 @@ impl ProjectStore {
         self.index.contains_key(id)
     }
 
-    /// Up to `limit` projects after the cursor in the current order, as the list's JSON body.
-    pub fn list(&self, limit: usize, after: Option<&str>, include_archived: bool) -> ListedPage {
-        let position = after.and_then(|id| self.index.get(id).copied());
-        let visible = |&i: &usize| {
-            let p = &self.projects[i];
-            (include_archived || p.status.as_deref() != Some("archived"))
-                && !self.hidden.contains(&p.id)
-        };
-        let chosen: Vec<usize> = match self.order {
-            ListOrder::OldestFirst => {
-                let start = position.map_or(0, |i| i + 1);
-                (start..self.projects.len())
-                    .filter(visible)
-                    .take(limit + 1)
-                    .collect()
+    /// Positions in `projects` after the cursor's, in the current list order.
+    fn after_cursor(&self, position: Option<usize>) -> Box<dyn Iterator<Item = usize> + '_> {
+        match self.freedoms.order {
+            ListOrder::OldestFirst => Box::new(position.map_or(0, |i| i + 1)..self.projects.len()),
+            ListOrder::NewestFirst => Box::new((0..position.unwrap_or(self.projects.len())).rev()),
+            ListOrder::Arbitrary => {
+                let start = position.map_or(0, |i| match self.rank_position(i) {
+                    Ok(at) => at + 1,
+                    Err(at) => at,
+                });
+                Box::new(self.by_rank[start..].iter().copied())
             }
-            ListOrder::NewestFirst => {
-                let end = position.unwrap_or(self.projects.len());
-                (0..end).rev().filter(visible).take(limit + 1).collect()
-            }
-        };
-        let has_more = chosen.len() > limit;
-        let chosen = &chosen[..chosen.len().min(limit)];
-        let id = |i: Option<&usize>| {
-            i.map_or("null".to_owned(), |&i| {
-                Value::from(self.projects[i].id.as_str()).to_string()
-            })
-        };
-        let mut body = String::with_capacity(
-            chosen
-                .iter()
-                .map(|&i| self.json[i].len() + 1)
-                .sum::<usize>()
-                + 128,
-        );
-        body.push_str("{\"object\":\"list\",\"data\":[");
-        for (n, &i) in chosen.iter().enumerate() {
-            if n > 0 {
-                body.push(',');
-            }
-            body.push_str(&self.json[i]);
         }
-        body.push_str(&format!(
-            "],\"first_id\":{},\"last_id\":{},\"has_more\":{has_more}}}",
-            id(chosen.first()),
-            id(chosen.last())
-        ));
-        ListedPage { body }
     }
 
-    /// Creates a project now, as the API would.
+    /// One list answer's JSON body: up to `limit` projects after the cursor in the current order,
+    /// fewer when pages are short, leaving out projects that do not show yet at `now`.
+    pub fn list(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+        include_archived: bool,
+        now: Instant,
+    ) -> String {
+        let page_size = self.freedoms.page_size(limit);
+        let position = after.and_then(|id| self.index.get(id).copied());
+        let listed = |&i: &usize| {
+            let p = &self.projects[i];
+            (include_archived || !p.is_archived())
+                && self.visible_from[i].is_none_or(|from| from <= now)
+                && !self.hidden.contains(&p.id)
+        };
+        let chosen: Vec<usize> = self
+            .after_cursor(position)
+            .filter(listed)
+            .take(page_size + 1)
+            .collect();
+        let has_more = chosen.len() > page_size;
+        let chosen = &chosen[..chosen.len().min(page_size)];
+        let id = |i: Option<&usize>| i.map(|&i| self.projects[i].id.as_str());
+        wire::list_body(
+            chosen.iter().map(|&i| self.json[i].as_str()),
+            id(chosen.first()),
+            id(chosen.last()),
+            has_more,
+            Rendering::of(&self.freedoms),
+        )
+    }
+
+    /// Creates a project now, as the API would: the name stored the server's way, listed after the lag.
     pub fn create(
         &mut self,
-        name: String,
+        name: &str,
         external_key_id: Option<String>,
         residency: Option<String>,
-    ) -> Project {
+    ) -> EmulatedProject {
         // Creation times never go backwards, so the stored order stays the creation order.
         let now = chrono::Utc::now().timestamp().max(self.last_created_at);
         self.last_created_at = now;
-        let project = Project {
+        let project = EmulatedProject {
             id: new_id(&mut self.rng),
-            object: "organization.project".into(),
+            object: PROJECT_OBJECT.into(),
             created_at: now,
-            name: Some(name),
+            name: Some(self.freedoms.stored_name(name)),
             status: Some("active".into()),
             archived_at: None,
             external_key_id,
             residency,
             extra: Default::default(),
         };
-        self.insert(project.clone());
+        let lag = self.freedoms.list_lag();
+        let visible_from = (!lag.is_zero()).then(|| Instant::now() + lag);
+        let i = self.push(project.clone(), visible_from);
+        if let Err(at) = self.rank_position(i) {
+            self.by_rank.insert(at, i);
+        }
         project
     }
 
     /// Applies a change to one project and returns it.
-    pub fn update(&mut self, id: &str, change: impl FnOnce(&mut Project)) -> Option<Project> {
+    pub fn update(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut EmulatedProject),
+    ) -> Option<EmulatedProject> {
         let i = *self.index.get(id)?;
         let project = &mut self.projects[i];
         change(project);
-        self.json[i] = to_json(project);
+        self.json[i] = project.to_json(Rendering::of(&self.freedoms));
         Some(project.clone())
     }
 
+    /// Renames a project, the name stored the server's way.
+    pub fn rename(&mut self, id: &str, name: &str) -> Option<EmulatedProject> {
+        let stored = self.freedoms.stored_name(name);
+        self.update(id, |p| p.name = Some(stored))
+    }
+
     /// Archives a project; archiving twice changes nothing.
-    pub fn archive(&mut self, id: &str) -> Option<Project> {
+    pub fn archive(&mut self, id: &str) -> Option<EmulatedProject> {
         self.update(id, |p| {
-            if p.status.as_deref() != Some("archived") {
+            if !p.is_archived() {
                 p.status = Some("archived".into());
                 p.archived_at = Some(chrono::Utc::now().timestamp());
             }
@@ -241,7 +316,7 @@ impl ProjectStore {
     }
 
     /// Sets a field the product does not model, as a newer API version might add.
-    pub fn set_extra(&mut self, id: &str, key: &str, value: Value) -> Option<Project> {
+    pub fn set_extra(&mut self, id: &str, key: &str, value: Value) -> Option<EmulatedProject> {
         self.update(id, |p| {
             p.extra.insert(key.to_owned(), value);
         })
@@ -266,7 +341,7 @@ impl ProjectStore {
         let mut report = ChurnReport::default();
         for n in 0..renames {
             if let Some(id) = self.pick_active(&mut touched) {
-                self.update(&id, |p| p.name = Some(format!("Renamed {stamp} #{n}")));
+                self.rename(&id, &format!("Renamed {stamp} #{n}"));
                 report.renamed += 1;
             }
         }
@@ -277,7 +352,8 @@ impl ProjectStore {
             }
         }
         for n in 0..creates {
-            self.create(format!("New at {stamp} #{n}"), None, None);
+            let residency = self.freedoms.default_residency.clone();
+            self.create(&format!("New at {stamp} #{n}"), None, residency);
             report.created += 1;
         }
         report
@@ -296,11 +372,6 @@ impl ProjectStore {
         }
         None
     }
-}
-
-fn to_json(project: &Project) -> String {
-    // A Project is plain data; serializing it cannot fail.
-    serde_json::to_string(project).unwrap_or_default()
 }
 
 fn new_id(rng: &mut fastrand::Rng) -> String {

@@ -317,7 +317,10 @@ async fn the_list_order_does_not_change_the_result() {
         projects: 340,
         archived_ratio: 0.3,
         seed: 5,
-        order,
+        freedoms: openai_project_sync::emulator::Freedoms {
+            order,
+            ..Default::default()
+        },
         ..EmulatorConfig::default()
     };
     let newest = fixture_with(config(ListOrder::NewestFirst)).await;
