@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use openai_project_sync::emulator::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
+use openai_project_sync::emulator::{
+    Endpoint, Fault, FaultRates, FaultRule, Freedoms, GeographyAnswer, LostAs,
+};
 use openai_project_sync::store::{self, ClaimedRequest};
 use openai_project_sync::worker::{self, WorkerDeps};
 use sqlx::PgPool;
@@ -50,42 +52,45 @@ async fn status_of(pool: &PgPool, id: i64) -> String {
 #[tokio::test]
 async fn a_lost_answer_ends_with_exactly_one_project_whatever_the_request_asks() {
     let cases = [
+        ("Lost plain", "(name) values ('Lost plain')"),
         (
-            "plain",
-            "insert into openai.project_requests (name) values ('Lost plain') returning id",
+            "Lost geography",
+            "(name, geography) values ('Lost geography', 'EU')",
         ),
         (
-            "geography",
-            "insert into openai.project_requests (name, geography) values ('Lost geography', 'EU') returning id",
+            "Lost residency",
+            "(name, residency) values ('Lost residency', 'EU_STORAGE_PROCESSING')",
         ),
         (
-            "residency",
-            "insert into openai.project_requests (name, residency) values ('Lost residency', 'EU_STORAGE_PROCESSING') returning id",
-        ),
-        (
-            "external key",
-            "insert into openai.project_requests (name, external_key_id) values ('Lost key', 'key_placeholder') returning id",
+            "Lost key",
+            "(name, external_key_id) values ('Lost key', 'key_placeholder')",
         ),
     ];
-    for (label, sql) in cases {
-        let q = queue(20).await;
-        lose_next_create(&q);
-        let id = insert(&q.db.pool, sql).await;
+    for answer in [GeographyAnswer::NewVocabulary, GeographyAnswer::Omitted] {
+        for (name, columns) in cases {
+            let q = queue(20).await;
+            q.emulator.set_freedoms(Freedoms {
+                geography_answer: answer,
+                ..Freedoms::hostile()
+            });
+            lose_next_create(&q);
+            let id = insert(
+                &q.db.pool,
+                &format!("insert into openai.project_requests {columns} returning id"),
+            )
+            .await;
 
-        let (status, project_id, error) = settle(&q, id).await;
+            let (status, project_id, error) = settle(&q, id).await;
 
-        assert_eq!(status, "created", "{label}: {error:?}");
-        let name = format!("Lost {}", label.split(' ').next().unwrap_or(label));
-        assert_eq!(
-            upstream_named(&q.emulator, &name),
-            1,
-            "{label}: one project"
-        );
-        assert_eq!(q.emulator.stats().create_calls, 1, "{label}: one create");
-        assert!(
-            project_id.is_some_and(|p| q.emulator.project(&p).is_some()),
-            "{label}: the linked project exists"
-        );
+            let case = format!("{name}, geography answered {answer:?}");
+            assert_eq!(status, "created", "{case}: {error:?}");
+            assert_eq!(upstream_named(&q.emulator, name), 1, "{case}: one project");
+            assert_eq!(q.emulator.stats().create_calls, 1, "{case}: one create");
+            assert!(
+                project_id.is_some_and(|p| q.emulator.project(&p).is_some()),
+                "{case}: the linked project exists"
+            );
+        }
     }
 }
 
@@ -447,4 +452,49 @@ async fn a_new_row_is_claimed_while_reconciliation_walks_a_large_organization_an
         .expect("the worker stops without finishing the walk")
         .expect("the worker task");
     assert!(q.emulator.stats().list_calls < 30, "the walk was abandoned");
+}
+
+#[tokio::test]
+async fn a_listing_that_lags_the_create_gets_no_second_project() {
+    let mut q = queue(20).await;
+    q.deps.reconcile_grace = Duration::from_secs(2);
+    q.emulator.set_freedoms(Freedoms {
+        list_lag_ms: 1_500,
+        ..Freedoms::hostile()
+    });
+    lose_next_create(&q);
+    let id = request(&q.db.pool, "Listed late").await;
+
+    let (status, _, error) = settle(&q, id).await;
+
+    assert_eq!(status, "created", "{error:?}");
+    assert_eq!(q.emulator.stats().create_calls, 1);
+    assert_eq!(upstream_named(&q.emulator, "Listed late"), 1);
+}
+
+#[tokio::test]
+async fn a_project_whose_name_the_server_stored_in_another_form_is_still_the_requests() {
+    let q = queue(20).await;
+    q.emulator.set_freedoms(Freedoms {
+        rewrite_names: true,
+        ..Freedoms::hostile()
+    });
+    lose_next_create(&q);
+    let asked = "Café  Ops\u{3000}Zürich";
+    let id = request(&q.db.pool, asked).await;
+
+    let (status, project_id, error) = settle(&q, id).await;
+
+    assert_eq!(status, "created", "{error:?}");
+    assert_eq!(q.emulator.stats().create_calls, 1);
+    let stored = q
+        .emulator
+        .project(&project_id.expect("linked"))
+        .and_then(|p| p.name)
+        .expect("a name upstream");
+    assert_ne!(stored, asked, "the server did store another form");
+    assert_eq!(
+        worker::comparable_name(&stored),
+        worker::comparable_name(asked)
+    );
 }

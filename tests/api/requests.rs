@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use openai_project_sync::emulator::{
-    EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule, LostAs,
+    EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule, Freedoms, LostAs,
 };
 use openai_project_sync::store;
 use openai_project_sync::worker::{self, TickReport, Unresolved, WorkerDeps};
@@ -27,6 +27,8 @@ pub async fn queue(projects: usize) -> Queue {
         admin_key: TEST_KEY.into(),
         projects,
         seed: 21,
+        // The queue's guarantees must hold against a server that takes every freedom the spec leaves it.
+        freedoms: Freedoms::hostile(),
         ..EmulatorConfig::default()
     })
     .await;
