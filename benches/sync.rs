@@ -10,22 +10,7 @@ use std::time::{Duration, Instant};
 
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
-use support::{BINARY, Emulator, KEY, fresh_database};
-
-/// Renames `renames` projects behind the sync's back.
-async fn churn(emulator: &Emulator, renames: usize) {
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/_emulator/churn",
-            emulator.port
-        ))
-        .bearer_auth(KEY)
-        .json(&serde_json::json!({"renamed": renames}))
-        .send()
-        .await
-        .expect("churn");
-    assert!(response.status().is_success());
-}
+use support::{BINARY, Emulator, KEY, churn, fresh_database};
 
 struct Measured {
     wall: Duration,
@@ -177,7 +162,7 @@ async fn main() {
         let emulator = Emulator::start(projects, 0);
         measure("cold sync", projects, &db_url, &emulator, None).await;
         measure("unchanged re-sync", projects, &db_url, &emulator, None).await;
-        churn(&emulator, projects / 100).await;
+        churn(&emulator, projects / 100, 0, 0).await;
         measure("re-sync, 1% changed", projects, &db_url, &emulator, None).await;
         drop(emulator);
         sqlx::query(&format!(

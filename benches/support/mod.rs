@@ -82,3 +82,19 @@ pub async fn fresh_database(admin: &mut PgConnection, server_url: &str, name: &s
     assert!(status.success(), "migrations failed");
     url.to_string()
 }
+
+/// Renames, archives and creates projects behind the sync's back.
+#[allow(dead_code)] // Each benchmark compiles this module; not every one churns.
+pub async fn churn(emulator: &Emulator, renamed: usize, archived: usize, created: usize) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/_emulator/churn",
+            emulator.port
+        ))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"renamed": renamed, "archived": archived, "created": created}))
+        .send()
+        .await
+        .expect("churn");
+    assert!(response.status().is_success());
+}

@@ -8,6 +8,7 @@ mod demo;
 mod emulator;
 mod harness;
 mod helpers;
+mod history;
 mod migrations;
 mod reconcile;
 mod requests;
