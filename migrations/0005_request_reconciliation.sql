@@ -31,20 +31,39 @@ where status = 'unknown';
 alter table openai.project_requests add constraint request_unknown_without_since check
     (status <> 'unknown' or (unknown_since is not null and candidates_since is not null));
 
--- Names must compare safely. Existing rows are not re-checked (`not valid`); every new row is.
-alter table openai.project_requests drop constraint request_name_is_blank;
-alter table openai.project_requests add constraint request_name_is_blank
-    check (openai.comparable_name(name) <> '') not valid;
-alter table openai.project_requests drop constraint request_name_has_surrounding_spaces;
-alter table openai.project_requests add constraint request_name_has_surrounding_spaces check (
-    openai.comparable_name(name) = ''
-    or (name !~ U&'^[\0009-\000D\0020\0085\00A0\1680\2000-\200A\2028\2029\202F\205F\3000\200B-\200D\2060\FEFF\180E]'
-        and name !~ U&'[\0009-\000D\0020\0085\00A0\1680\2000-\200A\2028\2029\202F\205F\3000\200B-\200D\2060\FEFF\180E]$')
-) not valid;
-alter table openai.project_requests add constraint request_name_is_not_nfc_normalized
-    check (name is nfc normalized) not valid;
-alter table openai.project_requests add constraint request_name_has_zero_width_characters
-    check (name !~ U&'[\200B-\200D\2060\FEFF\180E]') not valid;
+-- Rows the earlier release may already have tried and put back: a project from any of their
+-- attempts may still land, so their candidates start when they were requested.
+update openai.project_requests
+set candidates_since = requested_at
+where attempts > 0 and status in ('pending', 'creating', 'unknown');
+
+-- Names must compare safely. Checked when a name is written (insert, or a change of name), not
+-- as row constraints: rows written before this release keep being updated by the worker.
+-- Each refusal names the rule, as a constraint would.
+create function openai.refuse_unsafe_request_name() returns trigger language plpgsql as $$
+declare
+    spaces constant text := U&'\0009-\000D\0020\0085\00A0\1680\2000-\200A\2028\2029\202F\205F\3000';
+    zero_width constant text := U&'\200B-\200D\2060\FEFF\180E';
+    rule text;
+begin
+    rule := case
+        when openai.comparable_name(new.name) = '' then 'request_name_is_blank'
+        when new.name ~ ('^[' || spaces || zero_width || ']') or new.name ~ ('[' || spaces || zero_width || ']$')
+            then 'request_name_has_surrounding_spaces'
+        when not new.name is nfc normalized then 'request_name_is_not_nfc_normalized'
+        when new.name ~ ('[' || zero_width || ']') then 'request_name_has_zero_width_characters'
+    end;
+    if rule is not null then
+        raise exception 'new row for relation "project_requests" violates check constraint "%"', rule
+            using errcode = 'check_violation', constraint = rule, table = 'project_requests',
+                  schema = 'openai',
+                  hint = 'names must be NFC-normalized text without zero-width characters or spaces at either end, so that they can be compared with the names the API returns';
+    end if;
+    return new;
+end
+$$;
+create trigger project_requests_safe_name before insert or update of name on openai.project_requests
+    for each row execute function openai.refuse_unsafe_request_name();
 
 -- Candidates of an unknown request are the projects created since its attempt began: few,
 -- and found through this index. (An index on the comparable name would cost every walk's

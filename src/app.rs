@@ -83,6 +83,13 @@ pub fn worker_deps(
     client: AdminClient,
 ) -> Result<WorkerDeps, ConfigError> {
     let (retry_base_delay, retry_max_delay) = settings.retry_delays()?;
+    let reconcile_grace = settings.reconcile_grace()?;
+    if reconcile_grace < Duration::from_secs(60) {
+        tracing::warn!(
+            grace_s = reconcile_grace.as_secs_f64(),
+            "requests.reconcile_grace is under a minute: a create that lands or shows in the list later than that could be made twice; the default is 5m"
+        );
+    }
     Ok(WorkerDeps {
         pool,
         client,
@@ -92,7 +99,7 @@ pub fn worker_deps(
         max_attempts: settings.requests.max_attempts,
         retry_base_delay,
         retry_max_delay,
-        reconcile_grace: settings.reconcile_grace()?,
+        reconcile_grace,
         unresolved: settings.requests.unresolved,
         before_create: None,
     })

@@ -45,7 +45,16 @@ impl CreateOutcome {
                 retry_after: retry_after.map(|asked| asked.min(RETRY_AFTER_CAP)),
                 error,
             },
-            ApiError::Status { status, .. } if (400..500).contains(status) && *status != 408 => {
+            // 408 and 409 (a lock timeout, as the SDKs read it) may hide a create that happened,
+            // and so may any refusal the server itself calls worth retrying.
+            ApiError::Status {
+                status,
+                should_retry,
+                ..
+            } if (400..500).contains(status)
+                && !matches!(status, 408 | 409)
+                && *should_retry != Some(true) =>
+            {
                 CreateOutcome::Rejected(error)
             }
             ApiError::Connect(_) => CreateOutcome::RefusedForNow {

@@ -40,17 +40,46 @@ pub struct Candidate {
     pub project: Project,
     /// The API's JSON for it, as received.
     pub raw: String,
+    /// Whether the JSON read as a project; one that did not is a candidate that never fits.
+    pub readable: bool,
 }
 
 impl Candidate {
-    /// Parses a candidate from the API's JSON for a project.
-    pub fn from_raw(raw: String) -> Result<Candidate, serde_json::Error> {
-        let project = serde_json::from_str(&raw)?;
-        Ok(Candidate { project, raw })
+    /// Reads a candidate from the API's JSON for a project; what does not read as a project
+    /// still counts, by its id and name, so "could not read" never becomes "nothing there".
+    pub fn from_raw(raw: String) -> Candidate {
+        if let Ok(project) = serde_json::from_str::<Project>(&raw) {
+            return Candidate {
+                project,
+                raw,
+                readable: true,
+            };
+        }
+        let loose: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
+        let text = |key: &str| loose.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        Candidate {
+            project: Project {
+                id: text("id").unwrap_or_default(),
+                object: text("object").unwrap_or_default(),
+                // Unknown creation time: never ruled out by it.
+                created_at: i64::MAX,
+                name: text("name"),
+                status: text("status"),
+                archived_at: None,
+                external_key_id: text("external_key_id"),
+                residency: text("residency"),
+                extra: Default::default(),
+            },
+            raw,
+            readable: false,
+        }
     }
 
     /// Whether the project agrees with what the request asked for, where the API echoed it.
     pub fn fits(&self, request: &ClaimedRequest) -> bool {
+        if !self.readable {
+            return false;
+        }
         let key_fits = match (&request.external_key_id, &self.project.external_key_id) {
             (_, None) => true,
             (Some(asked), Some(got)) => asked == got,

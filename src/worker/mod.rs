@@ -153,9 +153,12 @@ async fn drain_looking(
 /// `poll_interval`, while a reconciler of its own walks the list for unknown outcomes, so a
 /// long walk never delays a new row.
 pub async fn run(deps: WorkerDeps, poll_interval: Duration, stop: CancellationToken) {
-    let wake = spawn_listener(deps.pool.clone(), stop.clone());
+    // The listener and the reconciler stop with the worker, also when it ends by a panic.
+    let children = stop.child_token();
+    let _stop_children_on_exit = children.clone().drop_guard();
+    let wake = spawn_listener(deps.pool.clone(), children.clone());
     let reconciler = tokio::spawn(
-        reconcile_until_stopped(deps.clone(), poll_interval, stop.clone(), wake.clone())
+        reconcile_until_stopped(deps.clone(), poll_interval, children.clone(), wake.clone())
             .instrument(tracing::info_span!("reconciler")),
     );
     loop {
@@ -262,7 +265,19 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         return Ok(report);
     };
     let deps = &deps;
+    if request.candidates_since.is_some()
+        && let Some(found) = reconcile::stored_candidate_of_earlier_attempt(deps, &request).await?
+    {
+        // An earlier attempt may have made a project after all: look, do not create again.
+        let reason = format!(
+            "project {found} appeared since an earlier attempt of this request began; looking at it before creating anything"
+        );
+        report.unknown +=
+            u32::from(store::mark_unknown(&deps.pool, request.id, attempt_id, &reason).await?);
+        return Ok(report);
+    }
     if !request.allow_duplicate_name
+        && request.candidates_since.is_none()
         && let Some(clash) = store::find_same_name(&deps.pool, &request).await?
     {
         let error = format!(
@@ -309,13 +324,16 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
                 }
                 Linked::NotOwner => false,
                 Linked::ProjectTaken => {
-                    // Another request adopted this project while the answer was on its way.
+                    // Another request adopted this project as its own while the answer was on its
+                    // way: one of the two has the wrong project, which only a person can sort out.
                     let reason = format!(
-                        "the API created project {project_id}, but another request links it already; looking for this request's project"
+                        "could not tell which request project {project_id} belongs to: the API created it for this request, \
+                         but another request of the same name had already adopted it. Check that request and the projects \
+                         of this name in the OpenAI dashboard: a project exists, so do not request it again"
                     );
                     let done =
-                        store::mark_unknown(&deps.pool, request.id, attempt_id, &reason).await?;
-                    report.unknown += u32::from(done);
+                        store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?;
+                    report.failed += u32::from(done);
                     done
                 }
             }
@@ -333,10 +351,17 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         }
         CreateOutcome::RefusedForNow { error, retry_after } => {
             if request.attempts as u32 >= deps.max_attempts {
-                let reason = format!(
-                    "gave up after {} attempts, none of which reached the API: {error}",
-                    request.attempts
-                );
+                let reason = if request.candidates_since.is_some() {
+                    format!(
+                        "gave up after {} attempts: the last was refused ({error}), and the earlier ones left no project the list showed",
+                        request.attempts
+                    )
+                } else {
+                    format!(
+                        "gave up after {} attempts, none of which reached the API: {error}",
+                        request.attempts
+                    )
+                };
                 let done = store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?;
                 report.failed += u32::from(done);
                 done

@@ -12,8 +12,9 @@ use crate::client::ApiError;
 use crate::store::{self, ClaimedRequest, Linked};
 
 /// How far a project's `created_at` may precede the attempt's start and still be its result;
-/// the API's clock and ours are not the same clock.
-const CLOCK_SKEW_SECS: i64 = 60;
+/// the API's clock and ours are not the same clock. Generous on purpose: an extra candidate
+/// only hands a request to a person, a missed one could let it be created twice.
+const CLOCK_SKEW_SECS: i64 = 300;
 
 /// Where one reconciliation pass may look for candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,13 +43,7 @@ pub async fn settle_unknown(
         let stored = store::stored_candidates(&deps.pool, &request.name, since - skew).await?;
         let candidates: Vec<Candidate> = stored
             .into_iter()
-            .filter_map(|c| match Candidate::from_raw(c.raw) {
-                Ok(candidate) => Some(candidate),
-                Err(e) => {
-                    tracing::warn!(project_id = %c.project_id, error = %e, "a stored project could not be read as a candidate");
-                    None
-                }
-            })
+            .map(|c| Candidate::from_raw(c.raw))
             .collect();
         if candidates.is_empty() {
             unsettled.push(request);
@@ -89,6 +84,20 @@ pub async fn settle_unknown(
         }
     }
     Ok(())
+}
+
+/// A stored project that may be the result of an earlier attempt of this request, which is
+/// about to be tried again; such a request must be looked at again, not created.
+pub(super) async fn stored_candidate_of_earlier_attempt(
+    deps: &WorkerDeps,
+    request: &ClaimedRequest,
+) -> Result<Option<String>, WorkerError> {
+    let Some(since) = request.candidates_since else {
+        return Ok(None);
+    };
+    let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
+    let stored = store::stored_candidates(&deps.pool, &request.name, since - skew).await?;
+    Ok(stored.into_iter().next().map(|c| c.project_id))
 }
 
 /// Where the request's candidates start: its earliest attempt that may have reached the API.
@@ -166,7 +175,9 @@ fn describe_candidates(request: &ClaimedRequest, candidates: &[Candidate]) -> St
                 p.name.as_deref().unwrap_or(""),
                 p.residency.as_deref().unwrap_or("not shown"),
                 p.external_key_id.as_deref().unwrap_or("none shown"),
-                if c.fits(request) {
+                if !c.readable {
+                    ", could not be read as a project"
+                } else if c.fits(request) {
                     ""
                 } else {
                     ", does not match the request"
@@ -261,14 +272,7 @@ async fn list_candidates(
     let mut walk = deps.client.walk_projects(deps.page_size, true);
     while let Some(page) = walk.next_raw_page().await? {
         for listed in page.projects {
-            let raw = listed.raw.get().to_owned();
-            let candidate = match Candidate::from_raw(raw) {
-                Ok(candidate) => candidate,
-                Err(e) => {
-                    tracing::warn!(project_id = %listed.id, error = %e, "a listed project could not be read; skipped as a candidate");
-                    continue;
-                }
-            };
+            let candidate = Candidate::from_raw(listed.raw.get().to_owned());
             let Some(indexes) = candidate
                 .project
                 .name

@@ -147,3 +147,52 @@ async fn upgrading_a_synced_database_keeps_its_history_and_its_guarantees() {
         "{overlap}"
     );
 }
+
+#[tokio::test]
+async fn requests_written_before_the_name_rules_keep_moving_through_the_queue() {
+    let db = TestDb::new().await;
+    migrate_up_to(&db, 4).await;
+    // Names the earlier release accepted and this one refuses at insert.
+    for name in ["Cafe\u{301} Ops", "Pay\u{200B}ments", "Trailing\u{00A0}"] {
+        sqlx::query("insert into openai.project_requests (name) values ($1)")
+            .bind(name)
+            .execute(&db.pool)
+            .await
+            .expect("the earlier release accepted it");
+    }
+    store::migrate(&db.pool).await.expect("the upgrade applies");
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        seed: 5,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let deps = openai_project_sync::worker::WorkerDeps {
+        pool: db.pool.clone(),
+        client: client_for(&emulator),
+        page_size: 100,
+        lease: std::time::Duration::from_secs(5),
+        max_attempts: 5,
+        retry_base_delay: std::time::Duration::from_millis(10),
+        retry_max_delay: std::time::Duration::from_millis(50),
+        reconcile_grace: std::time::Duration::from_millis(200),
+        unresolved: openai_project_sync::worker::Unresolved::Retry,
+        before_create: None,
+    };
+
+    let report =
+        openai_project_sync::worker::tick(&deps, &tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("the worker is not stopped by rows of an earlier release");
+
+    assert_eq!(report.created, 3);
+    let refused = sqlx::query("insert into openai.project_requests (name) values ($1)")
+        .bind("Cafe\u{301} Ops")
+        .execute(&db.pool)
+        .await
+        .expect_err("new rows follow the new rules");
+    assert_eq!(
+        refused.as_database_error().and_then(|e| e.constraint()),
+        Some("request_name_is_not_nfc_normalized")
+    );
+}

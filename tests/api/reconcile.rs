@@ -498,3 +498,62 @@ async fn a_project_whose_name_the_server_stored_in_another_form_is_still_the_req
         worker::comparable_name(asked)
     );
 }
+
+#[tokio::test]
+async fn a_retry_is_never_sent_while_a_project_from_an_earlier_attempt_is_stored() {
+    for rewrite_names in [false, true] {
+        let q = queue(5).await;
+        q.emulator.set_freedoms(Freedoms {
+            rewrite_names,
+            ..Freedoms::hostile()
+        });
+        // Lands long after the grace: two walks find nothing and the request is put back.
+        creates_land_after(&q, 2_500);
+        let id = request(&q.db.pool, "Café  Retry").await;
+        eventually(
+            "two fruitless walks put the request back to pending",
+            || async {
+                tick(&q).await;
+                status_of(&q.db.pool, id).await == "pending"
+            },
+        )
+        .await;
+        q.emulator.clear_faults();
+        eventually("the first attempt's create lands", || async {
+            q.emulator.projects().len() == 6
+        })
+        .await;
+        // The scheduled walk stores it before the retry is claimed.
+        sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+
+        let (status, project_id, error) = settle(&q, id).await;
+
+        let case = format!("names rewritten: {rewrite_names}");
+        assert_eq!(
+            q.emulator.stats().create_calls,
+            1,
+            "{case}: never a second create"
+        );
+        assert_eq!(status, "created", "{case}: {error:?}");
+        assert!(
+            project_id.is_some_and(|p| q.emulator.project(&p).is_some()),
+            "{case}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_create_answered_409_is_looked_up_not_ended_as_refused() {
+    let q = queue(5).await;
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::ServerError { status: 409 },
+    });
+    let id = request(&q.db.pool, "Conflicted").await;
+
+    tick(&q).await;
+
+    assert_eq!(status_of(&q.db.pool, id).await, "unknown");
+}
