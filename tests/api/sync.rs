@@ -12,8 +12,10 @@ use openai_project_sync::sync::{SyncDeps, SyncError, Trigger, walk_and_apply};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{scripted_list, scripted_project, serve_scripted};
 use crate::helpers::{
-    TEST_KEY, TestDb, client_for, eventually, row_identities, start_emulator_with, sync, sync_deps,
+    TEST_KEY, TestDb, client_for, client_with, eventually, row_identities, start_emulator_with,
+    sync, sync_deps,
 };
 
 pub struct Fixture {
@@ -816,4 +818,265 @@ async fn every_query_in_the_readme_runs_against_a_synced_database() {
         .await
         .expect("recent archives");
     assert_eq!(archived, 2);
+}
+
+async fn missing_projects(pool: &PgPool) -> i64 {
+    let (missing,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.project_current where missing_since is not null",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count missing");
+    missing
+}
+
+#[tokio::test]
+async fn a_fetcher_that_panics_mid_walk_applies_nothing_and_fails_the_run() {
+    let f = fixture(450).await;
+    sync(&f.deps).await;
+    f.emulator.create("Never inserted");
+    let before = row_identities(&f.db.pool, None).await;
+    let hook: openai_project_sync::sync::FetchHook = Box::new(|page| {
+        if page == 3 {
+            panic!("scripted fetcher failure on page 3");
+        }
+    });
+
+    let error = openai_project_sync::sync::walk_and_apply_hooked(
+        &f.deps,
+        Trigger::Manual,
+        &CancellationToken::new(),
+        &mut (),
+        Some(hook),
+    )
+    .await
+    .expect_err("a fetcher that never reached the end cannot apply");
+
+    assert!(
+        matches!(&error, SyncError::FetcherStopped { pages: 2, panic: Some(p) } if p.contains("page 3")),
+        "{error:?}"
+    );
+    assert_eq!(
+        row_identities(&f.db.pool, None).await,
+        before,
+        "nothing of the walk was applied"
+    );
+    assert_eq!(
+        missing_projects(&f.db.pool).await,
+        0,
+        "nothing was marked vanished"
+    );
+    let runs = run_rows(&f.db.pool).await;
+    assert_eq!(runs[1].0, "failed");
+    let recorded = runs[1].1.as_deref().unwrap_or_default();
+    assert!(
+        recorded.contains("stopped without reaching the end of the list")
+            && recorded.contains("scripted fetcher failure on page 3"),
+        "{recorded}"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_on_a_list_page_neither_panics_nor_applies_half_a_walk() {
+    let f = fixture(450).await;
+    sync(&f.deps).await;
+    let before = row_identities(&f.db.pool, None).await;
+    let headers = [
+        (Some("1e20"), None),
+        (None, Some("1e30")),
+        (Some("-5"), Some("-5")),
+        (Some("NaN"), Some("NaN")),
+    ];
+
+    for (retry_after, retry_after_ms) in headers {
+        f.emulator.push_fault(FaultRule {
+            endpoint: Endpoint::List,
+            skip: 2,
+            times: Some(1),
+            fault: Fault::TooManyRequestsRaw {
+                retry_after: retry_after.map(str::to_owned),
+                retry_after_ms: retry_after_ms.map(str::to_owned),
+            },
+        });
+        let summary = walk_and_apply(&f.deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+            .await
+            .unwrap_or_else(|e| panic!("{retry_after:?}/{retry_after_ms:?}: {e}"));
+
+        assert_eq!(
+            (
+                summary.counts.pages,
+                summary.counts.seen,
+                summary.counts.vanished
+            ),
+            (5, 450, 0),
+            "{retry_after:?}/{retry_after_ms:?}: the whole walk, retried, was applied"
+        );
+        f.emulator.clear_faults();
+    }
+    assert_eq!(row_identities(&f.db.pool, None).await, before);
+    assert!(
+        run_rows(&f.db.pool)
+            .await
+            .iter()
+            .all(|r| r.0 == "succeeded")
+    );
+}
+
+/// A database with the schema and a walk against a hand-written list API.
+async fn scripted_fixture(app: axum::Router) -> (TestDb, SyncDeps) {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = sync_deps(&db, serve_scripted(app).await, 2);
+    (db, deps)
+}
+
+#[tokio::test]
+async fn a_list_page_without_has_more_fails_the_walk_and_applies_nothing() {
+    let first = serde_json::json!({
+        "object": "list", "data": [scripted_project("proj_a"), scripted_project("proj_b")],
+        "first_id": "proj_a", "last_id": "proj_b", "has_more": true,
+    });
+    let rest = serde_json::json!({"object": "list", "data": [scripted_project("proj_c")], "first_id": "proj_c", "last_id": "proj_c"});
+    let (db, deps) = scripted_fixture(scripted_list(first, rest)).await;
+
+    let error = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect_err("a page that does not say whether more follow ends nothing");
+
+    assert!(
+        matches!(&error, SyncError::Api { pages: 1, cause } if cause.to_string().contains("has_more")),
+        "{error:?}"
+    );
+    assert!(row_identities(&db.pool, None).await.is_empty());
+    assert_eq!(run_rows(&db.pool).await[0].0, "failed");
+}
+
+#[tokio::test]
+async fn a_last_id_that_is_not_the_last_projects_id_fails_the_walk_and_applies_nothing() {
+    let first = serde_json::json!({
+        "object": "list", "data": [scripted_project("proj_a"), scripted_project("proj_b")],
+        "first_id": "proj_a", "last_id": "proj_a", "has_more": true,
+    });
+    let rest = serde_json::json!({"object": "list", "data": [scripted_project("proj_c")], "first_id": "proj_c", "last_id": "proj_c", "has_more": false});
+    let (db, deps) = scripted_fixture(scripted_list(first, rest)).await;
+
+    let error = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect_err("pagination that contradicts itself ends nothing");
+
+    let message = error.to_string();
+    assert!(
+        message.contains("last_id proj_a") && message.contains("proj_b"),
+        "{message}"
+    );
+    assert!(row_identities(&db.pool, None).await.is_empty());
+    assert_eq!(run_rows(&db.pool).await[0].0, "failed");
+}
+
+#[test]
+fn a_walk_that_cannot_reach_postgres_is_counted_as_failed_every_time() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let url = format!("postgres://postgres@{closed}/postgres");
+
+    let errors = metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let deps = SyncDeps {
+                pool: sqlx::postgres::PgPoolOptions::new()
+                    .connect_lazy(&url)
+                    .expect("lazy pool"),
+                connect: url.parse().expect("URL parses"),
+                client: client_with("http://127.0.0.1:9/v1", TEST_KEY, Duration::from_secs(1)),
+                page_size: 100,
+                min_seen_ratio: 0.5,
+            };
+            let mut errors = Vec::new();
+            for _ in 0..2 {
+                errors.push(
+                    walk_and_apply(&deps, Trigger::Schedule, &CancellationToken::new(), &mut ())
+                        .await
+                        .expect_err("Postgres is down"),
+                );
+            }
+            errors
+        })
+    });
+
+    assert!(
+        errors.iter().all(|e| matches!(e, SyncError::Store(_))),
+        "{errors:?}"
+    );
+    let rendered = handle.render();
+    assert!(
+        rendered.contains("sync_runs_total{status=\"failed\"} 2"),
+        "{rendered}"
+    );
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_fetch_tasks_log_lines_carry_the_walks_run_id() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let run_id = runtime.block_on(async {
+        let f = fixture(1_250).await;
+        // Page 7 is fetched only once the writer took pages, so after the run was recorded.
+        f.emulator.push_fault(FaultRule {
+            endpoint: Endpoint::List,
+            skip: 6,
+            times: Some(1),
+            fault: Fault::ServerError { status: 503 },
+        });
+        sync(&f.deps).await.run_id
+    });
+
+    let text =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let retry = text
+        .lines()
+        .find(|l| l.contains("API call failed; retrying"))
+        .unwrap_or_else(|| panic!("the fetch task logged its retry: {text}"));
+    assert!(retry.contains(&format!("run_id={run_id}")), "{retry}");
+    for line in text
+        .lines()
+        .filter(|l| l.contains("walk started") || l.contains("walk applied"))
+    {
+        assert!(line.contains(&format!("run_id={run_id}")), "{line}");
+    }
 }
