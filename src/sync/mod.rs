@@ -357,8 +357,22 @@ fn start_fetch(
     (pages_rx, fetcher)
 }
 
-/// A listed project with the digest of its text.
-fn prepare(project: ListedProject) -> (ListedProject, i64) {
+/// A listed project made storable, with the digest of the text that will be stored.
+fn prepare(mut project: ListedProject) -> (ListedProject, i64) {
+    if let Some(safe) = store::jsonb_safe(project.raw.get()) {
+        match serde_json::value::RawValue::from_string(safe) {
+            Ok(raw) => {
+                tracing::warn!(
+                    project_id = %project.id,
+                    "the project's JSON holds \\u0000, which Postgres cannot store; stored with U+FFFD in its place"
+                );
+                project.raw = raw;
+            }
+            Err(e) => {
+                tracing::warn!(project_id = %project.id, error = %e, "could not replace \\u0000 in the project's JSON")
+            }
+        }
+    }
     let digest = store::content_digest(project.raw.get());
     (project, digest)
 }

@@ -1080,3 +1080,204 @@ fn the_fetch_tasks_log_lines_carry_the_walks_run_id() {
         assert!(line.contains(&format!("run_id={run_id}")), "{line}");
     }
 }
+
+#[tokio::test]
+async fn a_change_reverted_later_in_the_same_walk_writes_nothing_and_counts_once() {
+    let f = fixture(0).await;
+    let mut session = open_walk(&f).await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_reverted", "Original", true),
+            listed("proj_twice", "Original", true),
+        ],
+    )
+    .await;
+    session.commit(1, 0.5).await.expect("first walk");
+    let reverted_before = row_identities(&f.db.pool, Some("proj_reverted")).await;
+
+    let mut session = open_walk(&f).await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_reverted", "Changed for a moment", true),
+            listed("proj_twice", "First change", true),
+        ],
+    )
+    .await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_reverted", "Original", true),
+            listed("proj_twice", "Second change", true),
+        ],
+    )
+    .await;
+    let outcome = session.commit(2, 0.5).await.expect("second walk");
+
+    let store::ApplyOutcome::Applied(counts) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        (counts.seen, counts.changed, counts.unchanged),
+        (2, 1, 1),
+        "each project counts once, by its last listing"
+    );
+    assert_eq!(
+        row_identities(&f.db.pool, Some("proj_reverted")).await,
+        reverted_before,
+        "the last listing equals the stored state: no version pair written"
+    );
+    let twice: Vec<_> = changes_of(&f.db.pool, "proj_twice")
+        .await
+        .into_iter()
+        .map(|c| (c.0, c.2))
+        .collect();
+    assert_eq!(
+        twice,
+        vec![
+            ("created".to_owned(), Some("Original".to_owned())),
+            ("renamed".to_owned(), Some("Second change".to_owned())),
+        ]
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+// A project that comes back archived is recorded as `archived` at its `archived_at`: the
+// archive is the fact analysts ask for, and `reappeared` would hide it. The run still counts
+// it among the reappeared, and its `vanished` version stays in history.
+#[tokio::test]
+async fn a_project_that_reappears_archived_is_recorded_as_archived_at_archived_at() {
+    let f = fixture(120).await;
+    sync(&f.deps).await;
+    let project = f
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some("active"))
+        .expect("an active project");
+    f.emulator.set_hidden(&project.id, true);
+    sync(&f.deps).await;
+    let archived = f.emulator.archive(&project.id).expect("archive");
+    f.emulator.set_hidden(&project.id, false);
+
+    let back = sync(&f.deps).await;
+
+    assert_eq!(back.counts.reappeared, 1);
+    let kinds: Vec<(String, DateTime<Utc>)> = changes_of(&f.db.pool, &project.id)
+        .await
+        .into_iter()
+        .map(|c| (c.0, c.3))
+        .collect();
+    assert_eq!(
+        kinds.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        vec!["created", "vanished", "archived"]
+    );
+    let archived_at = archived.archived_at.map(ts).expect("archived_at");
+    // At archived_at, unless that is before the project was found missing (whole seconds
+    // against an instant): versions never overlap, so then just after.
+    assert_eq!(
+        kinds[2].1,
+        archived_at.max(kinds[1].1 + chrono::Duration::microseconds(1)),
+        "the archive starts at archived_at"
+    );
+    assert_eq!(
+        current(&f.db.pool).await.get(&project.id),
+        Some(&(
+            project.name.clone(),
+            Some("archived".to_owned()),
+            Some(archived_at),
+            false
+        ))
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+/// A row of `project_changes`: change, old name, new name, new status, when.
+type ChangeRecord = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
+#[tokio::test]
+async fn a_rename_seen_together_with_an_archive_is_two_changes_neither_lost() {
+    let f = fixture(60).await;
+    sync(&f.deps).await;
+    let project = f
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some("active"))
+        .expect("an active project");
+    f.emulator.rename(&project.id, "Renamed, then archived");
+    let archived = f.emulator.archive(&project.id).expect("archive");
+    let archived_at = archived.archived_at.map(ts).expect("archived_at");
+
+    let summary = sync(&f.deps).await;
+
+    assert_eq!(summary.counts.changed, 1, "one project changed");
+    let changes: Vec<ChangeRecord> =
+        sqlx::query_as(
+            "select change, old_name, new_name, new_status, changed_at from openai.project_changes              where project_id = $1 order by changed_at",
+        )
+        .bind(&project.id)
+        .fetch_all(&f.db.pool)
+        .await
+        .expect("changes");
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    let renamed = &changes[1];
+    let archive = &changes[2];
+    assert_eq!(
+        (
+            renamed.0.as_str(),
+            &renamed.1,
+            renamed.2.as_deref(),
+            renamed.3.as_deref()
+        ),
+        (
+            "renamed",
+            &project.name,
+            Some("Renamed, then archived"),
+            Some("active")
+        ),
+        "the rename, before the archive (an archived project cannot be renamed)"
+    );
+    assert!(renamed.4 < archived_at, "{changes:?}");
+    assert_eq!(
+        (archive.0.as_str(), archive.3.as_deref(), archive.4),
+        ("archived", Some("archived"), archived_at)
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_project_whose_json_holds_a_nul_escape_is_stored_with_a_replacement_character() {
+    let f = fixture(30).await;
+    let project = f.emulator.projects()[3].clone();
+    f.emulator.rename(&project.id, "Nul\u{0}inside");
+    f.emulator
+        .set_field(&project.id, "note", serde_json::json!("a\u{0}b"));
+
+    let first = sync(&f.deps).await;
+    let second = sync(&f.deps).await;
+
+    assert_eq!(first.counts.seen, 30);
+    assert_eq!(
+        (second.counts.changed, second.counts.unchanged),
+        (0, 30),
+        "the stored text is compared with the same replacement: no change every walk"
+    );
+    let (name, note): (Option<String>, Option<String>) =
+        sqlx::query_as("select name, raw ->> 'note' from openai.projects where project_id = $1")
+            .bind(&project.id)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("stored");
+    assert_eq!(
+        (name.as_deref(), note.as_deref()),
+        (Some("Nul\u{fffd}inside"), Some("a\u{fffd}b"))
+    );
+}
