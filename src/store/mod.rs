@@ -21,6 +21,7 @@ pub use runs::{
 };
 pub use walk::{
     ApplyOutcome, BatchCounts, GuardRefusal, Listing, WalkSession, content_digest, jsonb_safe,
+    walk_connect_options,
 };
 
 /// Failures talking to Postgres, with the reason kept and the URL left out.

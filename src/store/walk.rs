@@ -182,6 +182,29 @@ pub fn jsonb_safe(raw: &str) -> Option<String> {
     Some(safe)
 }
 
+/// Longest any one statement of a walk may run; the largest commit takes seconds.
+const WALK_STATEMENT_TIMEOUT: &str = "10min";
+
+/// Longest the walk's transaction may wait for the next page: longer than a page's whole
+/// retry budget, so only a wedged process is cut off, its lock and snapshot released.
+const WALK_IDLE_IN_TRANSACTION_TIMEOUT: &str = "30min";
+
+/// The walk connection's options: `options` with statement and idle-in-transaction timeouts,
+/// and TCP keepalives so the server ends the walk of a client that vanished.
+#[doc(hidden)]
+pub fn walk_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
+    options.clone().options([
+        ("statement_timeout", WALK_STATEMENT_TIMEOUT),
+        (
+            "idle_in_transaction_session_timeout",
+            WALK_IDLE_IN_TRANSACTION_TIMEOUT,
+        ),
+        ("tcp_keepalives_idle", "60"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "6"),
+    ])
+}
+
 /// A walk in progress: its own connection, the walk lock, and an open transaction.
 pub struct WalkSession {
     connection: PgConnection,
@@ -202,7 +225,7 @@ impl WalkSession {
     /// The lock lives on this connection, not a pooled one, so it cannot outlive the walk
     /// inside a recycled connection, and dies with the process.
     pub async fn open(options: &PgConnectOptions) -> Result<Option<WalkSession>, StoreError> {
-        let mut connection = PgConnection::connect_with(options).await?;
+        let mut connection = PgConnection::connect_with(&walk_connect_options(options)).await?;
         let (locked,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
             .bind(WALK_LOCK)
             .fetch_one(&mut connection)

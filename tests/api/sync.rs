@@ -1281,3 +1281,32 @@ async fn a_project_whose_json_holds_a_nul_escape_is_stored_with_a_replacement_ch
         (Some("Nul\u{fffd}inside"), Some("a\u{fffd}b"))
     );
 }
+
+#[tokio::test]
+async fn the_walk_connection_bounds_statements_idle_transactions_and_dead_peers() {
+    let db = TestDb::new().await;
+    let options = store::walk_connect_options(&db.url.parse().expect("URL parses"));
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .expect("connect");
+
+    let mut settings = Vec::new();
+    for name in [
+        "statement_timeout",
+        "idle_in_transaction_session_timeout",
+        "tcp_keepalives_idle",
+    ] {
+        let (value,): (String,) = sqlx::query_as(&format!("show {name}"))
+            .fetch_one(&mut connection)
+            .await
+            .expect("show");
+        settings.push(value);
+    }
+
+    assert_eq!(settings[..2], ["10min", "30min"]);
+    assert!(
+        ["60", "1min", "0"].contains(&settings[2].as_str()),
+        "keepalives set (a Unix socket reads 0): {}",
+        settings[2]
+    );
+}
