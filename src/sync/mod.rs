@@ -293,11 +293,11 @@ impl Drop for AbortOnDrop {
 }
 
 impl AbortOnDrop {
-    /// Waits for the stopped task and says why it stopped: its panic message, if it panicked.
+    /// Waits for the stopped task and returns its panic message, if it panicked.
     async fn panic_message(&mut self) -> Option<String> {
         let error = (&mut self.0).await.err()?;
         if !error.is_panic() {
-            return Some(error.to_string());
+            return None;
         }
         let payload = error.into_panic();
         Some(
