@@ -216,7 +216,12 @@ pub async fn start_daemon(
                 Err(sync::SyncError::AlreadyRunning) => {
                     tracing::info!("another replica is walking; skipping this tick");
                 }
-                Err(_) => {}
+                Err(error) => {
+                    tracing::error!(
+                        error = %error,
+                        "the walk failed and nothing was applied; the daemon keeps running and walks again at the next scheduled tick"
+                    );
+                }
             }
         }
         if worker.await.is_err() {

@@ -130,10 +130,9 @@ impl AdminClient {
             }
             projects.push(ListedProject { id: fields.id, raw });
         }
-        let last_item_id = projects.last().map(|p| p.id.clone());
         Ok(RawProjectPage {
             projects,
-            last_id: body.last_id.filter(|id| !id.is_empty()).or(last_item_id),
+            last_id: body.last_id.filter(|id| !id.is_empty()),
             has_more: body.has_more,
         })
     }

@@ -33,7 +33,7 @@ pub struct ProjectPage {
     pub first_id: Option<String>,
     #[serde(default)]
     pub last_id: Option<String>,
-    #[serde(default)]
+    /// Required by the spec: a page that does not say whether more follow cannot end a walk.
     pub has_more: bool,
 }
 
@@ -77,6 +77,7 @@ pub struct ListedProject {
 #[derive(Debug, Clone)]
 pub struct RawProjectPage {
     pub projects: Vec<ListedProject>,
+    /// The page's `last_id` as the API sent it (an empty string read as none).
     pub last_id: Option<String>,
     pub has_more: bool,
 }
@@ -86,7 +87,7 @@ pub(super) struct RawListBody {
     pub data: Box<RawValue>,
     #[serde(default)]
     pub last_id: Option<String>,
-    #[serde(default)]
+    /// Required by the spec: a page that does not say whether more follow cannot end a walk.
     pub has_more: bool,
 }
 

@@ -46,7 +46,7 @@ impl ProjectWalk {
         Ok(Some(ProjectPage {
             object: "list".into(),
             first_id: data.first().map(|p| p.id.clone()),
-            last_id: raw.last_id,
+            last_id: data.last().map(|p| p.id.clone()),
             has_more: raw.has_more,
             data,
         }))
@@ -64,18 +64,31 @@ impl ProjectWalk {
         };
         let page = self.client.list_page_raw(&params).await?;
         self.pages += 1;
+        // The cursor is the last item's id; a `last_id` naming another project would skip or
+        // repeat projects whichever of the two the server meant.
+        let last_item = page.projects.last().map(|p| p.id.as_str());
+        if let (Some(last_id), Some(last_item)) = (page.last_id.as_deref(), last_item)
+            && last_id != last_item
+        {
+            self.done = true;
+            return Err(ApiError::Pagination {
+                page: self.pages,
+                problem: format!(
+                    "the page's last_id {last_id} is not its last project's id {last_item}"
+                ),
+            });
+        }
         if !page.has_more {
             self.done = true;
             return Ok(Some(page));
         }
-        if page.projects.is_empty() {
+        let Some(next) = last_item.map(str::to_owned) else {
             self.done = true;
             return Err(ApiError::Pagination {
                 page: self.pages,
                 problem: "the API said has_more on an empty page".into(),
             });
-        }
-        let next = page.last_id.clone().unwrap_or_default();
+        };
         if !self.cursors_seen.insert(next.clone()) {
             self.done = true;
             return Err(ApiError::Pagination {

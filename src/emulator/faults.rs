@@ -47,6 +47,13 @@ pub enum Fault {
     IgnoreCursor,
     /// List only: an empty page that claims `has_more`.
     EmptyPageWithMore,
+    /// List only: 429 with the given header texts sent verbatim, however absurd.
+    TooManyRequestsRaw {
+        #[serde(default)]
+        retry_after: Option<String>,
+        #[serde(default)]
+        retry_after_ms: Option<String>,
+    },
 }
 
 /// How a lost response shows itself to the caller.

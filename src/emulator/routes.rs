@@ -273,6 +273,24 @@ async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let fault = intercept(&shared, Endpoint::List, &kill).await;
+    if let Some(Fault::TooManyRequestsRaw {
+        retry_after,
+        retry_after_ms,
+    }) = &fault
+    {
+        let mut response = fault_response(&shared, &Fault::TooManyRequests { retry_after_ms: 0 });
+        let headers = response.headers_mut();
+        for (name, value) in [
+            ("retry-after", retry_after),
+            ("retry-after-ms", retry_after_ms),
+        ] {
+            headers.remove(name);
+            if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name, v);
+            }
+        }
+        return response;
+    }
     if let Some(early) = answered_early(&shared, &fault) {
         return early;
     }

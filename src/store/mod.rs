@@ -20,7 +20,10 @@ pub use runs::{
     RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
     last_success_started_at, start_run,
 };
-pub use walk::{ApplyOutcome, BatchCounts, GuardRefusal, Listing, WalkSession, content_digest};
+pub use walk::{
+    ApplyOutcome, BatchCounts, GuardRefusal, Listing, WalkSession, content_digest, jsonb_safe,
+    walk_connect_options,
+};
 
 /// Failures talking to Postgres, with the reason kept and the URL left out.
 #[derive(Debug, thiserror::Error)]

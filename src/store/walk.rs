@@ -148,6 +148,64 @@ pub fn content_digest(raw: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
+/// The JSON text with each `\u0000` escape replaced by `\ufffd`, or `None` when it has none.
+///
+/// Postgres `jsonb` refuses the NUL character, so one such project would fail every walk.
+/// Only real escapes are replaced: an escaped backslash followed by `u0000` is left alone.
+pub fn jsonb_safe(raw: &str) -> Option<String> {
+    const NUL: &[u8] = b"\\u0000";
+    if !raw.contains("\\u0000") {
+        return None;
+    }
+    let bytes = raw.as_bytes();
+    let mut safe = String::with_capacity(raw.len());
+    let (mut i, mut copied, mut replaced) = (0, 0, false);
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if bytes[i..].starts_with(NUL) {
+            safe.push_str(&raw[copied..i]);
+            safe.push_str("\\ufffd");
+            i += NUL.len();
+            copied = i;
+            replaced = true;
+        } else {
+            // Any other escape is two characters as far as finding the next one goes.
+            i += 2;
+        }
+    }
+    if !replaced {
+        return None;
+    }
+    safe.push_str(&raw[copied..]);
+    Some(safe)
+}
+
+/// Longest any one statement of a walk may run; the largest commit takes seconds.
+const WALK_STATEMENT_TIMEOUT: &str = "10min";
+
+/// Longest the walk's transaction may wait for the next page: longer than a page's whole
+/// retry budget, so only a wedged process is cut off, its lock and snapshot released.
+const WALK_IDLE_IN_TRANSACTION_TIMEOUT: &str = "30min";
+
+/// The walk connection's options: `options` with statement and idle-in-transaction timeouts,
+/// and TCP keepalives so the server ends the walk of a client that vanished.
+#[doc(hidden)]
+pub fn walk_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
+    options.clone().options([
+        ("statement_timeout", WALK_STATEMENT_TIMEOUT),
+        (
+            "idle_in_transaction_session_timeout",
+            WALK_IDLE_IN_TRANSACTION_TIMEOUT,
+        ),
+        ("tcp_keepalives_idle", "60"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "6"),
+    ])
+}
+
 /// A walk in progress: its own connection, the walk lock, and an open transaction.
 pub struct WalkSession {
     connection: PgConnection,
@@ -168,7 +226,7 @@ impl WalkSession {
     /// The lock lives on this connection, not a pooled one, so it cannot outlive the walk
     /// inside a recycled connection, and dies with the process.
     pub async fn open(options: &PgConnectOptions) -> Result<Option<WalkSession>, StoreError> {
-        let mut connection = PgConnection::connect_with(options).await?;
+        let mut connection = PgConnection::connect_with(&walk_connect_options(options)).await?;
         let (locked,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
             .bind(WALK_LOCK)
             .fetch_one(&mut connection)
@@ -182,7 +240,8 @@ impl WalkSession {
         sqlx::query("set jit = off")
             .execute(&mut connection)
             .await?;
-        sqlx::query("create temp table walk_seen (key bigint not null)")
+        // `seq` is the listing's position in the walk, where a change could have been held.
+        sqlx::query("create temp table walk_seen (key bigint not null, seq bigint)")
             .execute(&mut connection)
             .await?;
         sqlx::query(
@@ -338,10 +397,10 @@ impl WalkSession {
                 where s.missing_since is not null or s.raw is distinct from s.old_raw \
                 returning missing_since is not null as back \
              ), seen as ( \
-                insert into walk_seen (key) \
-                select key from looked where key is not null \
+                insert into walk_seen (key, seq) \
+                select key, seq from looked where key is not null \
                 union all \
-                select key from fresh \
+                select key, null from fresh \
              ) \
              select (select count(*) from fresh), \
                     (select count(*) from held where not back), \
@@ -360,6 +419,8 @@ impl WalkSession {
 
     /// Marks what the complete walk no longer lists, records the run, and commits.
     ///
+    /// A project counts by its last listing: a change held from an earlier listing is dropped
+    /// when a later one matched the stored state, and a project changed twice counts once.
     /// The sanity guard refuses (and rolls back everything) when the walk would mark more
     /// than `1 - min_seen_ratio` of the projects present before it as missing.
     pub async fn commit(
@@ -368,12 +429,30 @@ impl WalkSession {
         min_seen_ratio: f64,
     ) -> Result<ApplyOutcome, StoreError> {
         let tx = &mut self.connection;
-        if self.totals.changed + self.totals.reappeared > 0 {
-            // A project listed twice counts by its last listing.
+        let held = self.totals.changed + self.totals.reappeared > 0;
+        if held || self.present_before > 0 {
+            // The statements below join whole temp tables: give the planner real sizes.
+            sqlx::query("analyze walk_seen").execute(&mut *tx).await?;
+        }
+        let (mut changed, mut reappeared) = (0, 0);
+        if held {
             sqlx::query(
-                "insert into walk_batch select distinct on (project_id) * from walk_held order by project_id, seq desc",
+                "insert into walk_batch \
+                 select distinct on (h.project_id) h.* from walk_held h \
+                 where not exists (select 1 from walk_seen s where s.key = h.key and s.seq > h.seq) \
+                 order by h.project_id, h.seq desc",
             )
             .execute(&mut *tx)
+            .await?;
+            // A project first seen in this walk and changed later in it counts as new.
+            (changed, reappeared) = sqlx::query_as(
+                "select count(*) filter (where b.missing_since is null and c.first_seen_at < $1), \
+                        count(*) filter (where b.missing_since is not null) \
+                 from walk_batch b cross join lateral ( \
+                    select first_seen_at from openai.project_current where key = b.key limit 1) c",
+            )
+            .bind(self.observed_at)
+            .fetch_one(&mut *tx)
             .await?;
             apply_changes(tx, self.run_id, self.observed_at).await?;
         }
@@ -403,10 +482,10 @@ impl WalkSession {
             pages,
             seen: seen as i32,
             inserted: t.inserted as i32,
-            changed: t.changed as i32,
-            unchanged: (seen - t.inserted - t.changed - t.reappeared).max(0) as i32,
+            changed: changed as i32,
+            unchanged: (seen - t.inserted - changed - reappeared).max(0) as i32,
             vanished: vanished as i32,
-            reappeared: t.reappeared as i32,
+            reappeared: reappeared as i32,
         };
         record_success(tx, self.run_id, &counts).await?;
         sqlx::query("commit").execute(&mut *tx).await?;
@@ -440,8 +519,12 @@ async fn release(mut connection: PgConnection) {
 /// Closes the open version of each changed or reappeared project in the batch and opens its new one.
 ///
 /// An archive starts at `archived_at`; other changes at the walk's observation time; neither
-/// before the version it replaces, so versions never overlap and leave no gap. The new version
-/// is inserted from the rows the close returns, so each close happens before its insert.
+/// before the version it replaces, so versions never overlap and leave no gap. A project that
+/// comes back archived is recorded as `archived`, not hidden in `reappeared`. A rename seen
+/// together with an archive is two versions: the rename, as late as it can have been (when
+/// observed, but before the archive, since an archived project cannot be renamed), then the
+/// archive. The new versions are inserted from the rows the close returns, so each close
+/// happens before its insert.
 /// Changes are few next to the tables, so every row is reached directly: open versions by the
 /// exclusion constraint's index and then by row address (`ctid`), current rows by key (`limit 1`
 /// lookups and `= any(array(...))`); left to its estimates, the planner hashes whole tables.
@@ -452,25 +535,35 @@ async fn apply_changes(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "with changes as materialized ( \
-            select b.*, v.ctid as open_version, \
-                   case when b.missing_since is not null then 'reappeared' \
-                        when b.status = 'archived' and b.old_status is distinct from 'archived' then 'archived' \
-                        when b.old_status = 'archived' and b.status is distinct from 'archived' then 'unarchived' \
-                        when b.name is distinct from b.old_name then 'renamed' \
-                        else 'updated' end as change, \
-                   greatest( \
-                       case when b.missing_since is null and b.status = 'archived' \
-                                 and b.old_status is distinct from 'archived' and b.archived_at is not null \
-                            then b.archived_at else $1 end, \
-                       v.valid_from + interval '1 microsecond') as starts \
+            select b.*, v.ctid as open_version, v.status as open_status, v.archived_at as open_archived_at, \
+                   v.raw -> 'archived_at' as open_archived_at_raw, k.change, k.renamed_too, k.starts, \
+                   greatest(v.valid_from + interval '1 microsecond', \
+                            least($1, k.starts - interval '1 microsecond')) as renamed_at \
             from walk_batch b \
             cross join lateral ( \
-                select ctid, valid_from from openai.project_versions \
+                select ctid, valid_from, status, archived_at, raw from openai.project_versions \
                 where openai.spread_key(project_key) = openai.spread_key(b.key) \
                   and project_key = b.key and valid_to is null limit 1 \
             ) v \
+            cross join lateral ( \
+                select b.status = 'archived' and b.old_status is distinct from 'archived' as archiving \
+            ) a \
+            cross join lateral ( \
+                select case when a.archiving then 'archived' \
+                            when b.missing_since is not null then 'reappeared' \
+                            when b.old_status = 'archived' and b.status is distinct from 'archived' then 'unarchived' \
+                            when b.name is distinct from b.old_name then 'renamed' \
+                            else 'updated' end as change, \
+                       a.archiving and b.name is distinct from b.old_name as renamed_too, \
+                       greatest( \
+                           case when a.archiving and b.archived_at is not null then b.archived_at else $1 end, \
+                           v.valid_from + case when a.archiving and b.name is distinct from b.old_name \
+                                               then interval '2 microseconds' \
+                                               else interval '1 microsecond' end) as starts \
+            ) k \
          ), closed as ( \
-            update openai.project_versions v set valid_to = c.starts, closed_by_run = $2 \
+            update openai.project_versions v \
+            set valid_to = case when c.renamed_too then c.renamed_at else c.starts end, closed_by_run = $2 \
             from changes c \
             where v.ctid = c.open_version \
               and v.ctid = any(array(select open_version from changes)) \
@@ -478,10 +571,18 @@ async fn apply_changes(
          ), opened as ( \
             insert into openai.project_versions \
                 (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                 raw, change, valid_from, opened_by_run) \
+                 raw, change, valid_from, valid_to, opened_by_run, closed_by_run) \
             select c.key, c.project_id, c.name, c.status, c.created_at, c.archived_at, c.external_key_id, \
-                   c.residency, c.raw, c.change, c.starts, $2 \
+                   c.residency, c.raw, c.change, c.starts, null::timestamptz, $2, null::bigint \
             from changes c join closed on closed.open_version = c.open_version \
+            union all \
+            select c.key, c.project_id, c.name, c.open_status, c.created_at, c.open_archived_at, \
+                   c.external_key_id, c.residency, \
+                   c.raw || jsonb_build_object('status', c.open_status, \
+                                               'archived_at', coalesce(c.open_archived_at_raw, 'null'::jsonb)), \
+                   'renamed', c.renamed_at, c.starts, $2, $2 \
+            from changes c join closed on closed.open_version = c.open_version \
+            where c.renamed_too \
          ) \
          update openai.project_current p set \
             name = c.name, status = c.status, created_at = c.created_at, archived_at = c.archived_at, \
@@ -502,8 +603,7 @@ async fn find_vanished(
     tx: &mut PgConnection,
     observed_at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    // The only statement here that joins whole tables: give the planner real sizes.
-    sqlx::query("analyze walk_seen").execute(&mut *tx).await?;
+    // `commit` analyzed walk_seen: this joins it with the whole table.
     sqlx::query(
         "create temp table walk_vanished on commit drop as \
          select c.key from openai.project_current c \
@@ -579,4 +679,30 @@ async fn record_success(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jsonb_safe;
+
+    #[test]
+    fn nul_escapes_become_replacement_characters_and_nothing_else_changes() {
+        assert_eq!(jsonb_safe(r#"{"name":"plain"}"#), None);
+        assert_eq!(
+            jsonb_safe(r#"{"name":"a\u0000b\u0000","x":1}"#).as_deref(),
+            Some(r#"{"name":"a\ufffdb\ufffd","x":1}"#)
+        );
+        assert_eq!(
+            jsonb_safe(r#"{"name":"a\\u0000b"}"#),
+            None,
+            "an escaped backslash before u0000 is text, not a NUL"
+        );
+        assert_eq!(
+            jsonb_safe(r#"{"name":"\\\u0000"}"#).as_deref(),
+            Some(r#"{"name":"\\\ufffd"}"#)
+        );
+        let fixed = jsonb_safe(r#"{"k\u0000":"\u00001"}"#).expect("replaced");
+        let value: serde_json::Value = serde_json::from_str(&fixed).expect("still JSON");
+        assert_eq!(value["k\u{fffd}"], "\u{fffd}1");
+    }
 }

@@ -40,6 +40,15 @@ pub enum SyncError {
     Guard(GuardRefusal),
     #[error("the walk was abandoned because shutdown was requested; nothing was applied")]
     Cancelled,
+    #[error(
+        "the page fetcher stopped without reaching the end of the list after {pages} page(s){}; nothing was applied",
+        .panic.as_deref().map(|p| format!(" (it panicked: {p})")).unwrap_or_default()
+    )]
+    FetcherStopped { pages: i32, panic: Option<String> },
+    #[error(
+        "the page fetcher reported {fetched} page(s) at the end of the list but {applied} arrived; nothing was applied"
+    )]
+    PagesLost { fetched: u64, applied: i32 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,45 +90,71 @@ pub async fn walk_and_apply(
     cancel: &CancellationToken,
     progress: &mut dyn Progress,
 ) -> Result<WalkSummary, SyncError> {
+    walk_and_apply_hooked(deps, trigger, cancel, progress, None).await
+}
+
+/// Called in the fetch task with each page's number once it is fetched; a test hook.
+#[doc(hidden)]
+pub type FetchHook = Box<dyn FnMut(u64) + Send>;
+
+/// `walk_and_apply` with a hook run in the fetch task after each page; for tests only.
+#[doc(hidden)]
+pub async fn walk_and_apply_hooked(
+    deps: &SyncDeps,
+    trigger: Trigger,
+    cancel: &CancellationToken,
+    progress: &mut dyn Progress,
+    hook: Option<FetchHook>,
+) -> Result<WalkSummary, SyncError> {
+    // `run_id` is recorded once the run exists; the fetch task logs inside this span from the start.
+    let span = tracing::info_span!(
+        "sync",
+        run_id = tracing::field::Empty,
+        trigger = trigger.as_str()
+    );
+    walk(deps, trigger, cancel, progress, hook, &span)
+        .instrument(span.clone())
+        .await
+}
+
+async fn walk(
+    deps: &SyncDeps,
+    trigger: Trigger,
+    cancel: &CancellationToken,
+    progress: &mut dyn Progress,
+    hook: Option<FetchHook>,
+    span: &tracing::Span,
+) -> Result<WalkSummary, SyncError> {
     let started = Instant::now();
-    let Some(mut session) = WalkSession::open(&deps.connect).await? else {
-        return Err(SyncError::AlreadyRunning);
-    };
-    // Pages start arriving while the run is recorded and its transaction opened.
-    let (pages_rx, _fetcher) = start_fetch(deps);
-    let abandoned = store::abandon_stale_runs(&deps.pool).await?;
-    if abandoned > 0 {
-        tracing::warn!(
-            abandoned,
-            "marked walks left running by a stopped process as failed"
-        );
-    }
-    let (run_id, observed_at) = store::start_run(&deps.pool, trigger.as_str()).await?;
-    let span = tracing::info_span!("sync", run_id, trigger = trigger.as_str());
-    let outcome = async {
-        tracing::info!("walk started");
-        session.begin(run_id, observed_at).await.map_err(|e| (0, SyncError::Store(e)))?;
-        let pages = match apply_all_pages(pages_rx, &mut session, cancel, progress).await {
-            Ok(pages) => pages,
-            Err(failure) => {
-                if let Err(e) = session.rollback().await {
-                    tracing::warn!(error = %e, "rolling back the abandoned walk failed; closing its connection rolls it back");
-                }
-                return Err(failure);
-            }
-        };
-        let committed = session
-            .commit(pages, deps.min_seen_ratio)
-            .await
-            .map_err(|e| (pages, SyncError::Store(e)))?;
-        match committed {
-            ApplyOutcome::Applied(counts) => Ok(counts),
-            ApplyOutcome::Refused(refusal) => Err((pages, SyncError::Guard(refusal))),
+    let (session, mut fetcher, pages_rx, run_id, observed_at) = match open_and_record(
+        deps, trigger, hook, span,
+    )
+    .await
+    {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return Err(SyncError::AlreadyRunning),
+        Err(error) => {
+            let duration = started.elapsed();
+            record_metrics("failed", 0, duration);
+            tracing::error!(
+                error = %error,
+                "the walk could not start (opening its connection, taking the walk lock or recording the run); nothing was applied"
+            );
+            return Err(error);
         }
-    }
-    .instrument(span.clone())
+    };
+    tracing::info!("walk started");
+    let outcome = apply(
+        deps,
+        session,
+        &mut fetcher,
+        pages_rx,
+        run_id,
+        observed_at,
+        cancel,
+        progress,
+    )
     .await;
-    let _entered = span.enter();
     let duration = started.elapsed();
     match outcome {
         Ok(counts) => {
@@ -154,6 +189,74 @@ pub async fn walk_and_apply(
     }
 }
 
+/// What a walk holds once it has started: its session, fetch task, pages, run and start time.
+type Opened = (
+    WalkSession,
+    AbortOnDrop,
+    mpsc::Receiver<Fetched>,
+    i64,
+    chrono::DateTime<chrono::Utc>,
+);
+
+/// Takes the walk lock, starts fetching, and records the run; `None` when another walk runs.
+async fn open_and_record(
+    deps: &SyncDeps,
+    trigger: Trigger,
+    hook: Option<FetchHook>,
+    span: &tracing::Span,
+) -> Result<Option<Opened>, SyncError> {
+    let Some(session) = WalkSession::open(&deps.connect).await? else {
+        return Ok(None);
+    };
+    // Pages start arriving while the run is recorded and its transaction opened.
+    let (pages_rx, fetcher) = start_fetch(deps, hook, span);
+    let abandoned = store::abandon_stale_runs(&deps.pool).await?;
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "marked walks left running by a stopped process as failed"
+        );
+    }
+    let (run_id, observed_at) = store::start_run(&deps.pool, trigger.as_str()).await?;
+    span.record("run_id", run_id);
+    Ok(Some((session, fetcher, pages_rx, run_id, observed_at)))
+}
+
+/// Applies every page in the walk's transaction and commits only at the list's explicit end.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    deps: &SyncDeps,
+    mut session: WalkSession,
+    fetcher: &mut AbortOnDrop,
+    pages_rx: mpsc::Receiver<Fetched>,
+    run_id: i64,
+    observed_at: chrono::DateTime<chrono::Utc>,
+    cancel: &CancellationToken,
+    progress: &mut dyn Progress,
+) -> Result<RunCounts, (i32, SyncError)> {
+    session
+        .begin(run_id, observed_at)
+        .await
+        .map_err(|e| (0, SyncError::Store(e)))?;
+    let pages = match apply_all_pages(pages_rx, fetcher, &mut session, cancel, progress).await {
+        Ok(pages) => pages,
+        Err(failure) => {
+            if let Err(e) = session.rollback().await {
+                tracing::warn!(error = %e, "rolling back the abandoned walk failed; closing its connection rolls it back");
+            }
+            return Err(failure);
+        }
+    };
+    let committed = session
+        .commit(pages, deps.min_seen_ratio)
+        .await
+        .map_err(|e| (pages, SyncError::Store(e)))?;
+    match committed {
+        ApplyOutcome::Applied(counts) => Ok(counts),
+        ApplyOutcome::Refused(refusal) => Err((pages, SyncError::Guard(refusal))),
+    }
+}
+
 fn record_metrics(status: &'static str, pages: i32, duration: Duration) {
     metrics::counter!("sync_runs_total", "status" => status).increment(1);
     metrics::counter!("sync_pages_total").increment(pages.max(0) as u64);
@@ -165,6 +268,21 @@ struct FetchedPage {
     projects: Vec<(ListedProject, i64)>,
 }
 
+/// What the fetch task tells the writer.
+enum Fetched {
+    Page(FetchedPage),
+    End(WalkEnd),
+}
+
+/// How the fetch task ended; only `Done` lets a walk commit.
+enum WalkEnd {
+    /// The API said there is no more; `pages` pages were sent before this.
+    Done {
+        pages: u64,
+    },
+    Failed(ApiError),
+}
+
 /// Aborts the fetch task when the walk ends early, whatever the reason.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -174,27 +292,43 @@ impl Drop for AbortOnDrop {
     }
 }
 
+impl AbortOnDrop {
+    /// Waits for the stopped task and returns its panic message, if it panicked.
+    async fn panic_message(&mut self) -> Option<String> {
+        let error = (&mut self.0).await.err()?;
+        if !error.is_panic() {
+            return None;
+        }
+        let payload = error.into_panic();
+        Some(
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned()),
+        )
+    }
+}
+
 /// Most pages staged in one statement when the writer falls behind the fetcher.
 const MAX_PAGES_PER_BATCH: usize = 16;
 
-/// Fetches every page in a task of its own, at most `PAGES_IN_FLIGHT` ahead of the writer.
-fn start_fetch(deps: &SyncDeps) -> (mpsc::Receiver<Result<FetchedPage, ApiError>>, AbortOnDrop) {
-    let (sender, pages_rx) = mpsc::channel::<Result<FetchedPage, ApiError>>(PAGES_IN_FLIGHT);
+/// Fetches every page in a task of its own inside the walk's span, at most `PAGES_IN_FLIGHT`
+/// ahead of the writer, and ends with `Done` only at the list's end.
+fn start_fetch(
+    deps: &SyncDeps,
+    mut hook: Option<FetchHook>,
+    span: &tracing::Span,
+) -> (mpsc::Receiver<Fetched>, AbortOnDrop) {
+    let (sender, pages_rx) = mpsc::channel::<Fetched>(PAGES_IN_FLIGHT);
     let mut walk = deps.client.walk_projects(deps.page_size, true);
     let fetch_started = Instant::now();
-    let fetcher = AbortOnDrop(tokio::spawn(async move {
+    let task = async move {
         loop {
             let next = match walk.next_raw_page().await {
                 // Digests are computed here, beside the fetch, not on the writer's path.
-                Ok(Some(page)) => Ok(FetchedPage {
-                    projects: page
-                        .projects
-                        .into_iter()
-                        .map(|p| {
-                            let digest = store::content_digest(p.raw.get());
-                            (p, digest)
-                        })
-                        .collect(),
+                Ok(Some(page)) => Fetched::Page(FetchedPage {
+                    projects: page.projects.into_iter().map(prepare).collect(),
                 }),
                 Ok(None) => {
                     tracing::debug!(
@@ -202,22 +336,51 @@ fn start_fetch(deps: &SyncDeps) -> (mpsc::Receiver<Result<FetchedPage, ApiError>
                         elapsed_ms = fetch_started.elapsed().as_millis() as u64,
                         "every page fetched"
                     );
+                    let done = WalkEnd::Done {
+                        pages: walk.pages(),
+                    };
+                    let _ = sender.send(Fetched::End(done)).await;
                     return;
                 }
-                Err(error) => Err(error),
+                Err(error) => Fetched::End(WalkEnd::Failed(error)),
             };
-            let failed = next.is_err();
+            if let (Some(hook), Fetched::Page(_)) = (hook.as_mut(), &next) {
+                hook(walk.pages());
+            }
+            let failed = matches!(next, Fetched::End(_));
             if sender.send(next).await.is_err() || failed {
                 return;
             }
         }
-    }));
+    };
+    let fetcher = AbortOnDrop(tokio::spawn(task.instrument(span.clone())));
     (pages_rx, fetcher)
 }
 
-/// Applies pages as the fetch task delivers them; returns the page count.
+/// A listed project made storable, with the digest of the text that will be stored.
+fn prepare(mut project: ListedProject) -> (ListedProject, i64) {
+    if let Some(safe) = store::jsonb_safe(project.raw.get()) {
+        match serde_json::value::RawValue::from_string(safe) {
+            Ok(raw) => {
+                tracing::warn!(
+                    project_id = %project.id,
+                    "the project's JSON holds \\u0000, which Postgres cannot store; stored with U+FFFD in its place"
+                );
+                project.raw = raw;
+            }
+            Err(e) => {
+                tracing::warn!(project_id = %project.id, error = %e, "could not replace \\u0000 in the project's JSON")
+            }
+        }
+    }
+    let digest = store::content_digest(project.raw.get());
+    (project, digest)
+}
+
+/// Applies pages as the fetch task delivers them; returns the page count once it said `Done`.
 async fn apply_all_pages(
-    mut pages_rx: mpsc::Receiver<Result<FetchedPage, ApiError>>,
+    mut pages_rx: mpsc::Receiver<Fetched>,
+    fetcher: &mut AbortOnDrop,
     session: &mut WalkSession,
     cancel: &CancellationToken,
     progress: &mut dyn Progress,
@@ -230,19 +393,23 @@ async fn apply_all_pages(
             received = pages_rx.recv() => received,
         };
         let first = match received {
-            None => return Ok(pages),
-            Some(Err(cause)) => return Err((pages, SyncError::Api { pages, cause })),
-            Some(Ok(page)) => page,
+            Some(Fetched::Page(page)) => page,
+            Some(Fetched::End(end)) => return finish(end, pages),
+            None => {
+                let panic = fetcher.panic_message().await;
+                return Err((pages, SyncError::FetcherStopped { pages, panic }));
+            }
         };
         let mut batch = vec![first];
-        let mut failure = None;
+        let mut last = None;
         while batch.len() < MAX_PAGES_PER_BATCH {
             match pages_rx.try_recv() {
-                Ok(Ok(page)) => batch.push(page),
-                Ok(Err(cause)) => {
-                    failure = Some(cause);
+                Ok(Fetched::Page(page)) => batch.push(page),
+                Ok(Fetched::End(end)) => {
+                    last = Some(end);
                     break;
                 }
+                // Empty, or closed: the next `recv` tells which.
                 Err(_) => break,
             }
         }
@@ -264,8 +431,25 @@ async fn apply_all_pages(
             projects += page.projects.len() as u64;
             progress.page_staged(pages as u64, projects);
         }
-        if let Some(cause) = failure {
-            return Err((pages, SyncError::Api { pages, cause }));
+        if let Some(last) = last {
+            return finish(last, pages);
         }
+    }
+}
+
+/// The walk's end as the fetcher reported it: the page count when complete, else why not.
+// The error carries the API's own words; it is returned once per walk.
+#[allow(clippy::result_large_err)]
+fn finish(end: WalkEnd, pages: i32) -> Result<i32, (i32, SyncError)> {
+    match end {
+        WalkEnd::Done { pages: fetched } if u64::try_from(pages) == Ok(fetched) => Ok(pages),
+        WalkEnd::Done { pages: fetched } => Err((
+            pages,
+            SyncError::PagesLost {
+                fetched,
+                applied: pages,
+            },
+        )),
+        WalkEnd::Failed(cause) => Err((pages, SyncError::Api { pages, cause })),
     }
 }

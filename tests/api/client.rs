@@ -478,7 +478,7 @@ async fn retrieve_modify_and_archive_round_trip_and_archived_projects_refuse_cha
 }
 
 /// Serves a hand-written API on loopback and returns a client for it.
-async fn serve_scripted(app: axum::Router) -> openai_project_sync::client::AdminClient {
+pub(crate) async fn serve_scripted(app: axum::Router) -> openai_project_sync::client::AdminClient {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -610,4 +610,106 @@ async fn x_should_retry_overrides_the_status_in_both_directions() {
         "400 with x-should-retry: true was retried: {retried:?}"
     );
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+/// One listed project's JSON.
+pub(crate) fn scripted_project(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "organization.project", "name": id, "created_at": 1700000000, "status": "active"})
+}
+
+/// A list API whose first page is `first` and whose every later page (`after` given) is `rest`.
+pub(crate) fn scripted_list(first: serde_json::Value, rest: serde_json::Value) -> axum::Router {
+    axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move |query: axum::extract::RawQuery| {
+            let later = query.0.unwrap_or_default().contains("after=");
+            let body = if later { rest.clone() } else { first.clone() };
+            async move { axum::Json(body) }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_list_page_without_has_more_is_a_decode_error_not_the_end_of_the_list() {
+    let page = serde_json::json!({"object": "list", "data": [scripted_project("proj_a")], "first_id": "proj_a", "last_id": "proj_a"});
+    let client = serve_scripted(scripted_list(page.clone(), page)).await;
+
+    let typed = client
+        .list_page(&ListParams {
+            limit: 10,
+            after: None,
+            include_archived: true,
+        })
+        .await
+        .expect_err("has_more is required");
+    let walked = walk_all(client.walk_projects(10, true))
+        .await
+        .expect_err("has_more is required");
+
+    for error in [typed, walked] {
+        assert!(
+            matches!(&error, ApiError::Decode { message, .. } if message.contains("has_more")),
+            "{error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_last_id_that_is_not_the_last_projects_id_stops_the_walk_naming_both() {
+    let first = serde_json::json!({
+        "object": "list",
+        "data": [scripted_project("proj_a"), scripted_project("proj_b")],
+        "first_id": "proj_a", "last_id": "proj_a", "has_more": true,
+    });
+    let rest = serde_json::json!({"object": "list", "data": [scripted_project("proj_c")], "first_id": "proj_c", "last_id": "proj_c", "has_more": false});
+    let client = serve_scripted(scripted_list(first, rest)).await;
+
+    let error = walk_all(client.walk_projects(2, true))
+        .await
+        .expect_err("the page contradicts itself");
+
+    assert!(
+        matches!(&error, ApiError::Pagination { page: 1, problem } if problem.contains("proj_a") && problem.contains("proj_b")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_null_last_id_on_a_full_page_walks_on_from_the_last_project() {
+    let first = serde_json::json!({
+        "object": "list",
+        "data": [scripted_project("proj_a"), scripted_project("proj_b")],
+        "first_id": null, "last_id": null, "has_more": true,
+    });
+    let rest = serde_json::json!({"object": "list", "data": [scripted_project("proj_c")], "first_id": "proj_c", "last_id": "proj_c", "has_more": false});
+    let client = serve_scripted(scripted_list(first, rest)).await;
+
+    let (projects, pages) = walk_all(client.walk_projects(2, true))
+        .await
+        .expect("a missing last_id is no contradiction");
+
+    assert_eq!((projects.len(), pages), (3, 2));
+}
+
+#[tokio::test]
+async fn absurd_retry_after_headers_on_a_list_page_are_survived_without_a_long_wait() {
+    let emulator = start_emulator(250).await;
+    let raw = |retry_after: Option<&str>, retry_after_ms: Option<&str>| Fault::TooManyRequestsRaw {
+        retry_after: retry_after.map(str::to_owned),
+        retry_after_ms: retry_after_ms.map(str::to_owned),
+    };
+    // Each rule lets the first call through, then fires once: page 2 is refused four times.
+    emulator.push_fault(list_fault(1, 1, raw(Some("1e20"), None)));
+    emulator.push_fault(list_fault(1, 1, raw(None, Some("1e30"))));
+    emulator.push_fault(list_fault(1, 1, raw(Some("-5"), Some("-5"))));
+    emulator.push_fault(list_fault(1, 1, raw(Some("NaN"), Some("NaN"))));
+
+    let started = Instant::now();
+    let (projects, pages) = walk_all(client_for(&emulator).walk_projects(100, true))
+        .await
+        .expect("garbled waits are ignored and the page retried");
+
+    assert_eq!((projects.len(), pages), (250, 3));
+    assert_eq!(emulator.stats().list_calls, 3 + 4);
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

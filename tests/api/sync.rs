@@ -12,8 +12,10 @@ use openai_project_sync::sync::{SyncDeps, SyncError, Trigger, walk_and_apply};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{scripted_list, scripted_project, serve_scripted};
 use crate::helpers::{
-    TEST_KEY, TestDb, client_for, eventually, row_identities, start_emulator_with, sync, sync_deps,
+    TEST_KEY, TestDb, client_for, client_with, eventually, row_identities, start_emulator_with,
+    sync, sync_deps,
 };
 
 pub struct Fixture {
@@ -819,4 +821,495 @@ async fn every_query_in_the_readme_runs_against_a_synced_database() {
         .await
         .expect("recent archives");
     assert_eq!(archived, 2);
+}
+
+async fn missing_projects(pool: &PgPool) -> i64 {
+    let (missing,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.project_current where missing_since is not null",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("count missing");
+    missing
+}
+
+#[tokio::test]
+async fn a_fetcher_that_panics_mid_walk_applies_nothing_and_fails_the_run() {
+    let f = fixture(450).await;
+    sync(&f.deps).await;
+    f.emulator.create("Never inserted");
+    let before = row_identities(&f.db.pool, None).await;
+    let hook: openai_project_sync::sync::FetchHook = Box::new(|page| {
+        if page == 3 {
+            panic!("scripted fetcher failure on page 3");
+        }
+    });
+
+    let error = openai_project_sync::sync::walk_and_apply_hooked(
+        &f.deps,
+        Trigger::Manual,
+        &CancellationToken::new(),
+        &mut (),
+        Some(hook),
+    )
+    .await
+    .expect_err("a fetcher that never reached the end cannot apply");
+
+    assert!(
+        matches!(&error, SyncError::FetcherStopped { pages: 2, panic: Some(p) } if p.contains("page 3")),
+        "{error:?}"
+    );
+    assert_eq!(
+        row_identities(&f.db.pool, None).await,
+        before,
+        "nothing of the walk was applied"
+    );
+    assert_eq!(
+        missing_projects(&f.db.pool).await,
+        0,
+        "nothing was marked vanished"
+    );
+    let runs = run_rows(&f.db.pool).await;
+    assert_eq!(runs[1].0, "failed");
+    let recorded = runs[1].1.as_deref().unwrap_or_default();
+    assert!(
+        recorded.contains("stopped without reaching the end of the list")
+            && recorded.contains("scripted fetcher failure on page 3"),
+        "{recorded}"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_on_a_list_page_neither_panics_nor_applies_half_a_walk() {
+    let f = fixture(450).await;
+    sync(&f.deps).await;
+    let before = row_identities(&f.db.pool, None).await;
+    let headers = [
+        (Some("1e20"), None),
+        (None, Some("1e30")),
+        (Some("-5"), Some("-5")),
+        (Some("NaN"), Some("NaN")),
+    ];
+
+    for (retry_after, retry_after_ms) in headers {
+        f.emulator.push_fault(FaultRule {
+            endpoint: Endpoint::List,
+            skip: 2,
+            times: Some(1),
+            fault: Fault::TooManyRequestsRaw {
+                retry_after: retry_after.map(str::to_owned),
+                retry_after_ms: retry_after_ms.map(str::to_owned),
+            },
+        });
+        let summary = walk_and_apply(&f.deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+            .await
+            .unwrap_or_else(|e| panic!("{retry_after:?}/{retry_after_ms:?}: {e}"));
+
+        assert_eq!(
+            (
+                summary.counts.pages,
+                summary.counts.seen,
+                summary.counts.vanished
+            ),
+            (5, 450, 0),
+            "{retry_after:?}/{retry_after_ms:?}: the whole walk, retried, was applied"
+        );
+        f.emulator.clear_faults();
+    }
+    assert_eq!(row_identities(&f.db.pool, None).await, before);
+    assert!(
+        run_rows(&f.db.pool)
+            .await
+            .iter()
+            .all(|r| r.0 == "succeeded")
+    );
+}
+
+/// A database with the schema and a walk against a hand-written list API.
+async fn scripted_fixture(app: axum::Router) -> (TestDb, SyncDeps) {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = sync_deps(&db, serve_scripted(app).await, 2);
+    (db, deps)
+}
+
+#[tokio::test]
+async fn a_list_page_without_has_more_fails_the_walk_and_applies_nothing() {
+    let first = serde_json::json!({
+        "object": "list", "data": [scripted_project("proj_a"), scripted_project("proj_b")],
+        "first_id": "proj_a", "last_id": "proj_b", "has_more": true,
+    });
+    let rest = serde_json::json!({"object": "list", "data": [scripted_project("proj_c")], "first_id": "proj_c", "last_id": "proj_c"});
+    let (db, deps) = scripted_fixture(scripted_list(first, rest)).await;
+
+    let error = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect_err("a page that does not say whether more follow ends nothing");
+
+    assert!(
+        matches!(&error, SyncError::Api { pages: 1, cause } if cause.to_string().contains("has_more")),
+        "{error:?}"
+    );
+    assert!(row_identities(&db.pool, None).await.is_empty());
+    assert_eq!(run_rows(&db.pool).await[0].0, "failed");
+}
+
+#[tokio::test]
+async fn a_last_id_that_is_not_the_last_projects_id_fails_the_walk_and_applies_nothing() {
+    let first = serde_json::json!({
+        "object": "list", "data": [scripted_project("proj_a"), scripted_project("proj_b")],
+        "first_id": "proj_a", "last_id": "proj_a", "has_more": true,
+    });
+    let rest = serde_json::json!({"object": "list", "data": [scripted_project("proj_c")], "first_id": "proj_c", "last_id": "proj_c", "has_more": false});
+    let (db, deps) = scripted_fixture(scripted_list(first, rest)).await;
+
+    let error = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect_err("pagination that contradicts itself ends nothing");
+
+    let message = error.to_string();
+    assert!(
+        message.contains("last_id proj_a") && message.contains("proj_b"),
+        "{message}"
+    );
+    assert!(row_identities(&db.pool, None).await.is_empty());
+    assert_eq!(run_rows(&db.pool).await[0].0, "failed");
+}
+
+#[test]
+fn a_walk_that_cannot_reach_postgres_is_counted_as_failed_every_time() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let url = format!("postgres://postgres@{closed}/postgres");
+
+    let errors = metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let deps = SyncDeps {
+                pool: sqlx::postgres::PgPoolOptions::new()
+                    .connect_lazy(&url)
+                    .expect("lazy pool"),
+                connect: url.parse().expect("URL parses"),
+                client: client_with("http://127.0.0.1:9/v1", TEST_KEY, Duration::from_secs(1)),
+                page_size: 100,
+                min_seen_ratio: 0.5,
+            };
+            let mut errors = Vec::new();
+            for _ in 0..2 {
+                errors.push(
+                    walk_and_apply(&deps, Trigger::Schedule, &CancellationToken::new(), &mut ())
+                        .await
+                        .expect_err("Postgres is down"),
+                );
+            }
+            errors
+        })
+    });
+
+    assert!(
+        errors.iter().all(|e| matches!(e, SyncError::Store(_))),
+        "{errors:?}"
+    );
+    let rendered = handle.render();
+    assert!(
+        rendered.contains("sync_runs_total{status=\"failed\"} 2"),
+        "{rendered}"
+    );
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_fetch_tasks_log_lines_carry_the_walks_run_id() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let run_id = runtime.block_on(async {
+        let f = fixture(1_250).await;
+        // Page 7 is fetched only once the writer took pages, so after the run was recorded.
+        f.emulator.push_fault(FaultRule {
+            endpoint: Endpoint::List,
+            skip: 6,
+            times: Some(1),
+            fault: Fault::ServerError { status: 503 },
+        });
+        sync(&f.deps).await.run_id
+    });
+
+    let text =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let retry = text
+        .lines()
+        .find(|l| l.contains("API call failed; retrying"))
+        .unwrap_or_else(|| panic!("the fetch task logged its retry: {text}"));
+    assert!(retry.contains(&format!("run_id={run_id}")), "{retry}");
+    for line in text
+        .lines()
+        .filter(|l| l.contains("walk started") || l.contains("walk applied"))
+    {
+        assert!(line.contains(&format!("run_id={run_id}")), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_change_reverted_later_in_the_same_walk_writes_nothing_and_counts_once() {
+    let f = fixture(0).await;
+    let mut session = open_walk(&f).await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_reverted", "Original", true),
+            listed("proj_twice", "Original", true),
+        ],
+    )
+    .await;
+    session.commit(1, 0.5).await.expect("first walk");
+    let reverted_before = row_identities(&f.db.pool, Some("proj_reverted")).await;
+
+    let mut session = open_walk(&f).await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_reverted", "Changed for a moment", true),
+            listed("proj_twice", "First change", true),
+        ],
+    )
+    .await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_reverted", "Original", true),
+            listed("proj_twice", "Second change", true),
+        ],
+    )
+    .await;
+    let outcome = session.commit(2, 0.5).await.expect("second walk");
+
+    let store::ApplyOutcome::Applied(counts) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        (counts.seen, counts.changed, counts.unchanged),
+        (2, 1, 1),
+        "each project counts once, by its last listing"
+    );
+    assert_eq!(
+        row_identities(&f.db.pool, Some("proj_reverted")).await,
+        reverted_before,
+        "the last listing equals the stored state: no version pair written"
+    );
+    let twice: Vec<_> = changes_of(&f.db.pool, "proj_twice")
+        .await
+        .into_iter()
+        .map(|c| (c.0, c.2))
+        .collect();
+    assert_eq!(
+        twice,
+        vec![
+            ("created".to_owned(), Some("Original".to_owned())),
+            ("renamed".to_owned(), Some("Second change".to_owned())),
+        ]
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+// A project that comes back archived is recorded as `archived` at its `archived_at`: the
+// archive is the fact analysts ask for, and `reappeared` would hide it. The run still counts
+// it among the reappeared, and its `vanished` version stays in history.
+#[tokio::test]
+async fn a_project_that_reappears_archived_is_recorded_as_archived_at_archived_at() {
+    let f = fixture(120).await;
+    sync(&f.deps).await;
+    let project = f
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some("active"))
+        .expect("an active project");
+    f.emulator.set_hidden(&project.id, true);
+    sync(&f.deps).await;
+    let archived = f.emulator.archive(&project.id).expect("archive");
+    f.emulator.set_hidden(&project.id, false);
+
+    let back = sync(&f.deps).await;
+
+    assert_eq!(back.counts.reappeared, 1);
+    let kinds: Vec<(String, DateTime<Utc>)> = changes_of(&f.db.pool, &project.id)
+        .await
+        .into_iter()
+        .map(|c| (c.0, c.3))
+        .collect();
+    assert_eq!(
+        kinds.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        vec!["created", "vanished", "archived"]
+    );
+    let archived_at = archived.archived_at.map(ts).expect("archived_at");
+    // At archived_at, unless that is before the project was found missing (whole seconds
+    // against an instant): versions never overlap, so then just after.
+    assert_eq!(
+        kinds[2].1,
+        archived_at.max(kinds[1].1 + chrono::Duration::microseconds(1)),
+        "the archive starts at archived_at"
+    );
+    assert_eq!(
+        current(&f.db.pool).await.get(&project.id),
+        Some(&(
+            project.name.clone(),
+            Some("archived".to_owned()),
+            Some(archived_at),
+            false
+        ))
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+/// A row of `project_changes`: change, old name, new name, new status, when.
+type ChangeRecord = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
+#[tokio::test]
+async fn a_rename_seen_together_with_an_archive_is_two_changes_neither_lost() {
+    let f = fixture(60).await;
+    sync(&f.deps).await;
+    let project = f
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some("active"))
+        .expect("an active project");
+    f.emulator.rename(&project.id, "Renamed, then archived");
+    let archived = f.emulator.archive(&project.id).expect("archive");
+    let archived_at = archived.archived_at.map(ts).expect("archived_at");
+
+    let summary = sync(&f.deps).await;
+
+    assert_eq!(summary.counts.changed, 1, "one project changed");
+    let changes: Vec<ChangeRecord> =
+        sqlx::query_as(
+            "select change, old_name, new_name, new_status, changed_at from openai.project_changes              where project_id = $1 order by changed_at",
+        )
+        .bind(&project.id)
+        .fetch_all(&f.db.pool)
+        .await
+        .expect("changes");
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    let renamed = &changes[1];
+    let archive = &changes[2];
+    assert_eq!(
+        (
+            renamed.0.as_str(),
+            &renamed.1,
+            renamed.2.as_deref(),
+            renamed.3.as_deref()
+        ),
+        (
+            "renamed",
+            &project.name,
+            Some("Renamed, then archived"),
+            Some("active")
+        ),
+        "the rename, before the archive (an archived project cannot be renamed)"
+    );
+    assert!(renamed.4 < archived_at, "{changes:?}");
+    assert_eq!(
+        (archive.0.as_str(), archive.3.as_deref(), archive.4),
+        ("archived", Some("archived"), archived_at)
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_project_whose_json_holds_a_nul_escape_is_stored_with_a_replacement_character() {
+    let f = fixture(30).await;
+    let project = f.emulator.projects()[3].clone();
+    f.emulator.rename(&project.id, "Nul\u{0}inside");
+    f.emulator
+        .set_field(&project.id, "note", serde_json::json!("a\u{0}b"));
+
+    let first = sync(&f.deps).await;
+    let second = sync(&f.deps).await;
+
+    assert_eq!(first.counts.seen, 30);
+    assert_eq!(
+        (second.counts.changed, second.counts.unchanged),
+        (0, 30),
+        "the stored text is compared with the same replacement: no change every walk"
+    );
+    let (name, note): (Option<String>, Option<String>) =
+        sqlx::query_as("select name, raw ->> 'note' from openai.projects where project_id = $1")
+            .bind(&project.id)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("stored");
+    assert_eq!(
+        (name.as_deref(), note.as_deref()),
+        (Some("Nul\u{fffd}inside"), Some("a\u{fffd}b"))
+    );
+}
+
+#[tokio::test]
+async fn the_walk_connection_bounds_statements_idle_transactions_and_dead_peers() {
+    let db = TestDb::new().await;
+    let options = store::walk_connect_options(&db.url.parse().expect("URL parses"));
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .expect("connect");
+
+    let mut settings = Vec::new();
+    for name in [
+        "statement_timeout",
+        "idle_in_transaction_session_timeout",
+        "tcp_keepalives_idle",
+    ] {
+        let (value,): (String,) = sqlx::query_as(&format!("show {name}"))
+            .fetch_one(&mut connection)
+            .await
+            .expect("show");
+        settings.push(value);
+    }
+
+    assert_eq!(settings[..2], ["10min", "30min"]);
+    assert!(
+        ["60", "1min", "0"].contains(&settings[2].as_str()),
+        "keepalives set (a Unix socket reads 0): {}",
+        settings[2]
+    );
 }
