@@ -135,6 +135,8 @@ pub async fn finish_created(
         Err(e) => return Err(e.into()),
     }
     let (now,): (DateTime<Utc>,) = sqlx::query_as("select now()").fetch_one(&mut *tx).await?;
+    // As a walk stores it: jsonb refuses `\u0000`, and the digest is of the API's own text.
+    let storable = super::walk::jsonb_safe(project_raw);
     sqlx::query(concat!(
         "with unknown as ( \
             select $3::text as project_id, $4::bigint as digest, $5::text::jsonb as raw \
@@ -146,7 +148,7 @@ pub async fn finish_created(
     .bind(None::<i64>)
     .bind(project_id)
     .bind(super::content_digest(project_raw))
-    .bind(project_raw)
+    .bind(storable.as_deref().unwrap_or(project_raw))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
