@@ -100,6 +100,10 @@ pub async fn find_same_name(
     Ok(found.map(|(what,)| what))
 }
 
+/// How long recording a created project in the history may wait behind a walk that is writing
+/// the same project; past it the link is recorded alone, and the walk records the history.
+const HISTORY_LOCK_WAIT: &str = "2s";
+
 /// Records a created project for the attempt that still owns the request, and puts the project
 /// into the history at once from the API's own JSON (`project_raw`), as a walk would.
 pub async fn finish_created(
@@ -137,7 +141,11 @@ pub async fn finish_created(
     let (now,): (DateTime<Utc>,) = sqlx::query_as("select now()").fetch_one(&mut *tx).await?;
     // As a walk stores it: jsonb refuses `\u0000`, and the digest is of the API's own text.
     let storable = super::walk::jsonb_safe(project_raw);
-    sqlx::query(concat!(
+    sqlx::query("savepoint history").execute(&mut *tx).await?;
+    sqlx::query(&format!("set local lock_timeout = '{HISTORY_LOCK_WAIT}'"))
+        .execute(&mut *tx)
+        .await?;
+    let recorded = sqlx::query(concat!(
         "with unknown as ( \
             select $3::text as project_id, $4::bigint as digest, $5::text::jsonb as raw \
          ), ",
@@ -150,7 +158,17 @@ pub async fn finish_created(
     .bind(super::content_digest(project_raw))
     .bind(storable.as_deref().unwrap_or(project_raw))
     .execute(&mut *tx)
-    .await?;
+    .await;
+    match recorded {
+        Ok(_) => {}
+        // A walk listed the project and holds its row uncommitted; it records the history.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            sqlx::query("rollback to savepoint history")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     tx.commit().await?;
     Ok(Linked::Done)
 }

@@ -1313,3 +1313,122 @@ async fn the_walk_connection_bounds_statements_idle_transactions_and_dead_peers(
         settings[2]
     );
 }
+
+/// Tells a test how far a walk has got.
+struct PagesStaged(tokio::sync::watch::Sender<u64>);
+
+impl openai_project_sync::sync::Progress for PagesStaged {
+    fn page_staged(&mut self, pages: u64, _projects: u64) {
+        let _ = self.0.send(pages);
+    }
+}
+
+/// A walk of 30 slow pages in a task of its own, and how many pages it has staged so far.
+fn slow_walk(
+    f: &Fixture,
+) -> (
+    tokio::task::JoinHandle<Result<openai_project_sync::sync::WalkSummary, SyncError>>,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    f.emulator.set_rates(
+        Endpoint::List,
+        FaultRates {
+            latency_ms: 200,
+            ..FaultRates::default()
+        },
+    );
+    let (staged, pages) = tokio::sync::watch::channel(0);
+    let deps = SyncDeps {
+        page_size: 10,
+        ..f.deps.clone()
+    };
+    let walk = tokio::spawn(async move {
+        walk_and_apply(
+            &deps,
+            Trigger::Manual,
+            &CancellationToken::new(),
+            &mut PagesStaged(staged),
+        )
+        .await
+    });
+    (walk, pages)
+}
+
+#[tokio::test]
+async fn terminating_the_walks_connection_mid_walk_fails_the_run_cleanly() {
+    let f = fixture(300).await;
+    let (walk, mut pages) = slow_walk(&f);
+    pages
+        .wait_for(|&p| p >= 2)
+        .await
+        .expect("the walk stages pages");
+
+    let (terminated,): (i64,) = sqlx::query_as(
+        "select count(pg_terminate_backend(pid)) from pg_locks \
+         where locktype = 'advisory' and granted \
+           and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("terminate the walk's backend");
+    assert_eq!(terminated, 1, "the walk's connection holds the walk lock");
+
+    let outcome = walk.await.expect("the walk task");
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert_eq!(run_rows(&f.db.pool).await[0].0, "failed");
+    let (projects,): (i64,) = sqlx::query_as("select count(*) from openai.project_current")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(projects, 0, "nothing of the walk was applied");
+    f.emulator.clear_faults();
+    sync(&f.deps).await;
+}
+
+#[tokio::test]
+async fn a_created_project_is_recorded_at_once_while_a_long_walk_writes_the_same_project() {
+    let f = fixture(290).await;
+    let made = f.emulator.create("Made while a walk runs");
+    let (attempt,): (String,) = sqlx::query_as(
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until) \
+         values ('Made while a walk runs', 'creating', 1, gen_random_uuid(), now(), now() + interval '1 hour') \
+         returning attempt_id::text",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("a request being created");
+    let (walk, mut pages) = slow_walk(&f);
+    // Newest first: the new project is on the first page, in the walk's open transaction.
+    pages
+        .wait_for(|&p| p >= 1)
+        .await
+        .expect("the walk stages pages");
+    let raw = serde_json::json!({
+        "id": made.id, "object": "organization.project", "name": made.name,
+        "created_at": made.created_at, "status": "active"
+    })
+    .to_string();
+
+    let started = std::time::Instant::now();
+    let linked = store::finish_created(&f.db.pool, 1, &attempt, &made.id, &raw)
+        .await
+        .expect("recorded");
+
+    assert_eq!(linked, store::Linked::Done);
+    assert!(!walk.is_finished(), "recorded while the walk still runs");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?} behind the walk",
+        started.elapsed()
+    );
+    walk.await
+        .expect("the walk task")
+        .expect("the walk applies");
+    let (versions,): (i64,) =
+        sqlx::query_as("select count(*) from openai.project_versions where project_id = $1")
+            .bind(&made.id)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("count");
+    assert_eq!(versions, 1, "the walk recorded its history, once");
+}
