@@ -148,16 +148,28 @@ pub fn content_digest(raw: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
-/// The JSON text with each `\u0000` escape replaced by `\ufffd`, or `None` when it has none.
+/// The JSON text with each escape Postgres `jsonb` refuses — `\u0000`, and a UTF-16 surrogate
+/// without its pair (JSON allows both) — replaced by `\ufffd`, or `None` when it has none.
 ///
-/// Postgres `jsonb` refuses the NUL character, so one such project would fail every walk.
-/// Only real escapes are replaced: an escaped backslash followed by `u0000` is left alone.
+/// One such project would otherwise fail every walk. Only real escapes are replaced: an escaped
+/// backslash followed by `u0000` is left alone.
 pub fn jsonb_safe(raw: &str) -> Option<String> {
-    const NUL: &[u8] = b"\\u0000";
-    if !raw.contains("\\u0000") {
+    if !raw.contains("\\u") {
         return None;
     }
     let bytes = raw.as_bytes();
+    let unit_at = |at: usize| -> Option<u16> {
+        let hex = raw.get(at..at + 4)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let escape_at = |at: usize| -> Option<u16> {
+        (bytes.get(at) == Some(&b'\\') && bytes.get(at + 1) == Some(&b'u'))
+            .then(|| unit_at(at + 2))
+            .flatten()
+    };
     let mut safe = String::with_capacity(raw.len());
     let (mut i, mut copied, mut replaced) = (0, 0, false);
     while i < bytes.len() {
@@ -165,16 +177,27 @@ pub fn jsonb_safe(raw: &str) -> Option<String> {
             i += 1;
             continue;
         }
-        if bytes[i..].starts_with(NUL) {
-            safe.push_str(&raw[copied..i]);
-            safe.push_str("\\ufffd");
-            i += NUL.len();
-            copied = i;
-            replaced = true;
-        } else {
+        let Some(unit) = escape_at(i) else {
             // Any other escape is two characters as far as finding the next one goes.
             i += 2;
+            continue;
+        };
+        let refused = match unit {
+            0 => true,
+            0xD800..=0xDBFF if matches!(escape_at(i + 6), Some(0xDC00..=0xDFFF)) => {
+                i += 12;
+                continue;
+            }
+            0xD800..=0xDFFF => true,
+            _ => false,
+        };
+        if refused {
+            safe.push_str(&raw[copied..i]);
+            safe.push_str("\\ufffd");
+            copied = i + 6;
+            replaced = true;
         }
+        i += 6;
     }
     if !replaced {
         return None;
@@ -603,12 +626,16 @@ async fn find_vanished(
     tx: &mut PgConnection,
     observed_at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    // `commit` analyzed walk_seen: this joins it with the whole table.
+    // `commit` analyzed walk_seen: this joins it with the whole table. A project the request
+    // queue created in the last hour may not be listed yet (lists can lag a create): not seeing
+    // it is no sign that it vanished.
     sqlx::query(
         "create temp table walk_vanished on commit drop as \
          select c.key from openai.project_current c \
          where c.missing_since is null and c.first_seen_at < $1 \
-           and not exists (select 1 from walk_seen s where s.key = c.key)",
+           and not exists (select 1 from walk_seen s where s.key = c.key) \
+           and not exists (select 1 from openai.project_requests r \
+                           where r.project_id = c.project_id and r.finished_at > $1 - interval '1 hour')",
     )
     .bind(observed_at)
     .execute(&mut *tx)
@@ -684,6 +711,19 @@ async fn record_success(
 #[cfg(test)]
 mod tests {
     use super::jsonb_safe;
+
+    #[test]
+    fn unpaired_surrogate_escapes_become_replacement_characters_and_pairs_stay() {
+        assert_eq!(
+            jsonb_safe(r#"{"name":"cut \ud83d","b":"\udc00x","ok":"\ud83d\ude80"}"#).as_deref(),
+            Some(r#"{"name":"cut \ufffd","b":"\ufffdx","ok":"\ud83d\ude80"}"#)
+        );
+        assert_eq!(jsonb_safe(r#"{"ok":"\ud83d\ude80 \u00e9"}"#), None);
+        assert_eq!(
+            jsonb_safe(r#"{"high then high":"\ud83d\ud83d\ude80"}"#).as_deref(),
+            Some(r#"{"high then high":"\ufffd\ud83d\ude80"}"#)
+        );
+    }
 
     #[test]
     fn nul_escapes_become_replacement_characters_and_nothing_else_changes() {

@@ -364,7 +364,7 @@ fn prepare(mut project: ListedProject) -> (ListedProject, i64) {
             Ok(raw) => {
                 tracing::warn!(
                     project_id = %project.id,
-                    "the project's JSON holds \\u0000, which Postgres cannot store; stored with U+FFFD in its place"
+                    "the project's JSON holds \\u0000 or an unpaired surrogate, which Postgres cannot store; stored with U+FFFD in its place"
                 );
                 project.raw = raw;
             }

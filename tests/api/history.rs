@@ -125,3 +125,38 @@ async fn one_projects_changes_and_the_changes_since_a_time_are_read_by_index() {
         assert!(!plan.contains("Seq Scan"), "{what}: no full scan\n{plan}");
     }
 }
+
+#[tokio::test]
+async fn moving_a_version_to_another_project_a_version_under_another_key_before_the_rest_and_truncating_are_refused()
+ {
+    let db = synced(5).await;
+    let ids: Vec<(String,)> =
+        sqlx::query_as("select project_id from openai.project_current order by key")
+            .fetch_all(&db.pool)
+            .await
+            .expect("ids");
+    let (a, b) = (&ids[0].0, &ids[1].0);
+
+    let moved = refused(
+        &db,
+        &format!(
+            "update openai.project_versions set project_id = 'proj_elsewhere' \
+             where project_id = '{a}' and valid_to is null"
+        ),
+    )
+    .await;
+    let split = refused(
+        &db,
+        &format!(
+            "insert into openai.project_versions (project_key, project_id, name, status, created_at, raw, change, valid_from) \
+             select project_key + 1000000, project_id, name, status, created_at, raw, 'created', valid_from - interval '1 day' \
+             from openai.project_versions where project_id = '{b}' order by valid_from limit 1"
+        ),
+    )
+    .await;
+    let truncated = refused(&db, "truncate openai.project_versions").await;
+
+    for (what, (code, message)) in [("moved", moved), ("split", split), ("truncated", truncated)] {
+        assert_eq!(code, "23000", "{what}: {message}");
+    }
+}

@@ -557,3 +557,21 @@ async fn a_create_answered_409_is_looked_up_not_ended_as_refused() {
 
     assert_eq!(status_of(&q.db.pool, id).await, "unknown");
 }
+
+#[tokio::test]
+async fn a_project_the_queue_created_that_the_list_does_not_show_yet_is_not_marked_vanished() {
+    let q = queue(20).await;
+    let deps = sync_deps(&q.db, q.deps.client.clone(), 100);
+    sync(&deps).await;
+    q.emulator.set_freedoms(Freedoms {
+        list_lag_ms: 60_000,
+        ..Freedoms::hostile()
+    });
+    let id = request(&q.db.pool, "Not listed yet").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, id).await, "created");
+
+    let walk = sync(&deps).await;
+
+    assert_eq!(walk.counts.vanished, 0);
+}

@@ -1432,3 +1432,34 @@ async fn a_created_project_is_recorded_at_once_while_a_long_walk_writes_the_same
             .expect("count");
     assert_eq!(versions, 1, "the walk recorded its history, once");
 }
+
+#[tokio::test]
+async fn a_project_whose_name_holds_an_unpaired_surrogate_does_not_fail_every_walk() {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let page = r#"{"object":"list","data":[
+        {"id":"proj_ok","object":"organization.project","name":"fine","created_at":1700000000,"status":"active"},
+        {"id":"proj_odd","object":"organization.project","name":"emoji cut \ud83d","created_at":1700000000,"status":"active"}
+        ],"first_id":"proj_ok","last_id":"proj_odd","has_more":false}"#;
+    let app = axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        }),
+    );
+    let deps = sync_deps(&db, serve_scripted(app).await, 100);
+
+    sync(&deps).await;
+    let summary = sync(&deps).await;
+
+    assert_eq!(summary.counts.changed, 0);
+    let (name,): (String,) =
+        sqlx::query_as("select name from openai.projects where project_id = 'proj_odd'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("stored");
+    assert_eq!(name, "emoji cut \u{fffd}");
+}
