@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
-use support::{BINARY, Emulator, KEY, churn, fresh_database};
+use support::{Emulator, churn, fresh_database, sync_command};
 
 const PROJECTS: usize = 100_000;
 /// Walks with heavy churn before them, then one last walk with about a thousand changes.
@@ -20,12 +19,7 @@ const CHURNED_WALKS: usize = 9;
 
 fn sync(db_url: &str, emulator: &Emulator) -> Duration {
     let started = Instant::now();
-    let output = Command::new(BINARY)
-        .arg("sync")
-        .env("DATABASE_URL", db_url)
-        .env("OPENAI_BASE_URL", emulator.base_url())
-        .env("OPENAI_ADMIN_KEY", KEY)
-        .env("APP_LOG__LEVEL", "warn")
+    let output = sync_command(db_url, emulator)
         .env("APP_SYNC__MIN_SEEN_RATIO", "0")
         .output()
         .expect("run sync");

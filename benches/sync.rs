@@ -5,12 +5,11 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
-use support::{BINARY, Emulator, KEY, churn, fresh_database};
+use support::{Emulator, churn, fresh_database, sync_command};
 
 struct Measured {
     wall: Duration,
@@ -50,14 +49,7 @@ async fn run_sync(db_url: &str, emulator: &Emulator) -> Measured {
         .expect("connect to the benchmark database");
     let before = rows_written(&mut stats).await;
     let started = Instant::now();
-    let output = Command::new(BINARY)
-        .arg("sync")
-        .env("DATABASE_URL", db_url)
-        .env("OPENAI_BASE_URL", emulator.base_url())
-        .env("OPENAI_ADMIN_KEY", KEY)
-        .env("APP_LOG__LEVEL", "warn")
-        .output()
-        .expect("run sync");
+    let output = sync_command(db_url, emulator).output().expect("run sync");
     let wall = started.elapsed();
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(

@@ -61,6 +61,19 @@ impl Drop for Emulator {
     }
 }
 
+/// The release binary's `sync` command against `db_url` and `emulator`, quiet but for warnings.
+#[allow(dead_code)] // Each benchmark compiles this module; the requests one runs no sync.
+pub fn sync_command(db_url: &str, emulator: &Emulator) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("sync")
+        .env("DATABASE_URL", db_url)
+        .env("OPENAI_BASE_URL", emulator.base_url())
+        .env("OPENAI_ADMIN_KEY", KEY)
+        .env("APP_LOG__LEVEL", "warn");
+    command
+}
+
 /// Drops and creates database `name` on the server, migrates it, and returns its URL.
 pub async fn fresh_database(admin: &mut PgConnection, server_url: &str, name: &str) -> String {
     sqlx::query(&format!("drop database if exists {name} with (force)"))
