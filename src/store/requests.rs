@@ -100,9 +100,9 @@ pub async fn find_same_name(
     Ok(found.map(|(what,)| what))
 }
 
-/// How long recording a created project in the history may wait behind a walk that is writing
-/// the same project; past it the link is recorded alone, and the walk records the history.
-const HISTORY_LOCK_WAIT: &str = "2s";
+/// Bounds how long recording a created project in the history may wait behind a walk writing
+/// the same project (2 s); past that the link is recorded alone, and the walk records the history.
+const HISTORY_LOCK_WAIT: &str = "set local lock_timeout = '2s'";
 
 /// Records a created project for the attempt that still owns the request, and puts the project
 /// into the history at once from the API's own JSON (`project_raw`), as a walk would.
@@ -114,22 +114,23 @@ pub async fn finish_created(
     project_raw: &str,
 ) -> Result<Linked, StoreError> {
     let mut tx = pool.begin().await?;
-    let linked = sqlx::query(
+    let linked: Result<Option<(DateTime<Utc>,)>, _> = sqlx::query_as(
         "update openai.project_requests set status = 'created', project_id = $3, error = null, \
             finished_at = now(), lease_until = null, updated_at = now() \
-         where id = $1 and attempt_id = $2::uuid and status in ('creating', 'unknown')",
+         where id = $1 and attempt_id = $2::uuid and status in ('creating', 'unknown') \
+         returning now()",
     )
     .bind(request_id)
     .bind(attempt_id)
     .bind(project_id)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await;
-    match linked {
-        Ok(done) if done.rows_affected() == 0 => {
+    let now = match linked {
+        Ok(Some((now,))) => now,
+        Ok(None) => {
             tx.rollback().await?;
             return Ok(Linked::NotOwner);
         }
-        Ok(_) => {}
         Err(sqlx::Error::Database(e))
             if e.constraint() == Some("project_requests_project_once") =>
         {
@@ -137,14 +138,11 @@ pub async fn finish_created(
             return Ok(Linked::ProjectTaken);
         }
         Err(e) => return Err(e.into()),
-    }
-    let (now,): (DateTime<Utc>,) = sqlx::query_as("select now()").fetch_one(&mut *tx).await?;
+    };
     // As a walk stores it: jsonb refuses `\u0000`, and the digest is of the API's own text.
     let storable = super::walk::jsonb_safe(project_raw);
     sqlx::query("savepoint history").execute(&mut *tx).await?;
-    sqlx::query(&format!("set local lock_timeout = '{HISTORY_LOCK_WAIT}'"))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(HISTORY_LOCK_WAIT).execute(&mut *tx).await?;
     let recorded = sqlx::query(concat!(
         "with unknown as ( \
             select $3::text as project_id, $4::bigint as digest, $5::text::jsonb as raw \
