@@ -91,6 +91,11 @@ pub async fn find_same_name(
          union all \
          select 'request ' || id || ' (' || status || ') asks for the same name' from openai.project_requests \
          where name = $1 and id < $2 and status in ('pending', 'creating', 'unknown') \
+         union all \
+         select 'request ' || r.id || ' created project ' || r.project_id || ' with this name' \
+         from openai.project_requests r \
+         where r.name = $1 and r.id <> $2 and r.status = 'created' \
+           and not exists (select 1 from openai.project_current c where c.project_id = r.project_id) \
          limit 1",
     )
     .bind(&request.name)
@@ -222,8 +227,30 @@ pub async fn mark_unknown(
     attempt_id: &str,
     reason: &str,
 ) -> Result<bool, StoreError> {
+    mark_unknown_counting(pool, request_id, attempt_id, reason, true).await
+}
+
+/// Sends a claimed request back to `unknown` before its create was sent, because a project of an
+/// earlier attempt may have appeared; the claim does not count as an attempt.
+pub async fn return_to_unknown_unsent(
+    pool: &PgPool,
+    request_id: i64,
+    attempt_id: &str,
+    reason: &str,
+) -> Result<bool, StoreError> {
+    mark_unknown_counting(pool, request_id, attempt_id, reason, false).await
+}
+
+async fn mark_unknown_counting(
+    pool: &PgPool,
+    request_id: i64,
+    attempt_id: &str,
+    reason: &str,
+    counts_as_attempt: bool,
+) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "update openai.project_requests set status = 'unknown', error = $3, lease_until = null, \
+            attempts = attempts - case when $4 then 0 else 1 end, \
             unknown_since = now(), candidates_since = coalesce(candidates_since, attempt_started_at), \
             first_fruitless_walk_at = null, reconcile_walks = 0, updated_at = now() \
          where id = $1 and attempt_id = $2::uuid and status = 'creating'",
@@ -231,6 +258,7 @@ pub async fn mark_unknown(
     .bind(request_id)
     .bind(attempt_id)
     .bind(reason)
+    .bind(counts_as_attempt)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -272,12 +272,12 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         let reason = format!(
             "project {found} appeared since an earlier attempt of this request began; looking at it before creating anything"
         );
-        report.unknown +=
-            u32::from(store::mark_unknown(&deps.pool, request.id, attempt_id, &reason).await?);
+        report.unknown += u32::from(
+            store::return_to_unknown_unsent(&deps.pool, request.id, attempt_id, &reason).await?,
+        );
         return Ok(report);
     }
     if !request.allow_duplicate_name
-        && request.candidates_since.is_none()
         && let Some(clash) = store::find_same_name(&deps.pool, &request).await?
     {
         let error = format!(

@@ -1463,3 +1463,63 @@ async fn a_project_whose_name_holds_an_unpaired_surrogate_does_not_fail_every_wa
             .expect("stored");
     assert_eq!(name, "emoji cut \u{fffd}");
 }
+
+#[tokio::test]
+async fn a_created_project_whose_walk_rolled_back_still_stops_a_second_request_of_its_name() {
+    let f = fixture(290).await;
+    let made = f.emulator.create("Guarded name");
+    let (attempt,): (String,) = sqlx::query_as(
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until) \
+         values ('Guarded name', 'creating', 1, gen_random_uuid(), now(), now() + interval '1 hour') \
+         returning attempt_id::text",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("a request being created");
+    let (walk, mut pages) = slow_walk(&f);
+    pages
+        .wait_for(|&p| p >= 1)
+        .await
+        .expect("the walk stages pages");
+    let raw = serde_json::json!({
+        "id": made.id, "object": "organization.project", "name": made.name,
+        "created_at": made.created_at, "status": "active"
+    })
+    .to_string();
+    let linked = store::finish_created(&f.db.pool, 1, &attempt, &made.id, &raw)
+        .await
+        .expect("recorded");
+    assert_eq!(linked, store::Linked::Done);
+    // The walk that holds the project's history row then fails, and takes the row with it.
+    sqlx::query(
+        "select count(pg_terminate_backend(pid)) from pg_locks where locktype = 'advisory' and granted \
+         and database = (select oid from pg_database where datname = current_database())",
+    )
+    .execute(&f.db.pool)
+    .await
+    .expect("terminate the walk");
+    assert!(walk.await.expect("the walk task").is_err());
+
+    let (second,): (i64,) = sqlx::query_as(
+        "insert into openai.project_requests (name) values ('Guarded name') returning id",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("a second request");
+    let claimed = store::claim_next_request(
+        &f.db.pool,
+        Duration::from_secs(60),
+        Utc::now() + chrono::Duration::seconds(5),
+    )
+    .await
+    .expect("claim")
+    .expect("the second request is due");
+    assert_eq!(claimed.id, second);
+    let clash = store::find_same_name(&f.db.pool, &claimed)
+        .await
+        .expect("look for the name");
+    assert!(
+        clash.as_deref().is_some_and(|c| c.contains(&made.id)),
+        "{clash:?}"
+    );
+}
