@@ -1385,29 +1385,54 @@ async fn terminating_the_walks_connection_mid_walk_fails_the_run_cleanly() {
     sync(&f.deps).await;
 }
 
-#[tokio::test]
-async fn a_created_project_is_recorded_at_once_while_a_long_walk_writes_the_same_project() {
-    let f = fixture(290).await;
-    let made = f.emulator.create("Made while a walk runs");
-    let (attempt,): (String,) = sqlx::query_as(
+/// A project created upstream under `name`, its request `creating` (id 1), and a slow walk that
+/// has already staged the page holding the project: the walk's transaction holds its row.
+struct CreatedDuringAWalk {
+    project: openai_project_sync::emulator::EmulatedProject,
+    attempt_id: String,
+    raw: String,
+    walk: tokio::task::JoinHandle<Result<openai_project_sync::sync::WalkSummary, SyncError>>,
+}
+
+async fn created_during_a_walk(f: &Fixture, name: &str) -> CreatedDuringAWalk {
+    let project = f.emulator.create(name);
+    let (attempt_id,): (String,) = sqlx::query_as(
         "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until) \
-         values ('Made while a walk runs', 'creating', 1, gen_random_uuid(), now(), now() + interval '1 hour') \
+         values ($1, 'creating', 1, gen_random_uuid(), now(), now() + interval '1 hour') \
          returning attempt_id::text",
     )
+    .bind(name)
     .fetch_one(&f.db.pool)
     .await
     .expect("a request being created");
-    let (walk, mut pages) = slow_walk(&f);
+    let (walk, mut pages) = slow_walk(f);
     // Newest first: the new project is on the first page, in the walk's open transaction.
     pages
         .wait_for(|&p| p >= 1)
         .await
         .expect("the walk stages pages");
     let raw = serde_json::json!({
-        "id": made.id, "object": "organization.project", "name": made.name,
-        "created_at": made.created_at, "status": "active"
+        "id": project.id, "object": "organization.project", "name": project.name,
+        "created_at": project.created_at, "status": "active"
     })
     .to_string();
+    CreatedDuringAWalk {
+        project,
+        attempt_id,
+        raw,
+        walk,
+    }
+}
+
+#[tokio::test]
+async fn a_created_project_is_recorded_at_once_while_a_long_walk_writes_the_same_project() {
+    let f = fixture(290).await;
+    let CreatedDuringAWalk {
+        project: made,
+        attempt_id: attempt,
+        raw,
+        walk,
+    } = created_during_a_walk(&f, "Made while a walk runs").await;
 
     let started = std::time::Instant::now();
     let linked = store::finish_created(&f.db.pool, 1, &attempt, &made.id, &raw)
@@ -1467,25 +1492,12 @@ async fn a_project_whose_name_holds_an_unpaired_surrogate_does_not_fail_every_wa
 #[tokio::test]
 async fn a_created_project_whose_walk_rolled_back_still_stops_a_second_request_of_its_name() {
     let f = fixture(290).await;
-    let made = f.emulator.create("Guarded name");
-    let (attempt,): (String,) = sqlx::query_as(
-        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until) \
-         values ('Guarded name', 'creating', 1, gen_random_uuid(), now(), now() + interval '1 hour') \
-         returning attempt_id::text",
-    )
-    .fetch_one(&f.db.pool)
-    .await
-    .expect("a request being created");
-    let (walk, mut pages) = slow_walk(&f);
-    pages
-        .wait_for(|&p| p >= 1)
-        .await
-        .expect("the walk stages pages");
-    let raw = serde_json::json!({
-        "id": made.id, "object": "organization.project", "name": made.name,
-        "created_at": made.created_at, "status": "active"
-    })
-    .to_string();
+    let CreatedDuringAWalk {
+        project: made,
+        attempt_id: attempt,
+        raw,
+        walk,
+    } = created_during_a_walk(&f, "Guarded name").await;
     let linked = store::finish_created(&f.db.pool, 1, &attempt, &made.id, &raw)
         .await
         .expect("recorded");
