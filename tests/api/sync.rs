@@ -70,6 +70,18 @@ type VersionRecord = (
     Option<DateTime<Utc>>,
 );
 
+/// The first project upstream, in creation order, whose status is `status`.
+fn first_with_status(
+    emulator: &EmulatorHandle,
+    status: &str,
+) -> openai_project_sync::emulator::EmulatedProject {
+    emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.status.as_deref() == Some(status))
+        .unwrap_or_else(|| panic!("an upstream project that is {status}"))
+}
+
 async fn current(pool: &PgPool) -> BTreeMap<String, CurrentRow> {
     let rows: Vec<CurrentRecord> = sqlx::query_as(
         "select project_id, name, status, archived_at, missing_since is not null from openai.projects",
@@ -181,18 +193,8 @@ async fn every_project_of_a_multi_page_organization_lands_archived_ones_included
 async fn first_versions_start_at_created_at_and_archives_at_archived_at() {
     let f = fixture(300).await;
     sync(&f.deps).await;
-    let archived = f
-        .emulator
-        .projects()
-        .into_iter()
-        .find(|p| p.status.as_deref() == Some("archived"))
-        .expect("an archived project");
-    let active = f
-        .emulator
-        .projects()
-        .into_iter()
-        .find(|p| p.status.as_deref() == Some("active"))
-        .expect("an active project");
+    let archived = first_with_status(&f.emulator, "archived");
+    let active = first_with_status(&f.emulator, "active");
 
     let archived_history = changes_of(&f.db.pool, &archived.id).await;
     let active_history = changes_of(&f.db.pool, &active.id).await;
@@ -732,12 +734,7 @@ async fn two_concurrent_syncs_never_both_apply() {
 async fn finance_can_name_costs_by_the_name_a_project_had_at_the_time() {
     let f = fixture(20).await;
     sync(&f.deps).await;
-    let project = f
-        .emulator
-        .projects()
-        .into_iter()
-        .find(|p| p.status.as_deref() == Some("active"))
-        .expect("active");
+    let project = first_with_status(&f.emulator, "active");
     let (first_version_end,): (DateTime<Utc>,) = sqlx::query_as("select now()")
         .fetch_one(&f.db.pool)
         .await
@@ -1153,12 +1150,7 @@ async fn a_change_reverted_later_in_the_same_walk_writes_nothing_and_counts_once
 async fn a_project_that_reappears_archived_is_recorded_as_archived_at_archived_at() {
     let f = fixture(120).await;
     sync(&f.deps).await;
-    let project = f
-        .emulator
-        .projects()
-        .into_iter()
-        .find(|p| p.status.as_deref() == Some("active"))
-        .expect("an active project");
+    let project = first_with_status(&f.emulator, "active");
     f.emulator.set_hidden(&project.id, true);
     sync(&f.deps).await;
     let archived = f.emulator.archive(&project.id).expect("archive");
@@ -1209,12 +1201,7 @@ type ChangeRecord = (
 async fn a_rename_seen_together_with_an_archive_is_two_changes_neither_lost() {
     let f = fixture(60).await;
     sync(&f.deps).await;
-    let project = f
-        .emulator
-        .projects()
-        .into_iter()
-        .find(|p| p.status.as_deref() == Some("active"))
-        .expect("an active project");
+    let project = first_with_status(&f.emulator, "active");
     f.emulator.rename(&project.id, "Renamed, then archived");
     let archived = f.emulator.archive(&project.id).expect("archive");
     let archived_at = archived.archived_at.map(ts).expect("archived_at");
