@@ -1021,63 +1021,51 @@ fn a_walk_that_cannot_reach_postgres_is_counted_as_failed_every_time() {
     );
 }
 
-/// Log output captured in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn the_fetch_tasks_log_lines_carry_the_walks_run_id() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-
-    let run_id = runtime.block_on(async {
-        let f = fixture(1_250).await;
-        // Page 7 is fetched only once the writer took pages, so after the run was recorded.
-        f.emulator.push_fault(FaultRule {
-            endpoint: Endpoint::List,
-            skip: 6,
-            times: Some(1),
-            fault: Fault::ServerError { status: 503 },
-        });
-        sync(&f.deps).await.run_id
+// In a process of its own: tracing caches per call site whether anyone listens, and tests
+// running beside one with a thread-local subscriber can leave a span's call site switched off.
+#[tokio::test]
+async fn the_fetch_tasks_log_lines_carry_the_walks_run_id() {
+    let f = fixture(1_250).await;
+    // Page 7 is fetched only once the writer took pages, so after the run was recorded.
+    f.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::List,
+        skip: 6,
+        times: Some(1),
+        fault: Fault::ServerError { status: 503 },
     });
+    let base_url = f.emulator.base_url();
+    let (code, output) = crate::helpers::wait_for_exit(crate::helpers::spawn_binary(
+        &["sync"],
+        &[
+            ("DATABASE_URL", f.db.url.as_str()),
+            ("OPENAI_BASE_URL", base_url.as_str()),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+            ("APP_LOG__FORMAT", "json"),
+            ("APP_OPENAI__RETRY_BASE_DELAY", "10ms"),
+        ],
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{output}");
+    let (run_id,): (i64,) = sqlx::query_as("select max(id) from openai.sync_runs")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("the run");
 
-    let text =
-        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
-    let retry = text
+    let lines: Vec<serde_json::Value> = output
         .lines()
-        .find(|l| l.contains("API call failed; retrying"))
-        .unwrap_or_else(|| panic!("the fetch task logged its retry: {text}"));
-    assert!(retry.contains(&format!("run_id={run_id}")), "{retry}");
-    for line in text
-        .lines()
-        .filter(|l| l.contains("walk started") || l.contains("walk applied"))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let run_of = |line: &serde_json::Value| line["span"]["run_id"].as_i64();
+    let retry = lines
+        .iter()
+        .find(|l| l["message"] == "API call failed; retrying")
+        .unwrap_or_else(|| panic!("the fetch task logged its retry: {output}"));
+    assert_eq!(run_of(retry), Some(run_id), "{retry}");
+    for line in lines
+        .iter()
+        .filter(|l| l["message"] == "walk started" || l["message"] == "walk applied")
     {
-        assert!(line.contains(&format!("run_id={run_id}")), "{line}");
+        assert_eq!(run_of(line), Some(run_id), "{line}");
     }
 }
 
