@@ -198,7 +198,7 @@ pub async fn start_daemon(
         .await
         .context("could not start the scheduler")?;
 
-    let last = store::last_success_started_at(&deps.pool).await?;
+    let last = store::last_success_started_at(&deps.pool, store::Resource::Projects).await?;
     let stale = last.is_none_or(|at| (Utc::now() - at).to_std().unwrap_or_default() > period);
     if stale {
         let _ = ticks.try_send(Trigger::Startup);

@@ -64,7 +64,7 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
         Ok(Err(e)) => return unready(format!("database unreachable: {e}")),
         Err(_) => return unready("database did not answer within 3 s".into()),
     }
-    match store::last_success_started_at(&state.pool).await {
+    match store::last_success_started_at(&state.pool, store::Resource::Projects).await {
         Ok(Some(at)) => {
             let age = (chrono::Utc::now() - at).to_std().unwrap_or_default();
             if age > state.max_sync_age {

@@ -18,7 +18,7 @@ pub use requests::{
     unknown_requests, work_is_due,
 };
 pub use runs::{
-    RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
+    Resource, RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
     last_success_started_at, start_run,
 };
 pub use walk::{

@@ -17,6 +17,25 @@ pub struct RunCounts {
     pub reappeared: i32,
 }
 
+/// A resource the product syncs, as `openai.sync_runs.resource` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resource {
+    Projects,
+    Costs,
+    AuditLog,
+}
+
+impl Resource {
+    /// The name stored in `sync_runs.resource` and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Projects => "projects",
+            Resource::Costs => "costs",
+            Resource::AuditLog => "audit_log",
+        }
+    }
+}
+
 /// Projects currently listed, per status.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct StatusCount {
@@ -24,11 +43,16 @@ pub struct StatusCount {
     pub projects: i64,
 }
 
-/// Records a walk as running and returns its id and start time.
-pub async fn start_run(pool: &PgPool, trigger: &str) -> Result<(i64, DateTime<Utc>), StoreError> {
+/// Records a pass of `resource` as running and returns its id and start time.
+pub async fn start_run(
+    pool: &PgPool,
+    resource: Resource,
+    trigger: &str,
+) -> Result<(i64, DateTime<Utc>), StoreError> {
     let row: (i64, DateTime<Utc>) = sqlx::query_as(
-        "insert into openai.sync_runs (trigger) values ($1) returning id, started_at",
+        "insert into openai.sync_runs (resource, trigger) values ($1, $2) returning id, started_at",
     )
+    .bind(resource.as_str())
     .bind(trigger)
     .fetch_one(pool)
     .await?;
@@ -54,23 +78,30 @@ pub async fn fail_run(
     Ok(())
 }
 
-/// Fails runs left `running` by a process that died; only call while holding the walk lock.
-pub async fn abandon_stale_runs(pool: &PgPool) -> Result<u64, StoreError> {
+/// Fails passes of `resource` left `running` by a process that died; only call while holding
+/// that resource's lock.
+pub async fn abandon_stale_runs(pool: &PgPool, resource: Resource) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "update openai.sync_runs set status = 'failed', finished_at = now(), \
-         error = 'abandoned: the process running this walk stopped before finishing; nothing was applied' \
-         where status = 'running'",
+         error = 'abandoned: the process running this pass stopped before finishing; nothing was applied' \
+         where status = 'running' and resource = $1",
     )
+    .bind(resource.as_str())
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
 }
 
-/// Start time of the most recent successful walk, if any.
-pub async fn last_success_started_at(pool: &PgPool) -> Result<Option<DateTime<Utc>>, StoreError> {
+/// Start time of the most recent successful pass of `resource`, if any.
+pub async fn last_success_started_at(
+    pool: &PgPool,
+    resource: Resource,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
-        "select started_at from openai.sync_runs where status = 'succeeded' order by started_at desc limit 1",
+        "select started_at from openai.sync_runs where status = 'succeeded' and resource = $1 \
+         order by started_at desc limit 1",
     )
+    .bind(resource.as_str())
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(at,)| at))

@@ -210,14 +210,14 @@ async fn open_and_record(
     };
     // Pages start arriving while the run is recorded and its transaction opened.
     let (pages_rx, fetcher) = start_fetch(deps, hook, span);
-    let abandoned = store::abandon_stale_runs(&deps.pool).await?;
+    let abandoned = store::abandon_stale_runs(&deps.pool, store::Resource::Projects).await?;
     if abandoned > 0 {
         tracing::warn!(
             abandoned,
             "marked walks left running by a stopped process as failed"
         );
     }
-    let (run_id, observed_at) = store::start_run(&deps.pool, trigger.as_str()).await?;
+    let (run_id, observed_at) = store::start_run(&deps.pool, store::Resource::Projects, trigger.as_str()).await?;
     span.record("run_id", run_id);
     Ok(Some((session, fetcher, pages_rx, run_id, observed_at)))
 }

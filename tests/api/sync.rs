@@ -556,7 +556,7 @@ async fn open_walk(f: &Fixture) -> store::WalkSession {
         .await
         .expect("open")
         .expect("lock is free");
-    let (run_id, started) = store::start_run(&f.db.pool, "manual").await.expect("run");
+    let (run_id, started) = store::start_run(&f.db.pool, store::Resource::Projects, "manual").await.expect("run");
     session.begin(run_id, started).await.expect("begin");
     session
 }
