@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{AdminClient, ClientOptions, RetryPolicy};
 use crate::config::{ConfigError, Settings};
+use crate::costs::{self, CostDeps, CostSummary};
 use crate::store;
 use crate::sync::{self, Progress, SyncDeps, Trigger, WalkSummary};
 use crate::worker::{self, TickReport, WorkerDeps};
@@ -74,6 +75,27 @@ pub async fn sync_once(
     let summary = sync::walk_and_apply(&deps, Trigger::Manual, cancel, progress).await;
     deps.pool.close().await;
     Ok(summary?)
+}
+
+/// Everything a cost pass needs, from configuration and the walk's connections.
+pub fn cost_deps(settings: &Settings, deps: &SyncDeps) -> Result<CostDeps, ConfigError> {
+    Ok(CostDeps {
+        pool: deps.pool.clone(),
+        connect: deps.connect.clone(),
+        client: deps.client.clone(),
+        lookback_days: settings.costs.lookback_days,
+        backfill_from: settings.cost_backfill_from()?,
+    })
+}
+
+/// One cost pass now, for the `sync` command.
+pub async fn sync_costs(
+    settings: &Settings,
+    deps: &SyncDeps,
+    cancel: &CancellationToken,
+) -> anyhow::Result<CostSummary> {
+    let deps = cost_deps(settings, deps)?;
+    Ok(costs::run_pass(&deps, Trigger::Manual, cancel).await?)
 }
 
 /// The request worker's dependencies, from configuration.
@@ -193,6 +215,12 @@ pub async fn start_daemon(
         .add(job)
         .await
         .context("could not schedule the sync")?;
+
+    let cost_loop = if settings.costs.enabled {
+        Some(start_cost_schedule(&settings, &deps, &mut scheduler, shutdown.clone()).await?)
+    } else {
+        None
+    };
     scheduler
         .start()
         .await
@@ -227,6 +255,11 @@ pub async fn start_daemon(
         if worker.await.is_err() {
             tracing::warn!("the request worker ended abnormally");
         }
+        if let Some(cost_loop) = cost_loop
+            && cost_loop.await.is_err()
+        {
+            tracing::warn!("the cost pass loop ended abnormally");
+        }
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "scheduler did not stop cleanly");
         }
@@ -241,6 +274,56 @@ pub async fn start_daemon(
         http_addr,
         finished,
     })
+}
+
+/// Schedules cost passes on `costs.schedule` (and one at start when the last success is older
+/// than a period) and runs them, one at a time, until `shutdown`.
+async fn start_cost_schedule(
+    settings: &Settings,
+    deps: &SyncDeps,
+    scheduler: &mut JobScheduler,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let cost_deps = cost_deps(settings, deps)?;
+    let period = crate::config::schedule_period_of("costs.schedule", &settings.costs.schedule)?;
+    let (ticks, mut due) = mpsc::channel::<Trigger>(1);
+    let tick = ticks.clone();
+    let job = Job::new_async(settings.costs.schedule.as_str(), move |_, _| {
+        let tick = tick.clone();
+        Box::pin(async move {
+            let _ = tick.try_send(Trigger::Schedule);
+        })
+    })
+    .context("could not schedule the cost passes")?;
+    scheduler
+        .add(job)
+        .await
+        .context("could not schedule the cost passes")?;
+    let last = store::last_success_started_at(&deps.pool, store::Resource::Costs).await?;
+    if last.is_none_or(|at| (Utc::now() - at).to_std().unwrap_or_default() > period) {
+        let _ = ticks.try_send(Trigger::Startup);
+    }
+    tracing::info!(schedule = %settings.costs.schedule, "cost passes scheduled");
+    Ok(tokio::spawn(async move {
+        // Keeps the channel open while the loop runs.
+        let _ticks = ticks;
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                trigger = due.recv() => match trigger { Some(t) => t, None => break },
+            };
+            match costs::run_pass(&cost_deps, trigger, &shutdown).await {
+                Ok(_) => {}
+                Err(costs::CostError::AlreadyRunning) => {
+                    tracing::info!("another replica is running a cost pass; skipping this tick");
+                }
+                Err(error) => tracing::error!(
+                    error = %error,
+                    "the cost pass failed; the daemon keeps running and tries again at the next scheduled tick"
+                ),
+            }
+        }
+    }))
 }
 
 /// Runs the request worker until `shutdown`, restarting it if it ever ends abnormally;

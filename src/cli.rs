@@ -34,8 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// The daemon: migrations, scheduled sync, request worker, health and metrics.
     Run,
-    /// One full walk of the project list now; prints a summary.
-    Sync,
+    /// One pass now of every enabled resource (or the one named); prints a summary of each.
+    Sync(SyncArgs),
     /// Processes the request queue until nothing is due, then exits.
     Requests,
     /// Applies database migrations.
@@ -46,6 +46,21 @@ pub enum Command {
     Emulator(EmulatorArgs),
     /// Emulator, local Postgres and daemon in one command, for a first look.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// Only this resource: the project walk, the costs window, or the audit-log catch-up.
+    #[arg(value_enum)]
+    pub resource: Option<SyncResource>,
+}
+
+/// A resource `sync` can be asked for by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncResource {
+    Projects,
+    Costs,
+    AuditLog,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,6 +150,12 @@ pub struct EmulatorArgs {
     /// How long a hanging call hangs.
     #[arg(long, default_value_t = 600)]
     pub hang_secs: u64,
+    /// Days of cost history before today (earlier days have no spend).
+    #[arg(long, default_value_t = crate::emulator::DEFAULT_COST_DAYS)]
+    pub cost_days: u32,
+    /// How cost amounts are written [default: number].
+    #[arg(long, value_enum, value_name = "FORM")]
+    pub cost_amounts: Option<crate::emulator::CostAmountForm>,
     /// Share of calls whose connection is dropped without an answer.
     #[arg(long, default_value_t = 0.0)]
     pub rate_drop: f64,
@@ -229,19 +250,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync => {
-            let settings = load_settings(&cli)?;
-            let cancel = crate::shutdown::on_signal();
-            let mut progress = TerminalProgress::new();
-            let result = crate::app::sync_once(&settings, &cancel, &mut progress).await;
-            progress.finish();
-            let summary = result.map_err(|e| match e.downcast::<ConfigError>() {
-                Ok(config) => Failure::from(config),
-                Err(other) => Failure::Runtime(other),
-            })?;
-            print_summary(&summary);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Sync(args) => sync(&cli, args.resource).await,
         Command::Run => {
             let settings = load_settings(&cli)?;
             let shutdown = crate::shutdown::on_signal();
@@ -294,6 +303,94 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A configuration error as exit 2, anything else as exit 1.
+fn config_or_runtime(error: anyhow::Error) -> Failure {
+    match error.downcast::<ConfigError>() {
+        Ok(config) => Failure::from(config),
+        Err(other) => Failure::Runtime(other),
+    }
+}
+
+/// `sync [resource]`: the project walk, then the cost pass (when enabled), or the one named.
+async fn sync(cli: &Cli, resource: Option<SyncResource>) -> Result<ExitCode, Failure> {
+    if resource == Some(SyncResource::AuditLog) {
+        return Err(Failure::Usage(
+            "this build does not sync the audit log yet; run `sync projects` or `sync costs`"
+                .into(),
+        ));
+    }
+    let settings = load_settings(cli)?;
+    let cancel = crate::shutdown::on_signal();
+    let deps = crate::app::sync_deps(&settings)
+        .await
+        .map_err(config_or_runtime)?;
+    let walk = resource.is_none_or(|r| r == SyncResource::Projects);
+    let costs = match resource {
+        None => settings.costs.enabled,
+        Some(r) => r == SyncResource::Costs,
+    };
+    let mut failed = false;
+    if walk {
+        let mut progress = TerminalProgress::new();
+        let result = crate::sync::walk_and_apply(
+            &deps,
+            crate::sync::Trigger::Manual,
+            &cancel,
+            &mut progress,
+        )
+        .await;
+        progress.finish();
+        match result {
+            Ok(summary) => print_summary(&summary),
+            Err(error) => {
+                eprintln!("error: {error}");
+                failed = true;
+            }
+        }
+    }
+    if costs && !cancel.is_cancelled() {
+        match crate::app::sync_costs(&settings, &deps, &cancel).await {
+            Ok(summary) => print_cost_summary(&summary),
+            Err(error) => match error.downcast::<ConfigError>() {
+                Ok(config) => return Err(Failure::from(config)),
+                Err(other) => {
+                    eprintln!("error: {other:#}");
+                    failed = true;
+                }
+            },
+        }
+    }
+    deps.pool.close().await;
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_cost_summary(summary: &crate::costs::CostSummary) {
+    let c = &summary.counts;
+    println!(
+        "cost pass {} succeeded in {:.2} s\n  window      {} to {} (UTC, end exclusive)\n  backfilled  {} day(s)\n  pages       {}\n  days read   {}\n  inserted    {}\n  updated     {}\n  unchanged   {}\n  removed     {}\n  revisions   {}\n  days kept   {}",
+        summary.run_id,
+        summary.duration.as_secs_f64(),
+        summary.window.0.date_naive(),
+        summary.window.1.date_naive(),
+        summary.backfilled_days,
+        c.pages,
+        c.days_read,
+        c.inserted,
+        c.updated,
+        c.unchanged,
+        c.removed,
+        c.revisions,
+        c.days_kept
+    );
+    if let Some(peak) = peak_rss_kib() {
+        println!("  peak memory {:.1} MiB", peak as f64 / 1024.0);
     }
 }
 
@@ -380,6 +477,7 @@ pub fn emulator_setup(
         seed: args.seed,
         hang_for: Duration::from_secs(args.hang_secs),
         freedoms: emulator_freedoms(args)?,
+        cost_days: args.cost_days,
     };
     let rates = FaultRates {
         latency_ms: args.latency_ms,
@@ -432,6 +530,9 @@ fn emulator_freedoms(args: &EmulatorArgs) -> Result<Freedoms, Failure> {
     }
     if args.short_pages.is_some() {
         freedoms.short_pages = args.short_pages;
+    }
+    if let Some(form) = args.cost_amounts {
+        freedoms.cost_amounts = form;
     }
     freedoms.create_delay_ms = args.create_delay_ms;
     freedoms.list_lag_ms = args.list_lag_ms;

@@ -42,6 +42,7 @@ pub struct Settings {
     pub requests: RequestSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub costs: CostSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +80,16 @@ pub struct RequestSettings {
     pub max_attempts: u32,
     pub reconcile_grace: String,
     pub unresolved: crate::worker::Unresolved,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostSettings {
+    pub enabled: bool,
+    pub schedule: String,
+    pub lookback_days: u32,
+    /// A date, `YYYY-MM-DD`; unset: the day of the oldest project's `created_at`.
+    pub backfill_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +146,10 @@ listen = "127.0.0.1:9187"
 [log]
 format = "text"
 level = "info"
+[costs]
+enabled = true
+schedule = "0 15 * * * *"
+lookback_days = 7
 "#;
 
 impl Settings {
@@ -233,6 +248,15 @@ impl Settings {
             });
         }
         self.listen_addr()?;
+        validate_schedule_of("costs.schedule", &self.costs.schedule)?;
+        if self.costs.lookback_days > MAX_LOOKBACK_DAYS {
+            return Err(ConfigError::Invalid {
+                key: "costs.lookback_days",
+                problem: format!("is {}", self.costs.lookback_days),
+                fix: "give 0 to 366 days; older days are read once by the backfill (costs.backfill_from)",
+            });
+        }
+        self.cost_backfill_from()?;
         if let Some(url) = &self.database.url {
             validate_database_url(url.expose_secret())?;
         }
@@ -286,6 +310,26 @@ impl Settings {
     /// How long reconciliation waits after an attempt before concluding it created nothing.
     pub fn reconcile_grace(&self) -> Result<Duration, ConfigError> {
         parse_key_duration("requests.reconcile_grace", &self.requests.reconcile_grace)
+    }
+
+    /// The first day a cost backfill reads, when configured.
+    pub fn cost_backfill_from(&self) -> Result<Option<chrono::NaiveDate>, ConfigError> {
+        let Some(text) = self
+            .costs
+            .backfill_from
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        else {
+            return Ok(None);
+        };
+        chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                key: "costs.backfill_from",
+                problem: format!("{text:?} is not a date"),
+                fix: "give a UTC day as YYYY-MM-DD, e.g. \"2025-01-01\", or leave it unset to start at the oldest project",
+            })
     }
 
     /// The address of the health and metrics listener.
@@ -359,19 +403,48 @@ fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// The interval between two consecutive fire times of the schedule under `key`.
+pub fn schedule_period_of(key: &'static str, schedule: &str) -> Result<Duration, ConfigError> {
+    use std::str::FromStr;
+    let invalid = |problem: String| ConfigError::Invalid {
+        key,
+        problem,
+        fix: "give 6 fields, seconds first, in UTC, e.g. \"0 15 * * * *\"",
+    };
+    let cron = croner::Cron::from_str(schedule).map_err(|e| invalid(e.to_string()))?;
+    let now = chrono::Utc::now();
+    let first = cron
+        .find_next_occurrence(&now, false)
+        .map_err(|e| invalid(e.to_string()))?;
+    let second = cron
+        .find_next_occurrence(&first, false)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((second - first)
+        .to_std()
+        .unwrap_or(Duration::from_secs(3600)))
+}
+
+/// The longest `costs.lookback_days` accepted.
+const MAX_LOOKBACK_DAYS: u32 = 366;
+
 /// Accepts the scheduler's 6-field cron syntax (seconds first) and explains 5-field crontabs.
 pub fn validate_schedule(schedule: &str) -> Result<(), ConfigError> {
+    validate_schedule_of("sync.schedule", schedule)
+}
+
+/// `validate_schedule` for the schedule under `key`.
+pub fn validate_schedule_of(key: &'static str, schedule: &str) -> Result<(), ConfigError> {
     let fields = schedule.split_whitespace().count();
     if fields == 5 {
         return Err(ConfigError::Invalid {
-            key: "sync.schedule",
+            key,
             problem: format!("{schedule:?} has 5 fields, like a crontab line"),
             fix: "schedules have 6 fields with seconds first (UTC): put a 0 in front, e.g. \"0 */10 * * * *\"",
         });
     }
     if fields != 6 {
         return Err(ConfigError::Invalid {
-            key: "sync.schedule",
+            key,
             problem: format!("{schedule:?} has {fields} fields"),
             fix: "give 6 fields, seconds first, in UTC, e.g. \"0 */10 * * * *\" for every ten minutes",
         });
@@ -380,7 +453,7 @@ pub fn validate_schedule(schedule: &str) -> Result<(), ConfigError> {
     tokio_cron_scheduler::Job::new_async(schedule, noop)
         .map(|_| ())
         .map_err(|e| ConfigError::Invalid {
-            key: "sync.schedule",
+            key,
             problem: format!("{schedule:?} is not a valid cron expression ({e})"),
             fix: "give 6 fields, seconds first, in UTC, e.g. \"0 */10 * * * *\"",
         })

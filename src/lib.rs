@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod costs;
 pub mod demo;
 pub mod emulator;
 pub mod http;

@@ -3,6 +3,7 @@
 // An error keeps the API's own words for the operator; its size is nothing next to a network call.
 #![allow(clippy::result_large_err)]
 
+mod costs;
 mod create;
 mod error;
 mod project;
@@ -17,6 +18,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use costs::{
+    CostBucket, CostPage, CostQuery, CostResult, CostWalk, DAY_SECONDS, ExactNumber, MAX_COST_LIMIT,
+};
 pub use create::{CreateOutcome, CreatedProject};
 pub use error::ApiError;
 pub use project::{
@@ -196,12 +200,35 @@ impl AdminClient {
         url: Url,
         body: Option<&impl Serialize>,
     ) -> Result<T, ApiError> {
+        self.call_retrying_with(endpoint, method, url, body, |answer| decode::<T>(&answer))
+            .await
+    }
+
+    /// Like `call_retrying`, returning the answer's body as received.
+    async fn call_retrying_raw(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+    ) -> Result<bytes::Bytes, ApiError> {
+        self.call_retrying_with(endpoint, method, url, None::<&()>, |answer| Ok(answer.body))
+            .await
+    }
+
+    async fn call_retrying_with<T>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+        read: impl Fn(Answer) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let mut retry = 0;
         loop {
             let result = self
                 .send(endpoint, method.clone(), url.clone(), body)
                 .await
-                .and_then(|answer| decode::<T>(&answer));
+                .and_then(&read);
             let error = match result {
                 Ok(value) => return Ok(value),
                 Err(error) => error,

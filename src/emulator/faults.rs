@@ -13,15 +13,17 @@ pub enum Endpoint {
     Retrieve,
     Modify,
     Archive,
+    Costs,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::List,
         Endpoint::Create,
         Endpoint::Retrieve,
         Endpoint::Modify,
         Endpoint::Archive,
+        Endpoint::Costs,
     ];
 
     pub(super) fn slot(self) -> usize {
@@ -98,7 +100,7 @@ pub struct FaultRates {
 /// All faults in force, consulted once per call.
 pub struct FaultPlan {
     rules: Vec<FaultRule>,
-    rates: [FaultRates; 5],
+    rates: [FaultRates; Endpoint::ALL.len()],
     rng: fastrand::Rng,
 }
 

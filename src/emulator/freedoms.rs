@@ -57,6 +57,25 @@ pub struct Freedoms {
     pub rewrite_names: bool,
     /// Gives a 429's `retry-after` as an HTTP date, without `retry-after-ms`.
     pub retry_after_as_date: bool,
+    /// How cost amounts are written: JSON numbers, numeric strings, or both by turns.
+    pub cost_amounts: CostAmountForm,
+    /// The most buckets a costs page holds, below the API's own 31, whatever `limit` says.
+    pub cost_page_buckets: Option<usize>,
+    /// Some cost results come without an `amount` (the SDK types it optional).
+    pub cost_results_without_amount: bool,
+}
+
+/// How the Costs API writes `amount.value`: the spec says a number, the wire has sent strings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CostAmountForm {
+    /// A JSON number (`0.0042`, `0E-6176`).
+    #[default]
+    Number,
+    /// A JSON string holding the number (`"0.0042"`, `"0E-6176"`).
+    String,
+    /// Numbers and strings mixed within one page.
+    Mixed,
 }
 
 /// The page size `Freedoms::hostile` caps list pages at: small, and no divisor of the usual limits.
@@ -76,6 +95,9 @@ impl Freedoms {
             order: ListOrder::Arbitrary,
             rewrite_names: false,
             retry_after_as_date: false,
+            cost_amounts: CostAmountForm::Mixed,
+            cost_page_buckets: Some(HOSTILE_PAGE_CAP),
+            cost_results_without_amount: true,
         }
     }
 
@@ -83,6 +105,9 @@ impl Freedoms {
     pub fn check(&self) -> Result<(), String> {
         if self.short_pages == Some(0) {
             return Err("short_pages must hold at least one item".into());
+        }
+        if self.cost_page_buckets == Some(0) {
+            return Err("cost_page_buckets must hold at least one bucket".into());
         }
         if let Some(residency) = &self.default_residency
             && residency.trim().is_empty()

@@ -3,6 +3,7 @@
 //! It speaks the wire format with types of its own and takes the freedoms the spec leaves a
 //! server (see `Freedoms`), so a client that leans on one server's habits fails here first.
 
+mod costs;
 mod faults;
 mod freedoms;
 mod regions;
@@ -22,8 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
+pub use costs::{EmulatedCost, Restatement};
 pub use faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
-pub use freedoms::{Freedoms, GeographyAnswer, HOSTILE_PAGE_CAP, ListOrder};
+pub use freedoms::{CostAmountForm, Freedoms, GeographyAnswer, HOSTILE_PAGE_CAP, ListOrder};
 pub use regions::{GEOGRAPHIES, RESIDENCIES, residency_of_geography};
 pub use store::ChurnReport;
 use store::ProjectStore;
@@ -44,6 +46,8 @@ pub struct EmulatorConfig {
     pub hang_for: Duration,
     /// The freedoms the server takes from the start; `set_freedoms` changes them later.
     pub freedoms: Freedoms,
+    /// Days of cost history before today; earlier days answer `results: []`.
+    pub cost_days: u32,
 }
 
 impl Default for EmulatorConfig {
@@ -55,9 +59,13 @@ impl Default for EmulatorConfig {
             seed: 1,
             hang_for: Duration::from_secs(600),
             freedoms: Freedoms::default(),
+            cost_days: DEFAULT_COST_DAYS,
         }
     }
 }
+
+/// Days of cost history an emulator has unless told otherwise.
+pub const DEFAULT_COST_DAYS: u32 = 30;
 
 /// Calls received per endpoint, and projects created through the API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -72,6 +80,8 @@ pub struct EmulatorStats {
     pub modify_calls: u64,
     /// Archive calls received, refused ones included.
     pub archive_calls: u64,
+    /// Costs calls received, refused ones included.
+    pub cost_calls: u64,
     /// Projects that landed through API creates, late ones included once they land.
     pub projects_created: u64,
     /// Projects in the organization, however they came.
@@ -87,7 +97,13 @@ struct Shared {
     hang_for: Duration,
     store: Mutex<ProjectStore>,
     faults: Mutex<faults::FaultPlan>,
-    counters: [AtomicU64; 5],
+    counters: [AtomicU64; Endpoint::ALL.len()],
+    /// The seed the organization and its costs are generated from.
+    seed: u64,
+    /// Days of cost history before today.
+    cost_days: u32,
+    /// Restatements of past days' costs.
+    costs: Mutex<costs::CostBook>,
     projects_created: AtomicU64,
     request_counter: AtomicU64,
 }
@@ -106,6 +122,7 @@ impl Shared {
             retrieve_calls: count(Endpoint::Retrieve),
             modify_calls: count(Endpoint::Modify),
             archive_calls: count(Endpoint::Archive),
+            cost_calls: count(Endpoint::Costs),
             projects_created: self.projects_created.load(Ordering::Relaxed),
             projects: self.store().len() as u64,
         }
@@ -142,6 +159,9 @@ pub async fn start(listen: SocketAddr, config: EmulatorConfig) -> std::io::Resul
         store: Mutex::new(store),
         faults: Mutex::new(faults::FaultPlan::new(config.seed)),
         counters: Default::default(),
+        seed: config.seed,
+        cost_days: config.cost_days,
+        costs: Mutex::new(costs::CostBook::default()),
         projects_created: AtomicU64::new(0),
         request_counter: AtomicU64::new(0),
     });
@@ -297,5 +317,20 @@ impl EmulatorHandle {
     /// Renames, archives and creates projects at random, as a living organization does.
     pub fn churn(&self, renames: usize, archives: usize, creates: usize) -> ChurnReport {
         self.shared.store().churn(renames, archives, creates)
+    }
+
+    /// Changes a past day's costs from now on: new figures, a line item no longer listed, or
+    /// a day answered empty.
+    pub fn restate_costs(&self, restatement: Restatement) {
+        self.shared
+            .costs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restate(restatement);
+    }
+
+    /// Every cost result served now for the days in `[from, until)` (unix seconds).
+    pub fn cost_rows(&self, from: i64, until: i64) -> Vec<EmulatedCost> {
+        costs::cost_rows(&self.shared, from, until)
     }
 }

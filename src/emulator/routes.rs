@@ -23,7 +23,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/organization/projects", get(list).post(create))
         .route("/organization/projects/{id}", get(retrieve).post(modify))
-        .route("/organization/projects/{id}/archive", post(archive));
+        .route("/organization/projects/{id}/archive", post(archive))
+        .route("/organization/costs", get(super::costs::list_costs));
     let control = Router::new()
         .route("/stats", get(stats))
         .route("/faults", post(push_fault).delete(clear_faults))
@@ -32,6 +33,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/freedoms", get(freedoms).post(set_freedoms))
         .route("/projects", post(create_behind_back))
         .route("/churn", post(churn))
+        .route("/costs/restate", post(super::costs::restate))
         .route("/projects/{id}", post(change_behind_back));
     Router::new()
         .nest("/v1", api)
@@ -56,7 +58,7 @@ fn api_error(
     (status, Json(body)).into_response()
 }
 
-fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
+pub(super) fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
     api_error(
         StatusCode::BAD_REQUEST,
         message,
@@ -67,7 +69,7 @@ fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
 }
 
 /// A 200 answer whose body is JSON the store already rendered.
-fn json_body(body: String) -> Response {
+pub(super) fn json_body(body: String) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
@@ -124,6 +126,9 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
 
 /// Which emulated endpoint a call is for, so refused calls are counted too.
 fn endpoint_of(method: &axum::http::Method, path: &str) -> Option<Endpoint> {
+    if path == "/v1/organization/costs" {
+        return Some(Endpoint::Costs);
+    }
     let rest = path.strip_prefix("/v1/organization/projects")?;
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let post = method == axum::http::Method::POST;
@@ -138,7 +143,11 @@ fn endpoint_of(method: &axum::http::Method, path: &str) -> Option<Endpoint> {
 }
 
 /// Plays the call's latency and fault; `Some` is the fault to answer with.
-async fn intercept(shared: &Shared, endpoint: Endpoint, kill: &ConnectionKill) -> Option<Fault> {
+pub(super) async fn intercept(
+    shared: &Shared,
+    endpoint: Endpoint,
+    kill: &ConnectionKill,
+) -> Option<Fault> {
     let (latency, fault) = shared
         .faults
         .lock()
@@ -190,7 +199,7 @@ async fn fail(shared: &Shared, fault: &Fault, kill: &ConnectionKill) {
 }
 
 /// The failure answer for every fault but a lost response, which first lets the call take effect.
-fn answered_early(shared: &Shared, fault: &Option<Fault>) -> Option<Response> {
+pub(super) fn answered_early(shared: &Shared, fault: &Option<Fault>) -> Option<Response> {
     match fault {
         None
         | Some(Fault::LostResponse { .. } | Fault::IgnoreCursor | Fault::EmptyPageWithMore) => None,
@@ -251,7 +260,7 @@ fn retry_after_date(retry_after_ms: u64) -> String {
 }
 
 /// Answers with `ok`, unless the call's fault says the answer is lost.
-async fn deliver(
+pub(super) async fn deliver(
     shared: &Shared,
     fault: Option<Fault>,
     kill: &ConnectionKill,
@@ -561,7 +570,7 @@ async fn set_rates(
 ) -> Response {
     let Ok(endpoint) = serde_json::from_value::<Endpoint>(Value::String(endpoint)) else {
         return invalid(
-            "Unknown endpoint; use list, create, retrieve, modify or archive.",
+            "Unknown endpoint; use list, create, retrieve, modify, archive or costs.",
             None,
             None,
         );

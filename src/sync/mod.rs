@@ -20,7 +20,8 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    fn as_str(self) -> &'static str {
+    /// The name recorded in `sync_runs.trigger`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Manual => "manual",
             Trigger::Schedule => "schedule",
@@ -217,7 +218,8 @@ async fn open_and_record(
             "marked walks left running by a stopped process as failed"
         );
     }
-    let (run_id, observed_at) = store::start_run(&deps.pool, store::Resource::Projects, trigger.as_str()).await?;
+    let (run_id, observed_at) =
+        store::start_run(&deps.pool, store::Resource::Projects, trigger.as_str()).await?;
     span.record("run_id", run_id);
     Ok(Some((session, fetcher, pages_rx, run_id, observed_at)))
 }

@@ -33,11 +33,13 @@ fn settings(db: &TestDb, base_url: &str, schedule: &str) -> Settings {
 }
 
 async fn count_runs(db: &TestDb, status: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("select count(*) from openai.sync_runs where status = $1")
-        .bind(status)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap_or((0,));
+    let (n,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.sync_runs where status = $1 and resource = 'projects'",
+    )
+    .bind(status)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or((0,));
     n
 }
 
@@ -208,13 +210,13 @@ async fn a_second_sync_while_one_runs_says_so_and_exits_1() {
         ("OPENAI_BASE_URL", base.as_str()),
         ("OPENAI_ADMIN_KEY", TEST_KEY),
     ];
-    let first = spawn_binary(&["sync"], &env);
+    let first = spawn_binary(&["sync", "projects"], &env);
 
     eventually("the first walk is under way", || async {
         emulator.stats().list_calls >= 2
     })
     .await;
-    let second = crate::helpers::run_binary_async(&["sync"], &env).await;
+    let second = crate::helpers::run_binary_async(&["sync", "projects"], &env).await;
     let (first_code, first_output) = wait_for_exit(first).await;
 
     let second_output = crate::helpers::output_text(&second);

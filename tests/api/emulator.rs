@@ -915,6 +915,7 @@ fn the_emulator_command_takes_every_freedom_from_its_flags() {
             order: ListOrder::Arbitrary,
             rewrite_names: true,
             retry_after_as_date: true,
+            ..Freedoms::default()
         }
     );
     assert_eq!(

@@ -3,6 +3,7 @@
 mod check;
 mod client;
 mod config;
+mod costs;
 mod daemon;
 mod demo;
 mod emulator;

@@ -556,7 +556,9 @@ async fn open_walk(f: &Fixture) -> store::WalkSession {
         .await
         .expect("open")
         .expect("lock is free");
-    let (run_id, started) = store::start_run(&f.db.pool, store::Resource::Projects, "manual").await.expect("run");
+    let (run_id, started) = store::start_run(&f.db.pool, store::Resource::Projects, "manual")
+        .await
+        .expect("run");
     session.begin(run_id, started).await.expect("begin");
     session
 }
@@ -1035,7 +1037,7 @@ async fn the_fetch_tasks_log_lines_carry_the_walks_run_id() {
     });
     let base_url = f.emulator.base_url();
     let (code, output) = crate::helpers::wait_for_exit(crate::helpers::spawn_binary(
-        &["sync"],
+        &["sync", "projects"],
         &[
             ("DATABASE_URL", f.db.url.as_str()),
             ("OPENAI_BASE_URL", base_url.as_str()),

@@ -1,0 +1,496 @@
+//! One cost pass: backfill the days never read (committed page by page, so an interrupted
+//! backfill resumes), then re-read the window `[today − lookback_days, tomorrow)` and apply it
+//! in one transaction.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::client::{AdminClient, ApiError, CostPage, CostQuery, DAY_SECONDS, MAX_COST_LIMIT};
+use crate::store::{
+    self, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost, Resource, StoreError,
+};
+use crate::sync::Trigger;
+
+/// Everything a cost pass needs.
+#[derive(Clone)]
+pub struct CostDeps {
+    pub pool: PgPool,
+    pub connect: PgConnectOptions,
+    pub client: AdminClient,
+    /// Days before today re-read on every pass.
+    pub lookback_days: u32,
+    /// The first day a backfill reads; `None`: the day of the oldest project's `created_at`.
+    pub backfill_from: Option<NaiveDate>,
+}
+
+/// Why a cost pass did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CostError {
+    #[error("another cost pass is running against this database; only one runs at a time")]
+    AlreadyRunning,
+    #[error(
+        "the cost pass failed after {pages} page(s): {cause}; the window was not applied{}",
+        backfill_note(*.backfilled_days)
+    )]
+    Api {
+        pages: i64,
+        backfilled_days: i64,
+        cause: ApiError,
+    },
+    #[error("{cause}{}", backfill_note(*.backfilled_days))]
+    Duplicate {
+        backfilled_days: i64,
+        cause: DuplicateCost,
+    },
+    #[error(
+        "the cost pass was abandoned because shutdown was requested; the window was not applied{}",
+        backfill_note(*.backfilled_days)
+    )]
+    Cancelled { backfilled_days: i64 },
+    #[error("the page fetcher stopped before the end of the pass; the window was not applied")]
+    FetcherStopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn backfill_note(days: i64) -> String {
+    if days > 0 {
+        format!(
+            " ({days} backfilled day(s) committed before it stopped are kept; the next pass resumes after them)"
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The outcome of a successful cost pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostSummary {
+    pub run_id: i64,
+    pub counts: CostCounts,
+    /// Days read for the first time before the window.
+    pub backfilled_days: i64,
+    /// The window re-read, `[start, end)`.
+    pub window: (DateTime<Utc>, DateTime<Utc>),
+    pub duration: Duration,
+}
+
+/// About how many results one page should hold: the first query reads one day (or what the
+/// stored days suggest), later ones as many days as keep a page near this, so memory stays
+/// flat whatever the organization's size or the backfill's length.
+const ROWS_PER_PAGE: i64 = 5_000;
+
+/// Which part of a pass a page belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Days never read before the window: each page is committed on its own.
+    Backfill,
+    /// The window: every page is applied in one transaction at its end.
+    Window,
+}
+
+/// A range of days read in one phase, `[from, until)` in unix seconds.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    phase: Phase,
+    from: i64,
+    until: i64,
+}
+
+enum Fetched {
+    Page(Phase, CostPage),
+    SegmentEnd(Phase),
+    Done,
+    Failed(ApiError),
+}
+
+/// Runs one cost pass and records it in `openai.sync_runs`.
+pub async fn run_pass(
+    deps: &CostDeps,
+    trigger: Trigger,
+    cancel: &CancellationToken,
+) -> Result<CostSummary, CostError> {
+    let span = tracing::info_span!(
+        "costs",
+        run_id = tracing::field::Empty,
+        trigger = trigger.as_str()
+    );
+    pass(deps, trigger, cancel, &span)
+        .instrument(span.clone())
+        .await
+}
+
+async fn pass(
+    deps: &CostDeps,
+    trigger: Trigger,
+    cancel: &CancellationToken,
+    span: &tracing::Span,
+) -> Result<CostSummary, CostError> {
+    let started = Instant::now();
+    let Some(mut session) = CostSession::open(&deps.connect).await? else {
+        return Err(CostError::AlreadyRunning);
+    };
+    let opened = async {
+        let abandoned = store::abandon_stale_runs(&deps.pool, Resource::Costs).await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "marked cost passes left running by a stopped process as failed"
+            );
+        }
+        store::start_run(&deps.pool, Resource::Costs, trigger.as_str()).await
+    }
+    .await;
+    let (run_id, observed_at) = match opened {
+        Ok(run) => run,
+        Err(error) => {
+            session.close().await;
+            record_metrics("failed", started.elapsed());
+            return Err(error.into());
+        }
+    };
+    span.record("run_id", run_id);
+    let mut counts = CostCounts::default();
+    let mut backfilled_days = 0i64;
+    let today = observed_at.timestamp().div_euclid(DAY_SECONDS) * DAY_SECONDS;
+    let lookback = i64::from(deps.lookback_days).saturating_mul(DAY_SECONDS);
+    let window = (
+        today.saturating_sub(lookback),
+        today.saturating_add(DAY_SECONDS),
+    );
+    let outcome = run_segments(
+        deps,
+        &mut session,
+        run_id,
+        observed_at,
+        window,
+        cancel,
+        &mut counts,
+        &mut backfilled_days,
+    )
+    .await;
+    session.close().await;
+    let duration = started.elapsed();
+    let window_times = (at(window.0), at(window.1));
+    match outcome {
+        Ok(()) => {
+            store::finish_cost_run(&deps.pool, run_id, &counts, None).await?;
+            record_metrics("succeeded", duration);
+            metrics::gauge!("openai_project_sync_last_success_timestamp_seconds", "resource" => "costs")
+                .set(Utc::now().timestamp() as f64);
+            for (change, n) in [
+                ("inserted", counts.inserted),
+                ("updated", counts.updated),
+                ("removed", counts.removed),
+            ] {
+                metrics::counter!("openai_project_sync_cost_rows_total", "change" => change)
+                    .increment(u64::try_from(n).unwrap_or(0));
+            }
+            metrics::counter!("openai_project_sync_cost_revisions_total")
+                .increment(u64::try_from(counts.revisions).unwrap_or(0));
+            tracing::info!(
+                pages = counts.pages,
+                days_read = counts.days_read,
+                backfilled_days,
+                inserted = counts.inserted,
+                updated = counts.updated,
+                unchanged = counts.unchanged,
+                removed = counts.removed,
+                revisions = counts.revisions,
+                days_kept = counts.days_kept,
+                duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                "cost pass applied"
+            );
+            Ok(CostSummary {
+                run_id,
+                counts,
+                backfilled_days,
+                window: window_times,
+                duration,
+            })
+        }
+        Err(error) => {
+            record_metrics("failed", duration);
+            tracing::error!(error = %error, "cost pass failed");
+            if let Err(e) =
+                store::finish_cost_run(&deps.pool, run_id, &counts, Some(&error.to_string())).await
+            {
+                tracing::error!(error = %e, "could not record the failed cost pass");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn at(unix: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(unix, 0).unwrap_or_default()
+}
+
+fn record_metrics(status: &'static str, duration: Duration) {
+    metrics::counter!("openai_project_sync_runs_total", "resource" => "costs", "status" => status)
+        .increment(1);
+    metrics::histogram!("openai_project_sync_pass_duration_seconds", "resource" => "costs", "status" => status)
+        .record(duration.as_secs_f64());
+}
+
+/// Plans the pass's segments, fetches them in a task of its own, and applies what arrives.
+#[allow(clippy::too_many_arguments)]
+async fn run_segments(
+    deps: &CostDeps,
+    session: &mut CostSession,
+    run_id: i64,
+    observed_at: DateTime<Utc>,
+    window: (i64, i64),
+    cancel: &CancellationToken,
+    counts: &mut CostCounts,
+    backfilled_days: &mut i64,
+) -> Result<(), CostError> {
+    let backfill_from = match deps.backfill_from {
+        Some(day) => Some(day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp()),
+        None => session
+            .oldest_project_created_at()
+            .await?
+            .map(|created| created.timestamp().div_euclid(DAY_SECONDS) * DAY_SECONDS),
+    };
+    let mut segments = Vec::new();
+    if let Some(from) = backfill_from.filter(|&from| from < window.0) {
+        let unread = session.unread_days(at(from), at(window.0)).await?;
+        for day in unread.into_iter().map(|d| d.timestamp()) {
+            match segments.last_mut() {
+                Some(Segment { until, .. }) if *until == day => *until = day + DAY_SECONDS,
+                _ => segments.push(Segment {
+                    phase: Phase::Backfill,
+                    from: day,
+                    until: day + DAY_SECONDS,
+                }),
+            }
+        }
+    } else if backfill_from.is_none() {
+        tracing::info!(
+            "no project is known yet, so the backfill waits for a project walk; reading the window only"
+        );
+    }
+    segments.push(Segment {
+        phase: Phase::Window,
+        from: window.0,
+        until: window.1,
+    });
+    let hint = session
+        .most_rows_per_day(at(window.0.saturating_sub(14 * DAY_SECONDS)))
+        .await?;
+    let (mut pages_rx, fetcher) = start_fetch(deps.client.clone(), segments, hint);
+    let _fetcher = AbortOnDrop(fetcher);
+    let mut in_window = false;
+    let result = async {
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(CostError::Cancelled { backfilled_days: *backfilled_days }),
+                received = pages_rx.recv() => received,
+            };
+            match received {
+                Some(Fetched::Page(phase, page)) => {
+                    counts.pages += 1;
+                    if page.without_amount > 0 {
+                        tracing::warn!(
+                            results = page.without_amount,
+                            "cost results without an amount were skipped, not stored as 0"
+                        );
+                    }
+                    if phase == Phase::Window && !in_window {
+                        session.begin().await?;
+                        in_window = true;
+                    }
+                    if phase == Phase::Backfill {
+                        session.begin().await?;
+                    }
+                    let days = stage_page(session, &page).await?;
+                    counts.days_read += days;
+                    if phase == Phase::Backfill {
+                        apply(session, run_id, observed_at, counts, *backfilled_days).await?;
+                        session.commit().await?;
+                        *backfilled_days += days;
+                    }
+                }
+                Some(Fetched::SegmentEnd(Phase::Window)) => {
+                    if !in_window {
+                        session.begin().await?;
+                        in_window = true;
+                    }
+                    apply(session, run_id, observed_at, counts, *backfilled_days).await?;
+                    session.commit().await?;
+                    in_window = false;
+                }
+                Some(Fetched::SegmentEnd(Phase::Backfill)) => {}
+                Some(Fetched::Done) => return Ok(()),
+                Some(Fetched::Failed(cause)) => {
+                    return Err(CostError::Api {
+                        pages: counts.pages,
+                        backfilled_days: *backfilled_days,
+                        cause,
+                    });
+                }
+                None => return Err(CostError::FetcherStopped),
+            }
+        }
+    }
+    .await;
+    if result.is_err() {
+        // Outside a transaction this only warns; the point is that none is left open.
+        if let Err(e) = session.rollback().await {
+            tracing::warn!(error = %e, "rolling back the failed cost pass failed; closing its connection rolls it back");
+        }
+    }
+    result
+}
+
+/// Applies the staged days and adds what changed to `counts`; warns about days kept.
+async fn apply(
+    session: &mut CostSession,
+    run_id: i64,
+    observed_at: DateTime<Utc>,
+    counts: &mut CostCounts,
+    backfilled_days: i64,
+) -> Result<(), CostError> {
+    let applied = session
+        .apply_staged(run_id, observed_at)
+        .await
+        .map_err(|e| match e {
+            CostApplyError::Duplicate(cause) => CostError::Duplicate {
+                backfilled_days,
+                cause,
+            },
+            CostApplyError::Store(e) => CostError::Store(e),
+        })?;
+    for day in &applied.kept_days {
+        tracing::warn!(
+            day = %day.date_naive(),
+            "the Costs API answered this day without results although spend is stored for it; the stored figures are kept"
+        );
+    }
+    counts.add(&applied);
+    Ok(())
+}
+
+/// Stages a page's results and the days it answered for; returns how many days that is.
+async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, StoreError> {
+    let mut rows = Vec::with_capacity(page.buckets.iter().map(|b| b.results.len()).sum());
+    let mut days = Vec::new();
+    let mut buckets = page.buckets.iter().peekable();
+    let mut day = page.covers.0;
+    while day < page.covers.1 {
+        let mut results = 0i32;
+        if let Some(bucket) = buckets.next_if(|b| b.start_time == day) {
+            let (start, end) = (at(bucket.start_time), at(bucket.end_time));
+            for result in &bucket.results {
+                rows.push(CostRow {
+                    bucket_start: start,
+                    bucket_end: end,
+                    project_id: result.project_id.as_deref(),
+                    line_item: result.line_item.as_deref(),
+                    currency: result.currency.as_deref(),
+                    amount: result.amount.as_str(),
+                    quantity: result.quantity.as_ref().map(|q| q.as_str()),
+                    quantity_unit: result.quantity_unit.as_deref(),
+                    raw: result.raw.get(),
+                });
+            }
+            results = i32::try_from(bucket.results.len()).unwrap_or(i32::MAX);
+        }
+        days.push((at(day), results));
+        day += DAY_SECONDS;
+    }
+    session.stage(&rows, &days).await?;
+    Ok(i64::try_from(days.len()).unwrap_or(i64::MAX))
+}
+
+/// Aborts the fetch task when the pass ends early, whatever the reason.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Days per query that keep a page near `ROWS_PER_PAGE` when a day holds `rows_per_day`.
+fn days_per_query(rows_per_day: i64) -> i64 {
+    (ROWS_PER_PAGE / rows_per_day.max(1)).clamp(1, i64::from(MAX_COST_LIMIT))
+}
+
+/// Reads every segment in order, one page ahead of the writer; each query has a fixed window
+/// so its `next_page` tokens stay valid, and is sized from the busiest day seen so far.
+fn start_fetch(
+    client: AdminClient,
+    segments: Vec<Segment>,
+    hint: Option<i64>,
+) -> (mpsc::Receiver<Fetched>, tokio::task::JoinHandle<()>) {
+    let (sender, receiver) = mpsc::channel::<Fetched>(1);
+    let task = async move {
+        let mut busiest = hint.filter(|&rows| rows > 0);
+        // Until a day with spend is seen, each query reads twice the days of the last one.
+        let mut probe = 1i64;
+        for segment in segments {
+            let mut from = segment.from;
+            while from < segment.until {
+                let days = busiest.map_or(probe, days_per_query);
+                probe = probe.saturating_mul(2).min(i64::from(MAX_COST_LIMIT));
+                let until = from
+                    .saturating_add(days.saturating_mul(DAY_SECONDS))
+                    .min(segment.until);
+                let limit = u32::try_from((until - from) / DAY_SECONDS)
+                    .unwrap_or(MAX_COST_LIMIT)
+                    .clamp(1, MAX_COST_LIMIT);
+                let mut walk = client.cost_pages(CostQuery {
+                    start_time: from,
+                    end_time: until,
+                    limit,
+                });
+                loop {
+                    match walk.next_page().await {
+                        Ok(Some(page)) => {
+                            let most = page
+                                .buckets
+                                .iter()
+                                .map(|b| i64::try_from(b.results.len()).unwrap_or(i64::MAX))
+                                .max();
+                            // A quiet day says nothing about how busy the next ones are.
+                            if let Some(most) = most.filter(|&m| m > 0) {
+                                busiest = Some(busiest.map_or(most, |b| b.max(most)));
+                            }
+                            if sender
+                                .send(Fetched::Page(segment.phase, page))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            let _ = sender.send(Fetched::Failed(error)).await;
+                            return;
+                        }
+                    }
+                }
+                from = until;
+            }
+            if sender
+                .send(Fetched::SegmentEnd(segment.phase))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = sender.send(Fetched::Done).await;
+    };
+    let handle = tokio::spawn(task.in_current_span());
+    (receiver, handle)
+}

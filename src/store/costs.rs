@@ -1,0 +1,384 @@
+//! Cost passes: a dedicated connection holds the cost lock; pages are staged in temporary tables
+//! and each set of days is made equal to what the API said, in the caller's transaction.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::StoreError;
+use super::walk::walk_connect_options;
+
+/// Advisory lock key shared by every process that runs cost passes ("ops_cost"); not the walk's.
+const COST_LOCK: i64 = 0x6f70_735f_636f_7374;
+
+/// One staged cost result, borrowed from the page it came in.
+#[derive(Debug, Clone, Copy)]
+pub struct CostRow<'a> {
+    pub bucket_start: DateTime<Utc>,
+    pub bucket_end: DateTime<Utc>,
+    pub project_id: Option<&'a str>,
+    pub line_item: Option<&'a str>,
+    pub currency: Option<&'a str>,
+    /// A decimal number's text, checked by the client; Postgres parses it into `numeric`.
+    pub amount: &'a str,
+    pub quantity: Option<&'a str>,
+    pub quantity_unit: Option<&'a str>,
+    /// The result object's JSON as received.
+    pub raw: &'a str,
+}
+
+/// What making a set of days equal to the API's answer did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CostApplied {
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub removed: i64,
+    pub revisions: i64,
+    /// Days answered without results whose stored spend was kept.
+    pub kept_days: Vec<DateTime<Utc>>,
+}
+
+/// The figures a finished cost pass records in `openai.sync_runs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CostCounts {
+    pub pages: i64,
+    pub days_read: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub removed: i64,
+    pub revisions: i64,
+    pub days_kept: i64,
+}
+
+impl CostCounts {
+    /// Adds what one apply did.
+    pub fn add(&mut self, applied: &CostApplied) {
+        self.inserted += applied.inserted;
+        self.updated += applied.updated;
+        self.unchanged += applied.unchanged;
+        self.removed += applied.removed;
+        self.revisions += applied.revisions;
+        self.days_kept += i64::try_from(applied.kept_days.len()).unwrap_or(i64::MAX);
+    }
+}
+
+/// A key the API listed twice on one day.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the Costs API listed day {bucket_start}, project {project_id:?}, line item {line_item:?}, currency {currency:?} twice; nothing of these days was applied"
+)]
+pub struct DuplicateCost {
+    pub bucket_start: DateTime<Utc>,
+    pub project_id: Option<String>,
+    pub line_item: Option<String>,
+    pub currency: Option<String>,
+}
+
+/// Why applying staged days failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CostApplyError {
+    #[error(transparent)]
+    Duplicate(DuplicateCost),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CostApplyError {
+    fn from(error: sqlx::Error) -> Self {
+        CostApplyError::Store(StoreError::Sql(error))
+    }
+}
+
+/// A cost pass in progress: its own connection holding the cost lock.
+pub struct CostSession {
+    connection: PgConnection,
+    staged_rows: i64,
+    /// The earliest and the day after the latest staged day.
+    staged_span: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl CostSession {
+    /// Connects and takes the cost lock; `None` when another cost pass holds it.
+    pub async fn open(options: &PgConnectOptions) -> Result<Option<CostSession>, StoreError> {
+        let mut connection = PgConnection::connect_with(&walk_connect_options(options)).await?;
+        let (locked,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
+            .bind(COST_LOCK)
+            .fetch_one(&mut connection)
+            .await?;
+        if !locked {
+            let _ = connection.close().await;
+            return Ok(None);
+        }
+        sqlx::query("set jit = off")
+            .execute(&mut connection)
+            .await?;
+        sqlx::query(
+            "create temp table cost_stage (bucket_start timestamptz not null, bucket_end timestamptz not null, \
+             project_id text, line_item text, currency text, amount numeric not null, quantity numeric, \
+             quantity_unit text, raw jsonb not null) on commit delete rows",
+        )
+        .execute(&mut connection)
+        .await?;
+        sqlx::query(
+            "create temp table cost_stage_days (bucket_start timestamptz primary key, results integer not null) \
+             on commit delete rows",
+        )
+        .execute(&mut connection)
+        .await?;
+        Ok(Some(CostSession {
+            connection,
+            staged_rows: 0,
+            staged_span: None,
+        }))
+    }
+
+    /// The UTC midnight starting the day of the oldest project's `created_at`, if any project is known.
+    pub async fn oldest_project_created_at(&mut self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (oldest,): (Option<DateTime<Utc>>,) =
+            sqlx::query_as("select min(created_at) from openai.project_current")
+                .fetch_one(&mut self.connection)
+                .await?;
+        Ok(oldest)
+    }
+
+    /// The days in `[from, until)` never read from the Costs API, oldest first.
+    pub async fn unread_days(
+        &mut self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        if from >= until {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(DateTime<Utc>,)> = sqlx::query_as(include_str!("costs/unread.sql"))
+            .bind(from)
+            .bind(until)
+            .fetch_all(&mut self.connection)
+            .await?;
+        Ok(rows.into_iter().map(|(day,)| day).collect())
+    }
+
+    /// The most cost rows stored for one day among the days since `since`.
+    pub async fn most_rows_per_day(
+        &mut self,
+        since: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        let (most,): (Option<i64>,) = sqlx::query_as(
+            "select max(n) from (select count(*) as n from openai.costs where bucket_start >= $1 \
+             group by bucket_start) per_day",
+        )
+        .bind(since)
+        .fetch_one(&mut self.connection)
+        .await?;
+        Ok(most)
+    }
+
+    /// Opens a transaction on the session's connection.
+    pub async fn begin(&mut self) -> Result<(), StoreError> {
+        sqlx::query("begin").execute(&mut self.connection).await?;
+        self.staged_rows = 0;
+        self.staged_span = None;
+        Ok(())
+    }
+
+    /// Commits the open transaction (which also empties the staging tables).
+    pub async fn commit(&mut self) -> Result<(), StoreError> {
+        sqlx::query("commit").execute(&mut self.connection).await?;
+        Ok(())
+    }
+
+    /// Rolls the open transaction back, if one is open.
+    pub async fn rollback(&mut self) -> Result<(), StoreError> {
+        sqlx::query("rollback")
+            .execute(&mut self.connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Stages a page's rows and the days it answered for, with each day's result count.
+    pub async fn stage(
+        &mut self,
+        rows: &[CostRow<'_>],
+        days: &[(DateTime<Utc>, i32)],
+    ) -> Result<(), StoreError> {
+        if !rows.is_empty() {
+            let n = rows.len();
+            let mut starts = Vec::with_capacity(n);
+            let mut ends = Vec::with_capacity(n);
+            let mut projects = Vec::with_capacity(n);
+            let mut items = Vec::with_capacity(n);
+            let mut currencies = Vec::with_capacity(n);
+            let mut amounts = Vec::with_capacity(n);
+            let mut quantities = Vec::with_capacity(n);
+            let mut units = Vec::with_capacity(n);
+            let mut raws = Vec::with_capacity(n);
+            for row in rows {
+                starts.push(row.bucket_start);
+                ends.push(row.bucket_end);
+                projects.push(row.project_id);
+                items.push(row.line_item);
+                currencies.push(row.currency);
+                amounts.push(row.amount);
+                quantities.push(row.quantity);
+                units.push(row.quantity_unit);
+                raws.push(row.raw);
+            }
+            sqlx::query(include_str!("costs/stage.sql"))
+                .bind(starts)
+                .bind(ends)
+                .bind(projects)
+                .bind(items)
+                .bind(currencies)
+                .bind(amounts)
+                .bind(quantities)
+                .bind(units)
+                .bind(raws)
+                .execute(&mut self.connection)
+                .await?;
+            self.staged_rows += i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        if !days.is_empty() {
+            let (starts, counts): (Vec<DateTime<Utc>>, Vec<i32>) = days.iter().copied().unzip();
+            for &day in &starts {
+                let next = day + chrono::TimeDelta::days(1);
+                self.staged_span = Some(match self.staged_span {
+                    None => (day, next),
+                    Some((from, until)) => (from.min(day), until.max(next)),
+                });
+            }
+            sqlx::query(include_str!("costs/stage_days.sql"))
+                .bind(starts)
+                .bind(counts)
+                .execute(&mut self.connection)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every staged day equal to what the API said, inside the open transaction.
+    ///
+    /// New rows are inserted, differing ones rewritten (a changed amount with a revision), rows
+    /// no longer listed removed (with a revision) only from days that came back with results;
+    /// identical rows are not written at all. Staged days are recorded as read.
+    pub async fn apply_staged(
+        &mut self,
+        run_id: i64,
+        observed_at: DateTime<Utc>,
+    ) -> Result<CostApplied, CostApplyError> {
+        let Some((from, until)) = self.staged_span else {
+            return Ok(CostApplied::default());
+        };
+        let c = &mut self.connection;
+        type Key = (
+            DateTime<Utc>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
+            .fetch_optional(&mut *c)
+            .await?;
+        if let Some((bucket_start, project_id, line_item, currency)) = duplicate {
+            return Err(CostApplyError::Duplicate(DuplicateCost {
+                bucket_start,
+                project_id,
+                line_item,
+                currency,
+            }));
+        }
+        let run = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(observed_at)
+                .bind(run_id)
+                .bind(from)
+                .bind(until)
+        };
+        let revised = run(include_str!("costs/revise.sql"))
+            .execute(&mut *c)
+            .await?;
+        let updated = run(include_str!("costs/update.sql"))
+            .execute(&mut *c)
+            .await?;
+        let removed = run(include_str!("costs/remove.sql"))
+            .execute(&mut *c)
+            .await?;
+        let inserted = run(include_str!("costs/insert.sql"))
+            .execute(&mut *c)
+            .await?;
+        sqlx::query(
+            "insert into openai.cost_days (bucket_start, first_read_at, first_run) \
+             select bucket_start, $1, $2 from cost_stage_days on conflict (bucket_start) do nothing",
+        )
+        .bind(observed_at)
+        .bind(run_id)
+        .execute(&mut *c)
+        .await?;
+        let kept: Vec<(DateTime<Utc>,)> = sqlx::query_as(include_str!("costs/kept.sql"))
+            .fetch_all(&mut *c)
+            .await?;
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let (inserted, updated, removed) = (
+            count(inserted.rows_affected()),
+            count(updated.rows_affected()),
+            count(removed.rows_affected()),
+        );
+        let applied = CostApplied {
+            inserted,
+            updated,
+            unchanged: self
+                .staged_rows
+                .saturating_sub(inserted)
+                .saturating_sub(updated),
+            removed,
+            revisions: count(revised.rows_affected()).saturating_add(removed),
+            kept_days: kept.into_iter().map(|(day,)| day).collect(),
+        };
+        sqlx::query("truncate cost_stage, cost_stage_days")
+            .execute(&mut *c)
+            .await?;
+        self.staged_rows = 0;
+        self.staged_span = None;
+        Ok(applied)
+    }
+
+    /// Releases the cost lock, then closes the connection.
+    pub async fn close(mut self) {
+        let _ = sqlx::query("rollback").execute(&mut self.connection).await;
+        let _ = sqlx::query("select pg_advisory_unlock($1)")
+            .bind(COST_LOCK)
+            .execute(&mut self.connection)
+            .await;
+        let _ = self.connection.close().await;
+    }
+}
+
+/// Records a finished cost pass: `succeeded`, or `failed` with its error, and its figures.
+pub async fn finish_cost_run(
+    pool: &PgPool,
+    run_id: i64,
+    counts: &CostCounts,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let clamp = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    sqlx::query(include_str!("costs/finish_run.sql"))
+        .bind(run_id)
+        .bind(if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        })
+        .bind(error)
+        .bind(clamp(counts.pages))
+        .bind(clamp(counts.days_read))
+        .bind(clamp(counts.inserted))
+        .bind(clamp(counts.updated))
+        .bind(clamp(counts.unchanged))
+        .bind(clamp(counts.removed))
+        .bind(clamp(counts.revisions))
+        .bind(clamp(counts.days_kept))
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,1045 @@
+//! Cost passes against real Postgres and the emulator: exact amounts, restatements, unchanged
+//! re-reads, failures, resumed backfills, organization-level cost, the finance view, the lock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use openai_project_sync::costs::{self, CostDeps, CostError, CostSummary};
+use openai_project_sync::emulator::{
+    CostAmountForm, EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRates, FaultRule,
+    Freedoms, Restatement,
+};
+use openai_project_sync::store::{self, CostSession};
+use openai_project_sync::sync::{SyncDeps, Trigger};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{
+    TEST_KEY, TestDb, client_for, output_text, run_binary_async, start_emulator_with, sync,
+    sync_deps,
+};
+
+const DAY: i64 = 86_400;
+
+struct Fixture {
+    db: TestDb,
+    emulator: EmulatorHandle,
+    walk: SyncDeps,
+}
+
+async fn fixture_with(projects: usize, freedoms: Freedoms) -> Fixture {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects,
+        archived_ratio: 0.0,
+        seed: 12,
+        freedoms,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let walk = sync_deps(&db, client_for(&emulator), 100);
+    Fixture { db, emulator, walk }
+}
+
+async fn fixture(projects: usize) -> Fixture {
+    fixture_with(projects, Freedoms::default()).await
+}
+
+/// Today's UTC midnight, unix seconds.
+fn today() -> i64 {
+    Utc::now().timestamp().div_euclid(DAY) * DAY
+}
+
+fn date(unix: i64) -> NaiveDate {
+    DateTime::from_timestamp(unix, 0)
+        .expect("a time")
+        .date_naive()
+}
+
+impl Fixture {
+    /// Cost passes re-reading `lookback` days, backfilling from `backfill_days` before today
+    /// (`None`: nothing before the window).
+    fn costs(&self, lookback: u32, backfill_days: Option<i64>) -> CostDeps {
+        let from = backfill_days.unwrap_or(i64::from(lookback));
+        CostDeps {
+            pool: self.db.pool.clone(),
+            connect: self.db.url.parse().expect("test URL parses"),
+            client: self.walk.client.clone(),
+            lookback_days: lookback,
+            backfill_from: Some(date(today() - from * DAY)),
+        }
+    }
+
+    /// Everything the emulator serves for the days `[today − days, tomorrow)`.
+    fn served(&self, days: i64) -> Vec<openai_project_sync::emulator::EmulatedCost> {
+        self.emulator.cost_rows(today() - days * DAY, today() + DAY)
+    }
+}
+
+/// The latest day before today, at most `back` days back, on which a project spent.
+fn busy_day(f: &Fixture, back: i64) -> i64 {
+    (1..=back)
+        .map(|n| today() - n * DAY)
+        .find(|&day| {
+            f.emulator
+                .cost_rows(day, day + DAY)
+                .iter()
+                .any(|c| c.project_id.is_some() && c.amount.is_some())
+        })
+        .expect("a day with spend")
+}
+
+/// Whether an amount's text is a zero, in any of the forms the emulator writes.
+fn is_zero(text: &str) -> bool {
+    text.starts_with("0E") || text.chars().all(|c| c == '0' || c == '.')
+}
+
+async fn pass(deps: &CostDeps) -> CostSummary {
+    costs::run_pass(deps, Trigger::Manual, &CancellationToken::new())
+        .await
+        .expect("the cost pass succeeds")
+}
+
+/// Every stored cost row, revision and read day, as text: equal means nothing changed.
+async fn snapshot(pool: &sqlx::PgPool) -> Vec<String> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "select 'c' || ctid::text || xmin::text || (c.*)::text from openai.costs c \
+         union all select 'r' || (r.*)::text from openai.cost_revisions r \
+         union all select 'd' || (d.*)::text from openai.cost_days d order by 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("snapshot");
+    rows.into_iter().map(|(r,)| r).collect()
+}
+
+/// The sum of `amounts` computed by Postgres from their text, trailing zeros dropped.
+async fn exact_sum(pool: &sqlx::PgPool, amounts: Vec<String>) -> String {
+    let (sum,): (String,) = sqlx::query_as(
+        "select trim_scale(coalesce(sum(a::numeric), 0))::text from unnest($1::text[]) a",
+    )
+    .bind(amounts)
+    .fetch_one(pool)
+    .await
+    .expect("sum");
+    sum
+}
+
+async fn stored_sum(pool: &sqlx::PgPool) -> String {
+    let (sum,): (String,) =
+        sqlx::query_as("select trim_scale(coalesce(sum(amount), 0))::text from openai.costs")
+            .fetch_one(pool)
+            .await
+            .expect("stored sum");
+    sum
+}
+
+/// Served rows whose stored amount is missing or differs from the served text's value, and
+/// stored rows never served.
+async fn mismatches(
+    pool: &sqlx::PgPool,
+    served: &[openai_project_sync::emulator::EmulatedCost],
+) -> i64 {
+    let with_amount: Vec<_> = served.iter().filter(|c| c.amount.is_some()).collect();
+    let starts: Vec<DateTime<Utc>> = with_amount
+        .iter()
+        .map(|c| DateTime::from_timestamp(c.bucket_start, 0).expect("time"))
+        .collect();
+    let projects: Vec<Option<String>> = with_amount.iter().map(|c| c.project_id.clone()).collect();
+    let items: Vec<Option<String>> = with_amount.iter().map(|c| c.line_item.clone()).collect();
+    let amounts: Vec<String> = with_amount
+        .iter()
+        .filter_map(|c| c.amount.clone())
+        .collect();
+    let (n,): (i64,) = sqlx::query_as(
+        "with served as (select * from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[]) \
+            as s(bucket_start, project_id, line_item, amount)) \
+         select count(*) from served s full join openai.costs c \
+           on c.bucket_start = s.bucket_start and c.project_id is not distinct from s.project_id \
+          and c.line_item is not distinct from s.line_item \
+         where c.amount is null or s.amount is null \
+            or c.amount::text <> trim_scale(s.amount::numeric)::text",
+    )
+    .bind(starts)
+    .bind(projects)
+    .bind(items)
+    .bind(amounts)
+    .fetch_one(pool)
+    .await
+    .expect("compare");
+    n
+}
+
+#[tokio::test]
+async fn every_amount_equals_the_apis_exactly_as_numbers_strings_and_both() {
+    let f = fixture(12).await;
+    let deps = f.costs(20, None);
+    let served = f.served(20);
+    let texts: Vec<String> = served.iter().filter_map(|c| c.amount.clone()).collect();
+    assert!(
+        texts.iter().any(|t| t == "0E-6176"),
+        "the emulator serves 0E-6176"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("E-")),
+        "and other scientific notation"
+    );
+    let long = texts
+        .iter()
+        .find(|t| t.len() >= 28 && !t.contains('E'))
+        .expect("and long decimals")
+        .clone();
+
+    let mut sums = Vec::new();
+    for form in [
+        CostAmountForm::Number,
+        CostAmountForm::String,
+        CostAmountForm::Mixed,
+    ] {
+        f.emulator.set_freedoms(Freedoms {
+            cost_amounts: form,
+            ..Freedoms::default()
+        });
+        let summary = pass(&deps).await;
+        sums.push((
+            form,
+            stored_sum(&f.db.pool).await,
+            mismatches(&f.db.pool, &served).await,
+            summary,
+        ));
+    }
+    let expected = exact_sum(&f.db.pool, texts.clone()).await;
+    let (zeros,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.costs where amount::text = '0' \
+         and (raw->'amount'->>'value' = '0E-6176' or length(raw->'amount'->>'value') > 6000)",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("zeros");
+    let (long_stored,): (String,) =
+        sqlx::query_as("select amount::text from openai.costs where amount = $1::numeric limit 1")
+            .bind(&long)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("the long decimal is stored");
+    let (long_expected,): (String,) = sqlx::query_as("select trim_scale($1::numeric)::text")
+        .bind(&long)
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("normalized");
+
+    assert!(expected.contains('.'), "a sum with decimals: {expected}");
+    for (form, sum, wrong, summary) in &sums {
+        assert_eq!(sum, &expected, "{form:?}: the stored sum, digit for digit");
+        assert_eq!(*wrong, 0, "{form:?}: every row equals the API's");
+        assert_eq!(
+            summary.counts.revisions, 0,
+            "{form:?}: another form of the same amount is no revision"
+        );
+    }
+    assert_eq!(
+        sums[0].3.counts.inserted,
+        i64::try_from(texts.len()).expect("count")
+    );
+    assert!(sums[1].3.counts.updated > 0, "string forms are kept in raw");
+    assert!(zeros > 0, "0E-6176 is stored as 0");
+    assert_eq!(long_stored, long_expected, "long decimals digit for digit");
+    assert!(long_stored.len() >= 26, "{long_stored}");
+}
+
+#[tokio::test]
+async fn a_restated_day_updates_its_rows_and_records_each_revision() {
+    let f = fixture(8).await;
+    let deps = f.costs(7, None);
+    pass(&deps).await;
+    let day = busy_day(&f, 6);
+    let before: Vec<_> = f
+        .emulator
+        .cost_rows(day, day + DAY)
+        .into_iter()
+        .filter(|c| c.amount.is_some())
+        .collect();
+    assert!(!before.is_empty(), "the day had spend");
+    let project = before
+        .iter()
+        .find_map(|c| c.project_id.clone())
+        .expect("a project spent that day");
+    f.emulator.restate_costs(Restatement {
+        day,
+        project_id: Some(project.clone()),
+        ..Restatement::default()
+    });
+    let after = f.emulator.cost_rows(day, day + DAY);
+    let rewritten = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b.amount != a.amount)
+        .count();
+    let changed: Vec<(String, String)> = before
+        .iter()
+        .zip(&after)
+        .filter_map(|(b, a)| Some((b.amount.clone()?, a.amount.clone()?)))
+        .filter(|(b, a)| b != a && !(is_zero(b) && is_zero(a)))
+        .collect();
+    assert!(!changed.is_empty(), "the restatement changed figures");
+
+    let summary = pass(&deps).await;
+    let revisions: Vec<(String, String, String, bool, i64)> = sqlx::query_as(
+        "select project_id, old_amount::text, new_amount::text, provisional, run_id from openai.cost_revisions \
+         where bucket_start = to_timestamp($1) order by id",
+    )
+    .bind(day as f64)
+    .fetch_all(&f.db.pool)
+    .await
+    .expect("revisions");
+    let served = f.served(7);
+    let wrong = mismatches(&f.db.pool, &served).await;
+    let (run,): (i32,) = sqlx::query_as("select revisions from openai.sync_runs where id = $1")
+        .bind(summary.run_id)
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("run row");
+
+    assert_eq!(
+        summary.counts.updated,
+        i64::try_from(rewritten).expect("n"),
+        "only the restated rows are written"
+    );
+    assert_eq!(
+        summary.counts.revisions,
+        i64::try_from(changed.len()).expect("n")
+    );
+    assert_eq!(run, i32::try_from(changed.len()).expect("n"));
+    assert_eq!(revisions.len(), changed.len());
+    for ((project_id, old, new, provisional, run_id), (was, is)) in revisions.iter().zip(&changed) {
+        assert_eq!(project_id, &project);
+        let (old_expected, new_expected): (String, String) =
+            sqlx::query_as("select trim_scale($1::numeric)::text, trim_scale($2::numeric)::text")
+                .bind(was)
+                .bind(is)
+                .fetch_one(&f.db.pool)
+                .await
+                .expect("normalized");
+        assert_eq!((old, new), (&old_expected, &new_expected));
+        assert!(!provisional, "the day had ended when it was first read");
+        assert_eq!(*run_id, summary.run_id);
+    }
+    assert_eq!(wrong, 0, "the table equals what the API says now");
+}
+
+#[tokio::test]
+async fn a_line_item_no_longer_listed_is_removed_with_a_revision_and_an_empty_day_is_kept() {
+    let f = fixture(6).await;
+    let deps = f.costs(7, None);
+    pass(&deps).await;
+    let removed_day = busy_day(&f, 3);
+    let gone = f
+        .emulator
+        .cost_rows(removed_day, removed_day + DAY)
+        .into_iter()
+        .find(|c| c.project_id.is_some() && c.amount.is_some())
+        .expect("a project row");
+    let emptied_day = (4..=6)
+        .map(|n| today() - n * DAY)
+        .find(|&day| !f.emulator.cost_rows(day, day + DAY).is_empty())
+        .expect("a day with spend");
+    let (emptied_rows,): (i64,) =
+        sqlx::query_as("select count(*) from openai.costs where bucket_start = to_timestamp($1)")
+            .bind(emptied_day as f64)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("rows");
+    let kept_before = snapshot_day(&f.db.pool, emptied_day).await;
+    f.emulator.restate_costs(Restatement {
+        day: removed_day,
+        project_id: gone.project_id.clone(),
+        remove_line_item: gone.line_item.clone(),
+        empty: None,
+    });
+    f.emulator.restate_costs(Restatement {
+        day: emptied_day,
+        empty: Some(true),
+        ..Restatement::default()
+    });
+
+    let summary = pass(&deps).await;
+    let (still_there,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.costs where bucket_start = to_timestamp($1) and project_id = $2 and line_item = $3",
+    )
+    .bind(removed_day as f64)
+    .bind(&gone.project_id)
+    .bind(&gone.line_item)
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("count");
+    let (old, new): (Option<String>, Option<String>) = sqlx::query_as(
+        "select old_amount::text, new_amount::text from openai.cost_revisions where project_id = $1 and line_item = $2",
+    )
+    .bind(&gone.project_id)
+    .bind(&gone.line_item)
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("the removal's revision");
+    let (days_kept,): (i32,) =
+        sqlx::query_as("select days_kept from openai.sync_runs where id = $1")
+            .bind(summary.run_id)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("run");
+
+    assert_eq!(still_there, 0, "the row the API no longer lists is gone");
+    assert_eq!(summary.counts.removed, 1);
+    assert!(old.is_some() && new.is_none(), "{old:?} -> {new:?}");
+    assert!(emptied_rows > 0, "the emptied day had spend");
+    assert_eq!(
+        snapshot_day(&f.db.pool, emptied_day).await,
+        kept_before,
+        "an empty re-read keeps the figures"
+    );
+    assert_eq!(summary.counts.days_kept, 1);
+    assert_eq!(days_kept, 1);
+}
+
+async fn snapshot_day(pool: &sqlx::PgPool, day: i64) -> Vec<String> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "select ctid::text || xmin::text || (c.*)::text from openai.costs c where bucket_start = to_timestamp($1) order by 1",
+    )
+    .bind(day as f64)
+    .fetch_all(pool)
+    .await
+    .expect("day");
+    rows.into_iter().map(|(r,)| r).collect()
+}
+
+#[tokio::test]
+async fn a_pass_with_nothing_changed_writes_no_cost_row() {
+    let f = fixture(10).await;
+    let deps = f.costs(7, Some(12));
+    let first = pass(&deps).await;
+    let before = snapshot(&f.db.pool).await;
+    let second = pass(&deps).await;
+    let after = snapshot(&f.db.pool).await;
+    let (runs,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.sync_runs where resource = 'costs' and status = 'succeeded'",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("runs");
+
+    assert!(first.counts.inserted > 0);
+    assert!(first.backfilled_days >= 5, "{first:?}");
+    assert_eq!(second.backfilled_days, 0, "nothing left to backfill");
+    assert_eq!(
+        (
+            second.counts.inserted,
+            second.counts.updated,
+            second.counts.removed,
+            second.counts.revisions
+        ),
+        (0, 0, 0, 0)
+    );
+    assert!(second.counts.unchanged > 0);
+    assert_eq!(
+        after, before,
+        "no row of costs, revisions or days was written"
+    );
+    assert_eq!(runs, 2);
+}
+
+#[tokio::test]
+async fn a_pass_that_fails_on_page_3_leaves_the_tables_as_they_were() {
+    let f = fixture_with(
+        6,
+        Freedoms {
+            cost_page_buckets: Some(2),
+            ..Freedoms::default()
+        },
+    )
+    .await;
+    let deps = f.costs(10, None);
+    let first = pass(&deps).await;
+    assert!(
+        first.counts.pages >= 5,
+        "the window takes several pages: {first:?}"
+    );
+    f.emulator.restate_costs(Restatement {
+        day: today() - 9 * DAY,
+        ..Restatement::default()
+    });
+    f.emulator.restate_costs(Restatement {
+        day: today() - DAY,
+        ..Restatement::default()
+    });
+    let before = snapshot(&f.db.pool).await;
+    f.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Costs,
+        skip: 2,
+        times: Some(1),
+        fault: Fault::ServerError { status: 400 },
+    });
+
+    let failed = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+    let after = snapshot(&f.db.pool).await;
+    let (status, error): (String, Option<String>) = sqlx::query_as(
+        "select status, error from openai.sync_runs where resource = 'costs' order by id desc limit 1",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("run");
+    let recovered = pass(&deps).await;
+
+    assert!(
+        matches!(failed, Err(CostError::Api { pages: 2, .. })),
+        "{failed:?}"
+    );
+    assert_eq!(after, before, "nothing of the failed pass is kept");
+    assert_eq!(status, "failed");
+    assert!(error.is_some_and(|e| e.contains("400")));
+    assert!(
+        recovered.counts.revisions > 0,
+        "the next pass applies the restatements"
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_backfill_resumes_where_the_last_committed_day_ended() {
+    let f = fixture_with(
+        5,
+        Freedoms {
+            cost_page_buckets: Some(3),
+            ..Freedoms::default()
+        },
+    )
+    .await;
+    let deps = f.costs(2, Some(20));
+    // The backfill reads 18 days, a day or two first, then pages of three; the fifth call fails.
+    f.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Costs,
+        skip: 4,
+        times: Some(1),
+        fault: Fault::ServerError { status: 400 },
+    });
+    let failed = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+    let (committed,): (i64,) = sqlx::query_as("select count(*) from openai.cost_days")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("days");
+    let (latest,): (DateTime<Utc>,) =
+        sqlx::query_as("select max(bucket_start) from openai.cost_days")
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("latest");
+    let calls_before = f.emulator.stats().cost_calls;
+    let resumed = pass(&deps).await;
+    let calls = f.emulator.stats().cost_calls - calls_before;
+    let (days,): (i64,) = sqlx::query_as("select count(*) from openai.cost_days")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("days");
+    let wrong = mismatches(&f.db.pool, &f.served(20)).await;
+
+    let Err(CostError::Api {
+        backfilled_days, ..
+    }) = failed
+    else {
+        panic!("the first pass fails: {failed:?}");
+    };
+    assert!(
+        (4..18).contains(&backfilled_days),
+        "some pages were committed: {backfilled_days}"
+    );
+    assert_eq!(committed, backfilled_days, "the window was not");
+    assert_eq!(
+        latest.timestamp(),
+        today() - (21 - committed) * DAY,
+        "the committed days are the oldest ones"
+    );
+    assert_eq!(
+        resumed.backfilled_days,
+        18 - committed,
+        "the next pass reads only the days after them"
+    );
+    assert_eq!(days, 21);
+    assert!(calls <= 6, "no day read twice: {calls} calls");
+    assert_eq!(wrong, 0);
+}
+
+#[tokio::test]
+async fn organization_level_rows_are_kept_under_null_keys() {
+    let f = fixture(4).await;
+    let deps = f.costs(20, None);
+    pass(&deps).await;
+    pass(&deps).await;
+    let served = f.served(20);
+    let expected_org = served
+        .iter()
+        .filter(|c| c.project_id.is_none() && c.amount.is_some())
+        .count();
+    let expected_both_null = served
+        .iter()
+        .filter(|c| c.project_id.is_none() && c.line_item.is_none() && c.amount.is_some())
+        .count();
+    let (org, both_null, unattributed): (i64, i64, i64) = sqlx::query_as(
+        "select count(*) filter (where project_id is null), \
+                count(*) filter (where project_id is null and line_item is null), \
+                (select count(*) from openai.costs_by_project where not attributed and project_name is null) \
+         from openai.costs",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("counts");
+    let duplicate = sqlx::query(
+        "insert into openai.costs (bucket_start, bucket_end, project_id, line_item, currency, amount, raw, \
+           first_fetched_at, last_fetched_at, first_run, last_run) \
+         select bucket_start, bucket_end, null, null, currency, 1, '{}', now(), now(), 0, 0 \
+         from openai.costs where project_id is null and line_item is null limit 1",
+    )
+    .execute(&f.db.pool)
+    .await;
+
+    assert!(
+        expected_both_null > 0,
+        "the emulator serves rows with neither project nor line item"
+    );
+    assert_eq!(
+        org,
+        i64::try_from(expected_org).expect("n"),
+        "kept once each, twice read"
+    );
+    assert_eq!(both_null, i64::try_from(expected_both_null).expect("n"));
+    assert_eq!(
+        unattributed, org,
+        "the view reports them as organization-level cost"
+    );
+    assert!(
+        duplicate.is_err(),
+        "a null key is a key: no second row for it"
+    );
+}
+
+#[tokio::test]
+async fn the_view_names_old_costs_as_the_projects_were_named_then() {
+    let f = fixture(6).await;
+    sync(&f.walk).await;
+    let deps = f.costs(7, None);
+    let projects: Vec<_> = f
+        .emulator
+        .projects()
+        .into_iter()
+        .filter(|p| p.name.is_some())
+        .collect();
+    let renamed = projects[0].clone();
+    let archived = projects[1].clone();
+    let vanished = projects[2].clone();
+    let newborn = f.emulator.create("Born today");
+    pass(&deps).await;
+    f.emulator.rename(&renamed.id, "Renamed since");
+    f.emulator.archive(&archived.id);
+    f.emulator.set_hidden(&vanished.id, true);
+    sync(&f.walk).await;
+    pass(&deps).await;
+
+    let names = |id: String| {
+        let pool = f.db.pool.clone();
+        async move {
+            let rows: Vec<(Option<String>, Option<String>, Option<String>, i64)> = sqlx::query_as(
+                "select project_name, project_status, project_name_now, count(*) from openai.costs_by_project \
+                 where project_id = $1 group by 1, 2, 3",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .expect("view");
+            rows
+        }
+    };
+    let renamed_rows = names(renamed.id.clone()).await;
+    let archived_rows = names(archived.id.clone()).await;
+    let vanished_rows = names(vanished.id.clone()).await;
+    let newborn_rows = names(newborn.id.clone()).await;
+    let (view_rows, cost_rows, view_sum, cost_sum): (i64, i64, String, String) = sqlx::query_as(
+        "select (select count(*) from openai.costs_by_project), (select count(*) from openai.costs), \
+                (select sum(amount)::text from openai.costs_by_project), (select sum(amount)::text from openai.costs)",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("totals");
+    let (unnamed,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.costs_by_project where attributed and project_status is null",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("unnamed");
+
+    assert_eq!(renamed_rows.len(), 1, "{renamed_rows:?}");
+    assert_eq!(
+        renamed_rows[0].0, renamed.name,
+        "old costs keep the old name"
+    );
+    assert_eq!(renamed_rows[0].2.as_deref(), Some("Renamed since"));
+    assert_eq!(archived_rows.len(), 1, "{archived_rows:?}");
+    assert_eq!(archived_rows[0].0, archived.name);
+    assert_eq!(
+        archived_rows[0].1.as_deref(),
+        Some("active"),
+        "it was active then"
+    );
+    assert_eq!(archived_rows[0].2, archived.name);
+    assert_eq!(vanished_rows.len(), 1);
+    assert_eq!(
+        vanished_rows[0].0, vanished.name,
+        "a vanished project keeps its name"
+    );
+    let newborn_spent = f
+        .served(0)
+        .iter()
+        .any(|c| c.project_id.as_deref() == Some(newborn.id.as_str()));
+    if newborn_spent {
+        assert_eq!(newborn_rows.len(), 1, "{newborn_rows:?}");
+        assert_eq!(
+            newborn_rows[0].0.as_deref(),
+            Some("Born today"),
+            "the creation day's costs are named"
+        );
+    } else {
+        assert!(newborn_rows.is_empty(), "a quiet day");
+    }
+    assert_eq!(
+        (view_rows, view_sum),
+        (cost_rows, cost_sum),
+        "one view row per cost row"
+    );
+    assert_eq!(unnamed, 0);
+}
+
+#[tokio::test]
+async fn two_replicas_never_run_two_cost_passes_at_once() {
+    let f = fixture(3).await;
+    let deps = f.costs(3, None);
+    let held = CostSession::open(&deps.connect)
+        .await
+        .expect("connect")
+        .expect("the lock is free");
+    let refused = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+    // The walk's lock is another: a walk runs while a cost pass holds its own.
+    let walked = openai_project_sync::sync::walk_and_apply(
+        &f.walk,
+        Trigger::Manual,
+        &CancellationToken::new(),
+        &mut (),
+    )
+    .await;
+    held.close().await;
+
+    f.emulator.set_rates(
+        Endpoint::Costs,
+        FaultRates {
+            latency_ms: 300,
+            ..FaultRates::default()
+        },
+    );
+    let cancel = CancellationToken::new();
+    let (a, b) = tokio::join!(
+        costs::run_pass(&deps, Trigger::Manual, &cancel),
+        costs::run_pass(&deps, Trigger::Schedule, &cancel),
+    );
+    let (running,): (i64,) =
+        sqlx::query_as("select count(*) from openai.sync_runs where resource = 'costs'")
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("runs");
+
+    assert!(
+        matches!(refused, Err(CostError::AlreadyRunning)),
+        "{refused:?}"
+    );
+    assert!(walked.is_ok(), "{walked:?}");
+    let outcomes = [a.is_ok(), b.is_ok()];
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{a:?} {b:?}");
+    assert!(
+        matches!(a, Err(CostError::AlreadyRunning)) || matches!(b, Err(CostError::AlreadyRunning)),
+        "the other was refused"
+    );
+    assert_eq!(running, 1, "a refused pass records no run");
+}
+
+#[tokio::test]
+async fn a_result_without_an_amount_is_skipped_never_stored_as_zero() {
+    let f = fixture_with(
+        20,
+        Freedoms {
+            cost_results_without_amount: true,
+            ..Freedoms::default()
+        },
+    )
+    .await;
+    let deps = f.costs(14, None);
+    pass(&deps).await;
+    let served = f.served(14);
+    let missing: Vec<_> = served.iter().filter(|c| c.amount.is_none()).collect();
+    let wrong = mismatches(&f.db.pool, &served).await;
+    let (stored,): (i64,) = sqlx::query_as("select count(*) from openai.costs")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("count");
+
+    assert!(!missing.is_empty(), "the emulator left some amounts out");
+    assert_eq!(
+        stored,
+        i64::try_from(served.len() - missing.len()).expect("n")
+    );
+    assert_eq!(wrong, 0, "no row for a result without amount");
+}
+
+#[tokio::test]
+async fn the_emulator_pages_costs_as_the_api_does() {
+    let f = fixture(3).await;
+    let http = reqwest::Client::new();
+    let get = |query: String| {
+        let http = http.clone();
+        let url = format!("{}/organization/costs?{query}", f.emulator.base_url());
+        async move {
+            let response = http
+                .get(url)
+                .bearer_auth(TEST_KEY)
+                .send()
+                .await
+                .expect("answer");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    let start = today() - 60 * DAY;
+    let window = format!(
+        "start_time={start}&end_time={}&bucket_width=1d&group_by[]=project_id&group_by[]=line_item",
+        today() + DAY
+    );
+    let (first_status, first) = get(format!("{window}&limit=180")).await;
+    let token = first["next_page"].as_str().expect("a token").to_owned();
+    let (second_status, second) = get(format!("{window}&limit=180&page={token}")).await;
+    let (other_status, other) = get(format!("{window}&limit=90&page={token}")).await;
+    let (over_status, over) = get(format!("{window}&limit=181")).await;
+    let (width_status, _) = get(format!(
+        "start_time={start}&bucket_width=1h&group_by[]=project_id&group_by[]=line_item"
+    ))
+    .await;
+    let (repeated_status, repeated) = get(format!(
+        "start_time={start}&end_time={}&group_by=project_id&group_by=line_item&limit=3",
+        start + 3 * DAY
+    ))
+    .await;
+    let (missing_status, _) = get("group_by[]=project_id&group_by[]=line_item".into()).await;
+    let quiet = first["data"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .chain(second["data"].as_array().expect("buckets"))
+        .filter(|b| b["results"].as_array().is_some_and(Vec::is_empty))
+        .count();
+
+    assert_eq!(first_status, 200);
+    assert_eq!(
+        first["data"].as_array().map(Vec::len),
+        Some(31),
+        "31 buckets whatever limit says"
+    );
+    assert_eq!(first["has_more"], json!(true));
+    assert_eq!(second_status, 200);
+    assert_eq!(
+        second["data"][0]["start_time"],
+        json!(start + 31 * DAY),
+        "the token continues"
+    );
+    assert_eq!(
+        other_status, 400,
+        "a token under another query is refused: {other}"
+    );
+    assert_eq!(over_status, 400);
+    assert!(
+        over["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("180"))
+    );
+    assert_eq!(width_status, 400);
+    assert_eq!(repeated_status, 200, "the repeated form is understood too");
+    assert_eq!(repeated["data"].as_array().map(Vec::len), Some(3));
+    assert_eq!(repeated["has_more"], json!(false));
+    assert_eq!(missing_status, 400);
+    assert!(quiet > 0, "quiet days answer results: []");
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_costs() {
+    let a = fixture(5).await;
+    let b = fixture(5).await;
+    let rows_a = a.served(10);
+    let rows_b = b.served(10);
+    assert!(rows_a.len() > 5 * 10 * 3);
+    assert_eq!(rows_a, rows_b);
+}
+
+#[tokio::test]
+async fn sync_costs_runs_one_pass_and_sync_audit_log_is_refused_with_exit_2() {
+    let f = fixture(3).await;
+    let base = f.emulator.base_url();
+    let from = date(today() - 3 * DAY).to_string();
+    let env = [
+        ("DATABASE_URL", f.db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ("APP_COSTS__BACKFILL_FROM", from.as_str()),
+        ("APP_COSTS__LOOKBACK_DAYS", "1"),
+    ];
+    let costs_only = run_binary_async(&["sync", "costs"], &env).await;
+    let both = run_binary_async(&["sync"], &env).await;
+    let audit = run_binary_async(&["sync", "audit-log"], &env).await;
+    let (walks, passes, days): (i64, i64, i32) = sqlx::query_as(
+        "select count(*) filter (where resource = 'projects'), count(*) filter (where resource = 'costs'), \
+                coalesce(sum(days_read) filter (where resource = 'costs'), 0)::int from openai.sync_runs where status = 'succeeded'",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("runs");
+
+    let text = output_text(&costs_only);
+    assert_eq!(costs_only.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("cost pass") && text.contains("backfilled  2 day(s)"),
+        "{text}"
+    );
+    let text = output_text(&both);
+    assert_eq!(both.status.code(), Some(0), "{text}");
+    assert!(
+        text.find("sync run")
+            .is_some_and(|w| text.find("cost pass").is_some_and(|c| w < c)),
+        "walk, then costs: {text}"
+    );
+    assert_eq!(audit.status.code(), Some(2), "{}", output_text(&audit));
+    assert!(output_text(&audit).contains("audit log"));
+    assert_eq!((walks, passes), (1, 2));
+    assert_eq!(days, 4 + 2, "four days, then the two of the window again");
+}
+
+#[tokio::test]
+async fn the_daemon_runs_a_cost_pass_at_start_and_publishes_its_metrics() {
+    let f = fixture(3).await;
+    let from = date(today() - 2 * DAY).to_string();
+    let base = f.emulator.base_url();
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", f.db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ("APP_SYNC__SCHEDULE", "0 0 0 1 1 *"),
+        ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+        ("APP_COSTS__BACKFILL_FROM", from.as_str()),
+        ("APP_COSTS__SCHEDULE", "0 0 0 1 1 *"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let settings =
+        openai_project_sync::config::Settings::load(&openai_project_sync::config::Sources {
+            config_dir: Some(std::env::temp_dir().join("ops-no-config-here")),
+            file: None,
+            env: Some(env),
+        })
+        .expect("settings");
+    assert!(settings.costs.enabled, "costs are on by default");
+    assert_eq!(settings.costs.lookback_days, 7);
+    let shutdown = CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(settings, shutdown.clone())
+        .await
+        .expect("the daemon starts");
+    crate::helpers::eventually("a cost pass and a walk succeed", || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "select count(distinct resource) from openai.sync_runs where status = 'succeeded'",
+        )
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("runs");
+        n == 2
+    })
+    .await;
+    let (metrics_status, metrics) = {
+        let response = reqwest::get(format!("http://{}/metrics", daemon.http_addr))
+            .await
+            .expect("metrics");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
+    };
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), daemon.finished).await;
+
+    assert_eq!(metrics_status, 200);
+    for needle in [
+        "openai_project_sync_runs_total{resource=\"costs\",status=\"succeeded\"}",
+        "openai_project_sync_last_success_timestamp_seconds{resource=\"costs\"}",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn a_cost_pass_is_not_taken_for_the_walk_that_last_saw_the_projects() {
+    let f = fixture(3).await;
+    let walk = sync(&f.walk).await;
+    pass(&f.costs(1, None)).await;
+    let (walked_at,): (DateTime<Utc>,) =
+        sqlx::query_as("select started_at from openai.sync_runs where id = $1")
+            .bind(walk.run_id)
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("walk");
+    let (latest_seen,): (DateTime<Utc>,) =
+        sqlx::query_as("select max(last_seen_at) from openai.projects")
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("projects");
+    assert!(
+        latest_seen <= walked_at,
+        "{latest_seen} after the walk at {walked_at}"
+    );
+}
+
+#[tokio::test]
+async fn cost_settings_are_checked_with_the_key_named() {
+    let load = |pairs: &[(&str, &str)]| {
+        openai_project_sync::config::Settings::load(&openai_project_sync::config::Sources {
+            config_dir: Some(std::env::temp_dir().join("ops-no-config-here")),
+            file: None,
+            env: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+    };
+    let defaults = load(&[]).expect("defaults");
+    let crontab = load(&[("APP_COSTS__SCHEDULE", "15 * * * *")]).expect_err("5 fields");
+    let date_error = load(&[("APP_COSTS__BACKFILL_FROM", "last year")]).expect_err("not a date");
+    let dated = load(&[("APP_COSTS__BACKFILL_FROM", "2025-01-01")]).expect("a date");
+
+    assert_eq!(defaults.costs.schedule, "0 15 * * * *");
+    assert!(defaults.costs.backfill_from.is_none());
+    assert!(
+        crontab.to_string().contains("costs.schedule") && crontab.to_string().contains("5 fields"),
+        "{crontab}"
+    );
+    assert!(
+        date_error.to_string().contains("costs.backfill_from"),
+        "{date_error}"
+    );
+    assert_eq!(
+        dated.cost_backfill_from().expect("date"),
+        NaiveDate::from_ymd_opt(2025, 1, 1)
+    );
+}
