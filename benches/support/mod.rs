@@ -18,7 +18,13 @@ pub struct Emulator {
 
 impl Emulator {
     /// Starts an emulator of `projects` with `latency_ms` per call, once it says it listens.
+    #[allow(dead_code)] // Each benchmark compiles this module; the costs one passes flags.
     pub fn start(projects: usize, latency_ms: u64) -> Emulator {
+        Emulator::start_with(projects, latency_ms, &[])
+    }
+
+    /// `start` with further emulator flags.
+    pub fn start_with(projects: usize, latency_ms: u64, flags: &[&str]) -> Emulator {
         let port = local_postgres::free_port().expect("free port");
         let mut child = Command::new(BINARY)
             .args([
@@ -36,6 +42,7 @@ impl Emulator {
                 "--latency-ms",
                 &latency_ms.to_string(),
             ])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -342,7 +342,6 @@ async fn run_segments(
     }
     .await;
     if result.is_err() {
-        // Outside a transaction this only warns; the point is that none is left open.
         if let Err(e) = session.rollback().await {
             tracing::warn!(error = %e, "rolling back the failed cost pass failed; closing its connection rolls it back");
         }
@@ -453,6 +452,10 @@ fn start_fetch(
                     limit,
                 });
                 loop {
+                    // The slot is taken before fetching: one page staged, one on its way, no more.
+                    let Ok(slot) = sender.reserve().await else {
+                        return;
+                    };
                     match walk.next_page().await {
                         Ok(Some(page)) => {
                             let most = page
@@ -464,17 +467,11 @@ fn start_fetch(
                             if let Some(most) = most.filter(|&m| m > 0) {
                                 busiest = Some(busiest.map_or(most, |b| b.max(most)));
                             }
-                            if sender
-                                .send(Fetched::Page(segment.phase, page))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
+                            slot.send(Fetched::Page(segment.phase, page));
                         }
                         Ok(None) => break,
                         Err(error) => {
-                            let _ = sender.send(Fetched::Failed(error)).await;
+                            slot.send(Fetched::Failed(error));
                             return;
                         }
                     }

@@ -476,6 +476,12 @@ pub(super) async fn list_costs(
         Ok(ask) => ask,
         Err(refused) => return refused,
     };
+    if fault == Some(super::faults::Fault::EmptyPageWithMore) {
+        // A page that says there is more but gives no token to get it.
+        return json_body(
+            r#"{"object":"page","data":[],"has_more":true,"next_page":null}"#.to_owned(),
+        );
+    }
     let freedoms = shared.store().freedoms().clone();
     let per_page = ask.limit.min(API_PAGE_BUCKETS).min(
         freedoms

@@ -47,7 +47,7 @@ pub enum Fault {
     LostResponse { then: LostAs },
     /// List only: the `after` cursor is ignored, so the first page comes back again.
     IgnoreCursor,
-    /// List only: an empty page that claims `has_more`.
+    /// List and costs only: an empty page that claims `has_more` (costs: with no `next_page`).
     EmptyPageWithMore,
     /// List only: 429 with the given header texts sent verbatim, however absurd.
     TooManyRequestsRaw {

@@ -11,6 +11,9 @@ use super::walk::walk_connect_options;
 /// Advisory lock key shared by every process that runs cost passes ("ops_cost"); not the walk's.
 const COST_LOCK: i64 = 0x6f70_735f_636f_7374;
 
+/// Most rows staged by one statement.
+const STAGE_ROWS_PER_STATEMENT: usize = 1_000;
+
 /// One staged cost result, borrowed from the page it came in.
 #[derive(Debug, Clone, Copy)]
 pub struct CostRow<'a> {
@@ -94,6 +97,7 @@ impl From<sqlx::Error> for CostApplyError {
 /// A cost pass in progress: its own connection holding the cost lock.
 pub struct CostSession {
     connection: PgConnection,
+    in_transaction: bool,
     staged_rows: i64,
     /// The earliest and the day after the latest staged day.
     staged_span: Option<(DateTime<Utc>, DateTime<Utc>)>,
@@ -114,6 +118,16 @@ impl CostSession {
         sqlx::query("set jit = off")
             .execute(&mut connection)
             .await?;
+        // A commit lost to a crash loses days that are not recorded as read either: the next
+        // pass reads them again. No need to wait for each page's flush.
+        sqlx::query("set synchronous_commit = off")
+            .execute(&mut connection)
+            .await?;
+        // Sorting staged rows by their text keys under the database's collation costs several
+        // times what hashing them does; the applies join by hash.
+        sqlx::query("set enable_mergejoin = off")
+            .execute(&mut connection)
+            .await?;
         sqlx::query(
             "create temp table cost_stage (bucket_start timestamptz not null, bucket_end timestamptz not null, \
              project_id text, line_item text, currency text, amount numeric not null, quantity numeric, \
@@ -129,6 +143,7 @@ impl CostSession {
         .await?;
         Ok(Some(CostSession {
             connection,
+            in_transaction: false,
             staged_rows: 0,
             staged_span: None,
         }))
@@ -178,6 +193,7 @@ impl CostSession {
     /// Opens a transaction on the session's connection.
     pub async fn begin(&mut self) -> Result<(), StoreError> {
         sqlx::query("begin").execute(&mut self.connection).await?;
+        self.in_transaction = true;
         self.staged_rows = 0;
         self.staged_span = None;
         Ok(())
@@ -185,15 +201,19 @@ impl CostSession {
 
     /// Commits the open transaction (which also empties the staging tables).
     pub async fn commit(&mut self) -> Result<(), StoreError> {
+        self.in_transaction = false;
         sqlx::query("commit").execute(&mut self.connection).await?;
         Ok(())
     }
 
     /// Rolls the open transaction back, if one is open.
     pub async fn rollback(&mut self) -> Result<(), StoreError> {
-        sqlx::query("rollback")
-            .execute(&mut self.connection)
-            .await?;
+        if self.in_transaction {
+            self.in_transaction = false;
+            sqlx::query("rollback")
+                .execute(&mut self.connection)
+                .await?;
+        }
         Ok(())
     }
 
@@ -203,7 +223,8 @@ impl CostSession {
         rows: &[CostRow<'_>],
         days: &[(DateTime<Utc>, i32)],
     ) -> Result<(), StoreError> {
-        if !rows.is_empty() {
+        // In statements of a bounded size, so the connection's buffers stay small.
+        for rows in rows.chunks(STAGE_ROWS_PER_STATEMENT) {
             let n = rows.len();
             let mut starts = Vec::with_capacity(n);
             let mut ends = Vec::with_capacity(n);
@@ -257,7 +278,8 @@ impl CostSession {
         Ok(())
     }
 
-    /// Makes every staged day equal to what the API said, inside the open transaction.
+    /// Makes every staged day equal to what the API said, inside the open transaction; commit
+    /// next (which empties the staging tables) before staging more.
     ///
     /// New rows are inserted, differing ones rewritten (a changed amount with a revision), rows
     /// no longer listed removed (with a revision) only from days that came back with results;
@@ -271,6 +293,30 @@ impl CostSession {
             return Ok(CostApplied::default());
         };
         let c = &mut self.connection;
+        let (touched,): (bool,) = sqlx::query_as(include_str!("costs/touched.sql"))
+            .bind(from)
+            .bind(until)
+            .fetch_one(&mut *c)
+            .await?;
+        if !touched {
+            // Days never read (a backfill): nothing to compare, revise or remove. A key listed
+            // twice is refused by the table's unique constraint.
+            let inserted = sqlx::query(include_str!("costs/insert_all.sql"))
+                .bind(observed_at)
+                .bind(run_id)
+                .execute(&mut *c)
+                .await?;
+            self.record_days(run_id, observed_at).await?;
+            let inserted = i64::try_from(inserted.rows_affected()).unwrap_or(i64::MAX);
+            let applied = CostApplied {
+                inserted,
+                unchanged: self.staged_rows.saturating_sub(inserted),
+                ..CostApplied::default()
+            };
+            self.staged_rows = 0;
+            self.staged_span = None;
+            return Ok(applied);
+        }
         type Key = (
             DateTime<Utc>,
             Option<String>,
@@ -307,14 +353,8 @@ impl CostSession {
         let inserted = run(include_str!("costs/insert.sql"))
             .execute(&mut *c)
             .await?;
-        sqlx::query(
-            "insert into openai.cost_days (bucket_start, first_read_at, first_run) \
-             select bucket_start, $1, $2 from cost_stage_days on conflict (bucket_start) do nothing",
-        )
-        .bind(observed_at)
-        .bind(run_id)
-        .execute(&mut *c)
-        .await?;
+        self.record_days(run_id, observed_at).await?;
+        let c = &mut self.connection;
         let kept: Vec<(DateTime<Utc>,)> = sqlx::query_as(include_str!("costs/kept.sql"))
             .fetch_all(&mut *c)
             .await?;
@@ -335,17 +375,31 @@ impl CostSession {
             revisions: count(revised.rows_affected()).saturating_add(removed),
             kept_days: kept.into_iter().map(|(day,)| day).collect(),
         };
-        sqlx::query("truncate cost_stage, cost_stage_days")
-            .execute(&mut *c)
-            .await?;
         self.staged_rows = 0;
         self.staged_span = None;
         Ok(applied)
     }
 
+    /// Records the staged days as read, unless they were already.
+    async fn record_days(
+        &mut self,
+        run_id: i64,
+        observed_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into openai.cost_days (bucket_start, first_read_at, first_run) \
+             select bucket_start, $1, $2 from cost_stage_days on conflict (bucket_start) do nothing",
+        )
+        .bind(observed_at)
+        .bind(run_id)
+        .execute(&mut self.connection)
+        .await?;
+        Ok(())
+    }
+
     /// Releases the cost lock, then closes the connection.
     pub async fn close(mut self) {
-        let _ = sqlx::query("rollback").execute(&mut self.connection).await;
+        let _ = self.rollback().await;
         let _ = sqlx::query("select pg_advisory_unlock($1)")
             .bind(COST_LOCK)
             .execute(&mut self.connection)

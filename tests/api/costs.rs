@@ -1043,3 +1043,70 @@ async fn cost_settings_are_checked_with_the_key_named() {
         NaiveDate::from_ymd_opt(2025, 1, 1)
     );
 }
+
+#[tokio::test]
+async fn every_query_in_the_finance_section_of_the_readme_runs() {
+    let f = fixture(5).await;
+    sync(&f.walk).await;
+    let archived = f.emulator.projects()[0].id.clone();
+    f.emulator.archive(&archived);
+    sync(&f.walk).await;
+    pass(&f.costs(7, None)).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = readme
+        .split("## Costs for finance")
+        .nth(1)
+        .expect("the section");
+    let block = section
+        .split("```sql")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("an sql block");
+    let queries: Vec<&str> = block
+        .split(';')
+        .map(str::trim)
+        .filter(|q| {
+            q.lines()
+                .any(|l| !l.trim().starts_with("--") && !l.trim().is_empty())
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for query in &queries {
+        let rows = sqlx::query(query)
+            .fetch_all(&f.db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("README query failed: {e}\n{query}"));
+        answers.push(rows.len());
+    }
+
+    assert_eq!(queries.len(), 5);
+    assert!(answers[0] > 0, "cost per project per month");
+    assert_eq!(answers[1], 1, "the archived project's cost");
+    assert!(answers[2] > 0, "organization-level cost");
+    assert_eq!(answers[4], 1, "the pass");
+}
+
+#[tokio::test]
+async fn has_more_without_a_next_page_fails_the_pass_and_applies_nothing() {
+    let f = fixture(4).await;
+    let deps = f.costs(5, None);
+    pass(&deps).await;
+    f.emulator.restate_costs(Restatement {
+        day: today() - DAY,
+        ..Restatement::default()
+    });
+    let before = snapshot(&f.db.pool).await;
+    f.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Costs,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::EmptyPageWithMore,
+    });
+    let failed = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+    let after = snapshot(&f.db.pool).await;
+
+    let message = format!("{:?}", failed);
+    assert!(message.contains("next_page"), "{message}");
+    assert_eq!(after, before);
+}
