@@ -9,6 +9,7 @@ pub mod demo;
 pub mod emulator;
 pub mod http;
 pub mod local_postgres;
+pub mod metric;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

@@ -1,5 +1,6 @@
 //! Postgres: the only module that holds SQL.
 
+mod gauges;
 mod requests;
 mod runs;
 mod walk;
@@ -10,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use gauges::{GaugeFigures, gauge_figures};
 pub use requests::{
     ClaimedRequest, Linked, StoredCandidate, claim_next_request, comparable_name,
     count_requests_by_status, database_now, defer_request, expire_leases, fail_request,
