@@ -71,7 +71,7 @@ pub struct EmulatorArgs {
     pub listen: SocketAddr,
     /// The only admin key accepted (default: OPENAI_ADMIN_KEY).
     #[arg(long, env = "OPENAI_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
+    pub admin_key: Option<secrecy::SecretString>,
     /// Projects generated at start.
     #[arg(long, default_value_t = 1250)]
     pub projects: usize,
@@ -372,7 +372,7 @@ pub fn emulator_setup(
     let admin_key = args
         .admin_key
         .clone()
-        .filter(|k| !k.trim().is_empty())
+        .filter(|k| !secrecy::ExposeSecret::expose_secret(k).trim().is_empty())
         .ok_or_else(|| Failure::Usage("the emulator needs the admin key it should accept: pass --admin-key or set OPENAI_ADMIN_KEY".into()))?;
     let config = EmulatorConfig {
         admin_key,

@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod http;
 pub mod local_postgres;
 pub mod metric;
+pub mod secrets;
 pub mod shutdown;
 pub mod store;
 pub mod sync;
