@@ -76,8 +76,36 @@ async fn check_database(settings: &Settings) -> CheckLine {
             what: e.to_string(),
             fix: "the server accepted the connection but not a query; check the user's rights".into(),
         })?;
+        let rights = store::missing_grants(&pool).await;
         pool.close().await;
-        Ok("reachable".to_owned())
+        match rights {
+            Ok(None) => Ok("reachable; not migrated yet (run `migrate` as the schema's owner)".to_owned()),
+            Ok(Some((role, missing))) if missing.is_empty() => Ok(format!(
+                "reachable; role {role} may claim requests, write outcomes and run walks"
+            )),
+            Ok(Some((role, missing))) => Err(Problem {
+                what: format!(
+                    "role {role} lacks what the daemon needs: {}",
+                    missing
+                        .iter()
+                        .map(|m| m.needed_for)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                fix: format!(
+                    "as the schema's owner, run: {}",
+                    missing
+                        .iter()
+                        .map(|m| m.grant.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            }),
+            Err(e) => Err(Problem {
+                what: format!("could not read the role's rights: {e}"),
+                fix: "check the user's rights on the openai schema".into(),
+            }),
+        }
     }
     .await;
     CheckLine { name, outcome }
