@@ -1,14 +1,17 @@
 //! Command-line parsing and dispatch; maps failures to exit codes (1 runtime, 2 usage or configuration).
 
+#[cfg(feature = "dev-tools")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "dev-tools")]
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings, Sources};
+#[cfg(feature = "dev-tools")]
 use crate::emulator::{
     self, EmulatorConfig, Endpoint, FaultRates, Freedoms, GeographyAnswer, ListOrder,
 };
@@ -42,12 +45,15 @@ pub enum Command {
     Migrate,
     /// Validates configuration and reaches Postgres and the API.
     Check,
+    #[cfg(feature = "dev-tools")]
     /// Serves a local, stateful emulator of the Admin API's project endpoints.
     Emulator(EmulatorArgs),
+    #[cfg(feature = "dev-tools")]
     /// Emulator, local Postgres and daemon in one command, for a first look.
     Demo(DemoArgs),
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Where the local Postgres keeps its data when DATABASE_URL is not set.
@@ -64,6 +70,7 @@ pub struct DemoArgs {
     pub churn_secs: u64,
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Debug, clap::Args)]
 pub struct EmulatorArgs {
     /// Address to listen on.
@@ -218,6 +225,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 Ok(ExitCode::from(1))
             }
         }
+        #[cfg(feature = "dev-tools")]
         Command::Emulator(args) => {
             crate::telemetry::init(crate::config::LogFormat::Text, "info");
             serve_emulator(args).await?;
@@ -258,6 +266,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 .context("the daemon's task failed")??;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => {
             crate::config::validate_schedule(&args.schedule)?;
             let options = crate::demo::DemoOptions {
@@ -355,6 +364,7 @@ pub fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+#[cfg(feature = "dev-tools")]
 fn share(name: &str, value: f64) -> Result<f64, Failure> {
     if (0.0..=1.0).contains(&value) {
         Ok(value)
@@ -366,6 +376,7 @@ fn share(name: &str, value: f64) -> Result<f64, Failure> {
 }
 
 /// Turns the emulator flags into its configuration and fault rates.
+#[cfg(feature = "dev-tools")]
 pub fn emulator_setup(
     args: &EmulatorArgs,
 ) -> Result<(EmulatorConfig, Vec<(Endpoint, FaultRates)>), Failure> {
@@ -412,6 +423,7 @@ pub fn emulator_setup(
 }
 
 /// The freedoms the emulator flags ask for: the hostile set or the defaults, then each flag.
+#[cfg(feature = "dev-tools")]
 fn emulator_freedoms(args: &EmulatorArgs) -> Result<Freedoms, Failure> {
     let mut freedoms = if args.hostile {
         Freedoms::hostile()
@@ -442,6 +454,7 @@ fn emulator_freedoms(args: &EmulatorArgs) -> Result<Freedoms, Failure> {
     Ok(freedoms)
 }
 
+#[cfg(feature = "dev-tools")]
 async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
     let (config, rates) = emulator_setup(args)?;
     if !args.listen.ip().is_loopback() {

@@ -46,10 +46,10 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         }
     };
     let outcome = run_with_database(&options, &database_url, cluster.is_some(), shutdown).await;
-    if let Some(cluster) = cluster {
-        if let Err(e) = cluster.stop() {
-            eprintln!("warning: the demo's Postgres did not stop cleanly: {e}");
-        }
+    if let Some(cluster) = cluster
+        && let Err(e) = cluster.stop()
+    {
+        eprintln!("warning: the demo's Postgres did not stop cleanly: {e}");
     }
     outcome
 }

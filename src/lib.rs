@@ -5,7 +5,9 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[cfg(feature = "dev-tools")]
 pub mod demo;
+#[cfg(feature = "dev-tools")]
 pub mod emulator;
 pub mod http;
 pub mod local_postgres;
