@@ -22,15 +22,14 @@ use crate::worker::{self, TickReport, WorkerDeps};
 
 /// Builds the API client the configuration describes.
 pub fn build_client(settings: &Settings) -> Result<AdminClient, ConfigError> {
-    let (base_delay, max_delay) = settings.retry_delays()?;
     AdminClient::new(ClientOptions {
         base_url: settings.base_url()?,
         admin_key: settings.admin_key()?,
-        timeout: settings.timeout()?,
+        timeout: settings.openai.timeout,
         retry: RetryPolicy {
             max_retries: settings.openai.max_retries,
-            base_delay,
-            max_delay,
+            base_delay: settings.openai.retry_base_delay,
+            max_delay: settings.openai.retry_max_delay,
         },
     })
     .map_err(|e| ConfigError::Invalid {
@@ -62,6 +61,7 @@ pub async fn sync_deps(settings: &Settings) -> anyhow::Result<SyncDeps> {
         client,
         page_size: settings.openai.page_size,
         min_seen_ratio: settings.sync.min_seen_ratio,
+        after_failure: "the command exits 1",
     })
 }
 
@@ -104,8 +104,7 @@ pub fn worker_deps(
     pool: sqlx::PgPool,
     client: AdminClient,
 ) -> Result<WorkerDeps, ConfigError> {
-    let (retry_base_delay, retry_max_delay) = settings.retry_delays()?;
-    let reconcile_grace = settings.reconcile_grace()?;
+    let reconcile_grace = settings.requests.reconcile_grace;
     if reconcile_grace < Duration::from_secs(60) {
         tracing::warn!(
             grace_s = reconcile_grace.as_secs_f64(),
@@ -117,10 +116,10 @@ pub fn worker_deps(
         client,
         page_size: settings.openai.page_size,
         // Longer than any create call can take, so a live attempt never loses its request.
-        lease: settings.timeout()? * 2 + Duration::from_secs(1),
+        lease: settings.openai.timeout * 2 + Duration::from_secs(1),
         max_attempts: settings.requests.max_attempts,
-        retry_base_delay,
-        retry_max_delay,
+        retry_base_delay: settings.openai.retry_base_delay,
+        retry_max_delay: settings.openai.retry_max_delay,
         reconcile_grace,
         unresolved: settings.requests.unresolved,
         before_create: None,
@@ -170,13 +169,16 @@ pub async fn start_daemon(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Daemon> {
-    let deps = sync_deps(&settings).await?;
+    let deps = SyncDeps {
+        after_failure: "the daemon keeps running and walks again at the next scheduled tick",
+        ..sync_deps(&settings).await?
+    };
     let period = schedule_period(&settings.sync.schedule)?;
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
     let worker_running = Arc::new(AtomicBool::new(true));
     let worker = tokio::spawn(supervise_worker(
         worker_deps,
-        settings.poll_interval()?,
+        settings.requests.poll_interval,
         shutdown.clone(),
         worker_running.clone(),
     ));
@@ -240,16 +242,12 @@ pub async fn start_daemon(
                 trigger = due.recv() => match trigger { Some(t) => t, None => break },
             };
             match sync::walk_and_apply(&deps, trigger, &shutdown, &mut ()).await {
-                Ok(_) => publish_project_counts(&deps.pool).await,
+                Ok(_) => {}
                 Err(sync::SyncError::AlreadyRunning) => {
                     tracing::info!("another replica is walking; skipping this tick");
                 }
-                Err(error) => {
-                    tracing::error!(
-                        error = %error,
-                        "the walk failed and nothing was applied; the daemon keeps running and walks again at the next scheduled tick"
-                    );
-                }
+                // Logged once, by the walk itself, with what happens next.
+                Err(_) => {}
             }
         }
         if worker.await.is_err() {
@@ -357,16 +355,5 @@ async fn supervise_worker(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
-    }
-}
-
-async fn publish_project_counts(pool: &sqlx::PgPool) {
-    match store::count_projects_by_status(pool).await {
-        Ok(counts) => {
-            for count in counts {
-                metrics::gauge!("projects", "status" => count.status).set(count.projects as f64);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not count projects for metrics"),
     }
 }

@@ -151,7 +151,7 @@ async fn pass(
         Ok(run) => run,
         Err(error) => {
             session.close().await;
-            record_metrics("failed", started.elapsed());
+            record_metrics("failed", 0, started.elapsed());
             return Err(error.into());
         }
     };
@@ -181,18 +181,16 @@ async fn pass(
     match outcome {
         Ok(()) => {
             store::finish_cost_run(&deps.pool, run_id, &counts, None).await?;
-            record_metrics("succeeded", duration);
-            metrics::gauge!("openai_project_sync_last_success_timestamp_seconds", "resource" => "costs")
-                .set(Utc::now().timestamp() as f64);
+            record_metrics("succeeded", counts.pages, duration);
             for (change, n) in [
                 ("inserted", counts.inserted),
                 ("updated", counts.updated),
                 ("removed", counts.removed),
             ] {
-                metrics::counter!("openai_project_sync_cost_rows_total", "change" => change)
+                metrics::counter!(crate::metric::COST_ROWS_TOTAL, "change" => change)
                     .increment(u64::try_from(n).unwrap_or(0));
             }
-            metrics::counter!("openai_project_sync_cost_revisions_total")
+            metrics::counter!(crate::metric::COST_REVISIONS_TOTAL)
                 .increment(u64::try_from(counts.revisions).unwrap_or(0));
             tracing::info!(
                 pages = counts.pages,
@@ -216,7 +214,7 @@ async fn pass(
             })
         }
         Err(error) => {
-            record_metrics("failed", duration);
+            record_metrics("failed", counts.pages, duration);
             tracing::error!(error = %error, "cost pass failed");
             if let Err(e) =
                 store::finish_cost_run(&deps.pool, run_id, &counts, Some(&error.to_string())).await
@@ -232,11 +230,13 @@ fn at(unix: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(unix, 0).unwrap_or_default()
 }
 
-fn record_metrics(status: &'static str, duration: Duration) {
-    metrics::counter!("openai_project_sync_runs_total", "resource" => "costs", "status" => status)
-        .increment(1);
-    metrics::histogram!("openai_project_sync_pass_duration_seconds", "resource" => "costs", "status" => status)
-        .record(duration.as_secs_f64());
+fn record_metrics(status: &'static str, pages: i64, duration: Duration) {
+    crate::metric::record_pass(
+        Resource::Costs,
+        status,
+        u64::try_from(pages).unwrap_or(0),
+        duration,
+    );
 }
 
 /// Plans the pass's segments, fetches them in a task of its own, and applies what arrives.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -35,7 +36,7 @@ pub use wire::EmulatedProject;
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
     /// The only bearer token accepted.
-    pub admin_key: String,
+    pub admin_key: SecretString,
     /// How many projects are generated at start.
     pub projects: usize,
     /// The share of generated projects that are archived, 0 to 1.
@@ -93,7 +94,7 @@ pub struct EmulatorStats {
 struct ConnectionKill(Arc<Notify>);
 
 struct Shared {
-    admin_key: String,
+    admin_key: SecretString,
     hang_for: Duration,
     store: Mutex<ProjectStore>,
     faults: Mutex<faults::FaultPlan>,

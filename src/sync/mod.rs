@@ -1,4 +1,5 @@
-//! One walk of the project list into Postgres: fetch pages, stage them as they arrive, apply atomically.
+//! One walk of the project list into Postgres: fetch pages, stage them as they arrive, apply
+//! atomically in one short transaction once the list's end is reached.
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,9 @@ pub struct SyncDeps {
     pub client: AdminClient,
     pub page_size: u32,
     pub min_seen_ratio: f64,
+    /// What happens after a failed walk, for its one log line: the daemon's next tick, or the
+    /// command's exit.
+    pub after_failure: &'static str,
 }
 
 /// The outcome of a successful walk.
@@ -139,6 +143,7 @@ async fn walk(
             record_metrics("failed", 0, duration);
             tracing::error!(
                 error = %error,
+                next = deps.after_failure,
                 "the walk could not start (opening its connection, taking the walk lock or recording the run); nothing was applied"
             );
             return Err(error);
@@ -160,8 +165,6 @@ async fn walk(
     match outcome {
         Ok(counts) => {
             record_metrics("succeeded", counts.pages, duration);
-            metrics::gauge!("sync_last_success_timestamp_seconds")
-                .set(chrono::Utc::now().timestamp() as f64);
             tracing::info!(
                 pages = counts.pages,
                 seen = counts.seen,
@@ -181,7 +184,7 @@ async fn walk(
         }
         Err((pages, error)) => {
             record_metrics("failed", pages, duration);
-            tracing::error!(pages, error = %error, "walk failed; nothing was applied");
+            tracing::error!(pages, error = %error, next = deps.after_failure, "walk failed; nothing was applied");
             if let Err(e) = store::fail_run(&deps.pool, run_id, pages, &error.to_string()).await {
                 tracing::error!(error = %e, "could not record the failed walk");
             }
@@ -224,7 +227,7 @@ async fn open_and_record(
     Ok(Some((session, fetcher, pages_rx, run_id, observed_at)))
 }
 
-/// Applies every page in the walk's transaction and commits only at the list's explicit end.
+/// Stages every page as it arrives and applies the walk only at the list's explicit end.
 #[allow(clippy::too_many_arguments)]
 async fn apply(
     deps: &SyncDeps,
@@ -236,15 +239,12 @@ async fn apply(
     cancel: &CancellationToken,
     progress: &mut dyn Progress,
 ) -> Result<RunCounts, (i32, SyncError)> {
-    session
-        .begin(run_id, observed_at)
-        .await
-        .map_err(|e| (0, SyncError::Store(e)))?;
-    let pages = match apply_all_pages(pages_rx, fetcher, &mut session, cancel, progress).await {
+    session.record_as(run_id, observed_at);
+    let pages = match stage_all_pages(pages_rx, fetcher, &mut session, cancel, progress).await {
         Ok(pages) => pages,
         Err(failure) => {
             if let Err(e) = session.rollback().await {
-                tracing::warn!(error = %e, "rolling back the abandoned walk failed; closing its connection rolls it back");
+                tracing::warn!(error = %e, "releasing the abandoned walk's connection failed; closing it releases the walk lock");
             }
             return Err(failure);
         }
@@ -260,9 +260,8 @@ async fn apply(
 }
 
 fn record_metrics(status: &'static str, pages: i32, duration: Duration) {
-    metrics::counter!("sync_runs_total", "status" => status).increment(1);
-    metrics::counter!("sync_pages_total").increment(pages.max(0) as u64);
-    metrics::histogram!("sync_duration_seconds", "status" => status).record(duration.as_secs_f64());
+    let pages = u64::try_from(pages).unwrap_or(0);
+    crate::metric::record_pass(store::Resource::Projects, status, pages, duration);
 }
 
 /// A fetched page: each project as the API's own JSON, with its digest.
@@ -379,8 +378,8 @@ fn prepare(mut project: ListedProject) -> (ListedProject, i64) {
     (project, digest)
 }
 
-/// Applies pages as the fetch task delivers them; returns the page count once it said `Done`.
-async fn apply_all_pages(
+/// Stages pages as the fetch task delivers them; returns the page count once it said `Done`.
+async fn stage_all_pages(
     mut pages_rx: mpsc::Receiver<Fetched>,
     fetcher: &mut AbortOnDrop,
     session: &mut WalkSession,
@@ -425,7 +424,7 @@ async fn apply_all_pages(
             })
             .collect();
         session
-            .apply_batch(&listings)
+            .stage(&listings)
             .await
             .map_err(|e| (pages, SyncError::Store(e)))?;
         for page in &batch {

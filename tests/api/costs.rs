@@ -977,7 +977,7 @@ async fn the_daemon_runs_a_cost_pass_at_start_and_publishes_its_metrics() {
     assert_eq!(metrics_status, 200);
     for needle in [
         "openai_project_sync_runs_total{resource=\"costs\",status=\"succeeded\"}",
-        "openai_project_sync_last_success_timestamp_seconds{resource=\"costs\"}",
+        "openai_project_sync_seconds_since_last_success{resource=\"costs\"}",
     ] {
         assert!(
             metrics.contains(needle),
