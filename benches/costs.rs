@@ -76,8 +76,7 @@ async fn run(db_url: &str, emulator: &Emulator, resource: &str, backfill_from: &
     );
     let field = |name: &str| {
         text.lines()
-            .filter(|l| l.trim_start().starts_with(name))
-            .next_back()
+            .rfind(|l| l.trim_start().starts_with(name))
             .and_then(|l| {
                 l.split_whitespace()
                     .nth(if name == "peak memory" { 2 } else { 1 })

@@ -341,10 +341,10 @@ async fn run_segments(
         }
     }
     .await;
-    if result.is_err() {
-        if let Err(e) = session.rollback().await {
-            tracing::warn!(error = %e, "rolling back the failed cost pass failed; closing its connection rolls it back");
-        }
+    if result.is_err()
+        && let Err(e) = session.rollback().await
+    {
+        tracing::warn!(error = %e, "rolling back the failed cost pass failed; closing its connection rolls it back");
     }
     result
 }

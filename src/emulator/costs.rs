@@ -180,7 +180,7 @@ impl DayCosts<'_> {
     fn quiet(&self, day: i64) -> bool {
         day < self.history
             || self.book.emptied.contains(&day)
-            || mix(&[self.seed, day_key(day), 7]) % 13 == 0
+            || mix(&[self.seed, day_key(day), 7]).is_multiple_of(13)
     }
 
     fn revision(&self, day: i64, project: Option<&str>) -> u32 {
@@ -223,7 +223,7 @@ impl DayCosts<'_> {
         let revision = u64::from(self.revision(day, None));
         let r = mix(&[self.seed, d, 1, revision]);
         emit(self.result(day, None, Some("web search tool calls"), r));
-        if r % 3 == 0 {
+        if r.is_multiple_of(3) {
             let r = mix(&[self.seed, d, 2, revision]);
             emit(self.result(day, None, None, r));
         }
@@ -279,7 +279,7 @@ fn write_result(body: &mut String, cost: &EmulatedCost, freedoms: &Freedoms, r: 
         let quoted = match freedoms.cost_amounts {
             CostAmountForm::Number => false,
             CostAmountForm::String => true,
-            CostAmountForm::Mixed => r % 2 == 0,
+            CostAmountForm::Mixed => r.is_multiple_of(2),
         };
         if quoted {
             let _ = write!(
@@ -352,6 +352,8 @@ struct CostAsk {
     fingerprint: u64,
 }
 
+// A refusal is the response itself, answered once per call.
+#[allow(clippy::result_large_err)]
 fn parse_ask(pairs: &[(String, String)], now: i64) -> Result<CostAsk, Response> {
     let one = |name: &str| {
         pairs

@@ -619,6 +619,9 @@ async fn organization_level_rows_are_kept_under_null_keys() {
     );
 }
 
+/// A group of a project's cost rows in the view: name then, status then, name now, rows.
+type NamedCosts = (Option<String>, Option<String>, Option<String>, i64);
+
 #[tokio::test]
 async fn the_view_names_old_costs_as_the_projects_were_named_then() {
     let f = fixture(6).await;
@@ -644,7 +647,7 @@ async fn the_view_names_old_costs_as_the_projects_were_named_then() {
     let names = |id: String| {
         let pool = f.db.pool.clone();
         async move {
-            let rows: Vec<(Option<String>, Option<String>, Option<String>, i64)> = sqlx::query_as(
+            let rows: Vec<NamedCosts> = sqlx::query_as(
                 "select project_name, project_status, project_name_now, count(*) from openai.costs_by_project \
                  where project_id = $1 group by 1, 2, 3",
             )
