@@ -1,6 +1,8 @@
 //! `GET /organization/costs`: daily cost buckets grouped by project and line item, with amounts
 //! kept exactly as the API wrote them (a JSON number or a string, plain or scientific).
 
+use std::borrow::Cow;
+
 use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -24,6 +26,19 @@ const MAX_EXPONENT: i64 = 16_000;
 impl ExactNumber {
     /// The text if it is a plain or scientific decimal number Postgres `numeric` can hold.
     pub fn parse(text: &str) -> Result<ExactNumber, String> {
+        check_number(text)?;
+        Ok(ExactNumber(text.to_owned()))
+    }
+
+    /// The number's text, exactly as the API wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `text` is a plain or scientific decimal number Postgres `numeric` can hold.
+fn check_number(text: &str) -> Result<(), String> {
+    {
         let bytes = text.as_bytes();
         let mut at = 0;
         if bytes.first() == Some(&b'-') {
@@ -64,26 +79,31 @@ impl ExactNumber {
         if at != bytes.len() {
             return Err(format!("{text:?} is not a decimal number"));
         }
-        Ok(ExactNumber(text.to_owned()))
+        Ok(())
     }
+}
 
-    /// A JSON value holding a number or a numeric string; `None` for null.
-    fn from_json(raw: &RawValue) -> Result<Option<ExactNumber>, String> {
-        let text = raw.get().trim();
-        if text == "null" {
-            return Ok(None);
-        }
-        if text.starts_with('"') {
-            let inner: String = serde_json::from_str(text).map_err(|e| e.to_string())?;
-            return ExactNumber::parse(inner.trim()).map(Some);
-        }
-        ExactNumber::parse(text).map(Some)
+/// The text of a JSON value holding a number or a numeric string, checked; `None` for null.
+fn number_text(raw: &RawValue) -> Result<Option<&str>, String> {
+    let text = raw.get().trim();
+    if text == "null" {
+        return Ok(None);
     }
+    let number = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        // A numeric string has no escapes; one with any is no number.
+        Some(inner) => inner.trim(),
+        None => text,
+    };
+    check_number(number)?;
+    Ok(Some(number))
+}
 
-    /// The number's text, exactly as the API wrote it.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+/// A piece of a page's text: a span of the body as received, or owned when the JSON escaped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Null,
+    Span { from: usize, to: usize },
+    Owned(Box<str>),
 }
 
 /// One query of the Costs API: a fixed window so `next_page` tokens stay valid.
@@ -97,17 +117,18 @@ pub struct CostQuery {
     pub limit: u32,
 }
 
-/// One cost result: a day's amount for a project and line item (either may be null).
+/// One cost result: a day's amount for a project and line item (either may be null); read
+/// its text with `CostPage::text`. Amount and quantity are checked decimal numbers.
 #[derive(Debug, Clone)]
 pub struct CostResult {
-    pub project_id: Option<String>,
-    pub line_item: Option<String>,
-    pub amount: ExactNumber,
-    pub currency: Option<String>,
-    pub quantity: Option<ExactNumber>,
-    pub quantity_unit: Option<String>,
+    pub project_id: Text,
+    pub line_item: Text,
+    pub amount: Text,
+    pub currency: Text,
+    pub quantity: Text,
+    pub quantity_unit: Text,
     /// The result object exactly as received.
-    pub raw: Box<RawValue>,
+    pub raw: Text,
 }
 
 /// One daily bucket and its results.
@@ -119,14 +140,50 @@ pub struct CostBucket {
 }
 
 /// One page of a cost query, checked: whole UTC days, ascending, inside the query's window.
+///
+/// The results' text stays in the body as received: a page holds its body once, not a copy
+/// of every field.
 #[derive(Debug, Clone)]
 pub struct CostPage {
+    body: bytes::Bytes,
     pub buckets: Vec<CostBucket>,
     /// Results left out because they carried no amount (never stored as 0).
     pub without_amount: u64,
     /// The days this page answers for: from where the last page ended to its last bucket's
     /// end, or to the query's end on the last page.
     pub covers: (i64, i64),
+}
+
+impl CostPage {
+    /// The text `text` stands for, `None` for null.
+    pub fn text<'a>(&'a self, text: &'a Text) -> Option<&'a str> {
+        match text {
+            Text::Null => None,
+            Text::Span { from, to } => self
+                .body
+                .get(*from..*to)
+                .and_then(|bytes| std::str::from_utf8(bytes).ok()),
+            Text::Owned(owned) => Some(owned),
+        }
+    }
+}
+
+/// Where `piece`, a slice of `body`, lies in it.
+fn span_of(body: &[u8], piece: &str) -> Option<Text> {
+    let from = piece.as_ptr().addr().checked_sub(body.as_ptr().addr())?;
+    let to = from.checked_add(piece.len())?;
+    (to <= body.len()).then_some(Text::Span { from, to })
+}
+
+/// A string field as a span of the body when the JSON wrote it plainly, owned when escaped.
+fn text_of(body: &[u8], value: Option<Cow<'_, str>>) -> Text {
+    match value {
+        None => Text::Null,
+        Some(Cow::Borrowed(piece)) => {
+            span_of(body, piece).unwrap_or_else(|| Text::Owned(piece.into()))
+        }
+        Some(Cow::Owned(owned)) => Text::Owned(owned.into_boxed_str()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -148,24 +205,24 @@ struct BucketBody<'a> {
 
 #[derive(Deserialize)]
 struct ResultFields<'a> {
-    #[serde(default)]
-    project_id: Option<String>,
-    #[serde(default)]
-    line_item: Option<String>,
+    #[serde(borrow, default)]
+    project_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    line_item: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     amount: Option<AmountFields<'a>>,
     #[serde(borrow, default)]
     quantity: Option<&'a RawValue>,
-    #[serde(default)]
-    quantity_unit: Option<String>,
+    #[serde(borrow, default)]
+    quantity_unit: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct AmountFields<'a> {
     #[serde(borrow, default)]
     value: Option<&'a RawValue>,
-    #[serde(default)]
-    currency: Option<String>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
 }
 
 impl AdminClient {
@@ -227,7 +284,7 @@ impl CostWalk {
             .call_retrying_raw("costs", Method::GET, url)
             .await?;
         self.pages += 1;
-        let page = match self.read(&body) {
+        let page = match self.read(body) {
             Ok(page) => page,
             Err(error) => {
                 self.done = true;
@@ -249,12 +306,12 @@ impl CostWalk {
         }
     }
 
-    fn read(&mut self, body: &[u8]) -> Result<CostPage, ApiError> {
+    fn read(&mut self, body: bytes::Bytes) -> Result<CostPage, ApiError> {
         let decode = |message: String| ApiError::Decode {
             message,
             request_id: None,
         };
-        let parsed: PageBody<'_> = serde_json::from_slice(body)
+        let parsed: PageBody<'_> = serde_json::from_slice(&body)
             .map_err(|e| decode(format!("the costs page is not the documented shape: {e}")))?;
         let from = self.cursor;
         let mut buckets = Vec::with_capacity(parsed.data.len());
@@ -290,25 +347,28 @@ impl CostWalk {
                         continue;
                     }
                 };
-                let Some(amount) = ExactNumber::from_json(value)
+                let Some(amount) = number_text(value)
                     .map_err(|e| decode(format!("a cost amount is not a number: {e}")))?
                 else {
                     without_amount += 1;
                     continue;
                 };
                 let quantity = match fields.quantity {
-                    Some(q) => ExactNumber::from_json(q)
+                    Some(q) => number_text(q)
                         .map_err(|e| decode(format!("a cost quantity is not a number: {e}")))?,
                     None => None,
                 };
+                let number = |text: Option<&str>| {
+                    text.map_or(Text::Null, |t| text_of(&body, Some(Cow::Borrowed(t))))
+                };
                 results.push(CostResult {
-                    project_id: fields.project_id,
-                    line_item: fields.line_item,
-                    amount,
-                    currency,
-                    quantity,
-                    quantity_unit: fields.quantity_unit,
-                    raw: raw.to_owned(),
+                    project_id: text_of(&body, fields.project_id),
+                    line_item: text_of(&body, fields.line_item),
+                    amount: number(Some(amount)),
+                    currency: text_of(&body, currency),
+                    quantity: number(quantity),
+                    quantity_unit: text_of(&body, fields.quantity_unit),
+                    raw: text_of(&body, Some(Cow::Borrowed(raw.get()))),
                 });
             }
             buckets.push(CostBucket {
@@ -321,6 +381,7 @@ impl CostWalk {
             self.done = true;
             self.cursor = self.query.end_time;
             return Ok(CostPage {
+                body,
                 buckets,
                 without_amount,
                 covers: (from, self.query.end_time),
@@ -338,6 +399,7 @@ impl CostWalk {
         }
         self.next_page = Some(token);
         Ok(CostPage {
+            body,
             buckets,
             without_amount,
             covers: (from, self.cursor),

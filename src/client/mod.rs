@@ -19,7 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use costs::{
-    CostBucket, CostPage, CostQuery, CostResult, CostWalk, DAY_SECONDS, ExactNumber, MAX_COST_LIMIT,
+    CostBucket, CostPage, CostQuery, CostResult, CostWalk, DAY_SECONDS, ExactNumber,
+    MAX_COST_LIMIT, Text,
 };
 pub use create::{CreateOutcome, CreatedProject};
 pub use error::ApiError;

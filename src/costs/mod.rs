@@ -388,16 +388,24 @@ async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, S
         if let Some(bucket) = buckets.next_if(|b| b.start_time == day) {
             let (start, end) = (at(bucket.start_time), at(bucket.end_time));
             for result in &bucket.results {
+                let (Some(amount), Some(raw)) = (page.text(&result.amount), page.text(&result.raw))
+                else {
+                    // Spans of the body it was read from: this cannot happen; never store a guess.
+                    tracing::error!(
+                        "a cost result's text could not be read back from its page; skipped"
+                    );
+                    continue;
+                };
                 rows.push(CostRow {
                     bucket_start: start,
                     bucket_end: end,
-                    project_id: result.project_id.as_deref(),
-                    line_item: result.line_item.as_deref(),
-                    currency: result.currency.as_deref(),
-                    amount: result.amount.as_str(),
-                    quantity: result.quantity.as_ref().map(|q| q.as_str()),
-                    quantity_unit: result.quantity_unit.as_deref(),
-                    raw: result.raw.get(),
+                    project_id: page.text(&result.project_id),
+                    line_item: page.text(&result.line_item),
+                    currency: page.text(&result.currency),
+                    amount,
+                    quantity: page.text(&result.quantity),
+                    quantity_unit: page.text(&result.quantity_unit),
+                    raw,
                 });
             }
             results = i32::try_from(bucket.results.len()).unwrap_or(i32::MAX);

@@ -1113,3 +1113,27 @@ async fn has_more_without_a_next_page_fails_the_pass_and_applies_nothing() {
     assert!(message.contains("next_page"), "{message}");
     assert_eq!(after, before);
 }
+
+#[test]
+fn only_decimal_numbers_postgres_can_hold_pass_as_amounts() {
+    use openai_project_sync::client::ExactNumber;
+    for good in [
+        "0",
+        "-0.5",
+        "12.50",
+        "0E-6176",
+        "1.23456789012345678901234567",
+        "4.5e+3",
+        "7E2",
+    ] {
+        assert_eq!(
+            ExactNumber::parse(good).map(|n| n.as_str().to_owned()),
+            Ok(good.to_owned())
+        );
+    }
+    for bad in [
+        "", " 1", "1 ", "1.", ".5", "+1", "1e", "1e+", "NaN", "Infinity", "0x10", "1E+99999", "1,5",
+    ] {
+        assert!(ExactNumber::parse(bad).is_err(), "{bad:?} accepted");
+    }
+}
