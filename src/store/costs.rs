@@ -124,8 +124,11 @@ impl CostSession {
             .execute(&mut connection)
             .await?;
         // Sorting staged rows by their text keys under the database's collation costs several
-        // times what hashing them does; the applies join by hash.
+        // times what hashing them does; the applies join by hash, in memory.
         sqlx::query("set enable_mergejoin = off")
+            .execute(&mut connection)
+            .await?;
+        sqlx::query("set work_mem = '64MB'")
             .execute(&mut connection)
             .await?;
         sqlx::query(
@@ -317,6 +320,11 @@ impl CostSession {
             self.staged_span = None;
             return Ok(applied);
         }
+        // Without statistics the planner takes the staged days for a handful of rows and
+        // probes every stored row of a day for each staged one.
+        sqlx::query("analyze cost_stage, cost_stage_days")
+            .execute(&mut *c)
+            .await?;
         type Key = (
             DateTime<Utc>,
             Option<String>,
