@@ -325,6 +325,11 @@ impl CostSession {
         sqlx::query("analyze cost_stage, cost_stage_days")
             .execute(&mut *c)
             .await?;
+        // Even so it takes a join on a day's text keys for a few index probes each, where each
+        // probe reads every stored row of that day; until the commit, every join hashes.
+        sqlx::query("set local enable_nestloop = off")
+            .execute(&mut *c)
+            .await?;
         type Key = (
             DateTime<Utc>,
             Option<String>,
@@ -364,6 +369,8 @@ impl CostSession {
         self.record_days(run_id, observed_at).await?;
         let c = &mut self.connection;
         let kept: Vec<(DateTime<Utc>,)> = sqlx::query_as(include_str!("costs/kept.sql"))
+            .bind(from)
+            .bind(until)
             .fetch_all(&mut *c)
             .await?;
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
