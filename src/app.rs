@@ -94,7 +94,11 @@ pub fn worker_deps(
         client,
         page_size: settings.openai.page_size,
         // Longer than any create call can take, so a live attempt never loses its request.
-        lease: settings.openai.timeout * 2 + Duration::from_secs(1),
+        lease: settings
+            .openai
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1)),
         max_attempts: settings.requests.max_attempts,
         retry_base_delay: settings.openai.retry_base_delay,
         retry_max_delay: settings.openai.retry_max_delay,

@@ -458,20 +458,33 @@ mod duration_text {
                 "{given:?} is not a duration: give a number with a unit, e.g. \"250ms\", \"30s\", \"5m\" (a bare number means seconds)"
             ))
         };
-        match Given::deserialize(deserializer)? {
-            Given::Whole(seconds) => Ok(Duration::from_secs(seconds)),
-            Given::Fraction(seconds) => {
-                Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&seconds.to_string()))
-            }
+        let (given, duration) = match Given::deserialize(deserializer)? {
+            Given::Whole(seconds) => (seconds.to_string(), Ok(Duration::from_secs(seconds))),
+            Given::Fraction(seconds) => (
+                seconds.to_string(),
+                Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&seconds.to_string())),
+            ),
             Given::Text(text) => {
-                let text = text.trim();
-                if let Ok(seconds) = text.parse::<f64>() {
-                    return Duration::try_from_secs_f64(seconds).map_err(|_| invalid(text));
-                }
-                humantime::parse_duration(text).map_err(|_| invalid(text))
+                let text = text.trim().to_owned();
+                let duration = match text.parse::<f64>() {
+                    Ok(seconds) => Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&text)),
+                    Err(_) => humantime::parse_duration(&text).map_err(|_| invalid(&text)),
+                };
+                (text, duration)
             }
+        };
+        let duration = duration?;
+        if duration > LONGEST {
+            return Err(D::Error::custom(format!(
+                "{given:?} is longer than a year: no setting needs that, and longer ones overflow \
+                 the arithmetic and the database's intervals; give e.g. \"30s\" or \"1h\""
+            )));
         }
+        Ok(duration)
     }
+
+    /// The longest duration any setting accepts.
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 }
 
 /// The smallest pool the daemon can work with: see the `database.max_connections` check.
