@@ -183,6 +183,37 @@ async fn a_role_that_lost_or_never_had_its_grants_gets_them_from_grant_roles_ide
 }
 
 #[tokio::test]
+async fn a_table_a_later_migration_adds_is_writable_by_the_daemon_role_and_readable_by_analysts() {
+    let db = migrated().await;
+    // As a later migration would, run by the role that ran the earlier ones.
+    sqlx::query(
+        "create table openai.added_later (id bigint generated always as identity, note text)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a later table");
+    let (daemon_writes, daemon_uses_sequence, analyst_reads): (bool, bool, bool) = sqlx::query_as(
+        "select has_table_privilege('openai_daemon', 'openai.added_later', 'SELECT, INSERT, UPDATE'), \
+                has_sequence_privilege('openai_daemon', \
+                    pg_get_serial_sequence('openai.added_later', 'id'), 'USAGE'), \
+                has_table_privilege('openai_analyst', 'openai.added_later', 'SELECT')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("privileges");
+
+    assert!(
+        daemon_writes,
+        "the daemon role cannot write a table added later"
+    );
+    assert!(
+        daemon_uses_sequence,
+        "the daemon role cannot use its sequence"
+    );
+    assert!(analyst_reads, "analysts cannot read a table added later");
+}
+
+#[tokio::test]
 async fn two_logins_sharing_openai_ops_cannot_cancel_each_others_requests() {
     let db = migrated().await;
     let alice = Login::create(&db, "alice", &["openai_ops"]).await;
