@@ -42,6 +42,18 @@ pub enum StoreError {
     Sql(sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// Migrations are pending and the connected role may not apply them.
+    #[error(
+        "{pending} migration(s) of this version are not applied yet (the newest is {newest}), and role \
+         {role} may not apply them ({reason}); run `openai-project-sync migrate` as the owner of \
+         the openai schema, then start this one again"
+    )]
+    MigrationsPending {
+        pending: usize,
+        newest: i64,
+        role: String,
+        reason: String,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -120,8 +132,38 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     if migrations_applied(pool, &migrator).await {
         return Ok(());
     }
-    migrator.run(pool).await?;
-    Ok(())
+    let Err(error) = migrator.run(pool).await else {
+        return Ok(());
+    };
+    let denied = match &error {
+        sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(e))
+        | sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(e), _) => {
+            e.code().as_deref() == Some("42501")
+        }
+        _ => false,
+    };
+    if !denied {
+        return Err(error.into());
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("select version from public._sqlx_migrations where success")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let pending: Vec<i64> = migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|version| !applied.contains(version))
+        .collect();
+    let (role,): (String,) = sqlx::query_as("select current_user::text")
+        .fetch_one(pool)
+        .await?;
+    Err(StoreError::MigrationsPending {
+        pending: pending.len(),
+        newest: pending.iter().copied().max().unwrap_or_default(),
+        role,
+        reason: error.to_string(),
+    })
 }
 
 /// Whether every migration is applied, unchanged; `false` whenever that cannot be read.

@@ -214,6 +214,37 @@ async fn a_table_a_later_migration_adds_is_writable_by_the_daemon_role_and_reada
 }
 
 #[tokio::test]
+async fn a_daemon_role_that_cannot_apply_a_pending_migration_says_who_must_run_migrate() {
+    let db = migrated().await;
+    let daemon = Login::create(&db, "upgraded", &["openai_daemon"]).await;
+    // As if this version brought a migration the schema's owner has not applied yet.
+    sqlx::query(
+        "delete from public._sqlx_migrations \
+         where version = (select max(version) from public._sqlx_migrations)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("forget the newest migration");
+    let pool = sqlx::PgPool::connect(&db.url_as(&daemon.name))
+        .await
+        .expect("the daemon logs in");
+
+    let refused = openai_project_sync::store::migrate(&pool)
+        .await
+        .expect_err("the daemon role cannot migrate")
+        .to_string();
+    pool.close().await;
+
+    assert!(
+        refused.contains("1 migration(s)")
+            && refused.contains(&daemon.name)
+            && refused.contains("`openai-project-sync migrate` as the owner"),
+        "{refused}"
+    );
+    daemon.drop_now().await;
+}
+
+#[tokio::test]
 async fn two_logins_sharing_openai_ops_cannot_cancel_each_others_requests() {
     let db = migrated().await;
     let alice = Login::create(&db, "alice", &["openai_ops"]).await;
