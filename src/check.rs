@@ -49,13 +49,13 @@ pub async fn run_checks(settings: &Settings) -> Vec<CheckLine> {
     lines
 }
 
-/// A URL with any user name and password in it removed, for printing.
+/// A URL with any user name and password in it removed, and any key in it redacted, for printing.
 fn without_credentials(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_password(None);
             let _ = parsed.set_username("");
-            parsed.to_string()
+            crate::secrets::redact_keys(parsed.as_str())
         }
         Err(_) => "(not a URL)".to_owned(),
     }

@@ -50,7 +50,10 @@ pub struct AdminClient {
 impl std::fmt::Debug for AdminClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminClient")
-            .field("base_url", &self.base_url.as_str())
+            .field(
+                "base_url",
+                &self.without_credentials(self.base_url.as_str()),
+            )
             .field("auth", &"[REDACTED]")
             .field("timeout", &self.timeout)
             .finish()
@@ -305,7 +308,8 @@ impl AdminClient {
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> ApiError {
-        let detail = error_chain(error);
+        // reqwest's messages quote the URL, with whatever user name and password it holds.
+        let detail = self.without_credentials(&error_chain(error));
         if error.is_connect() {
             ApiError::Connect(detail)
         } else if error.is_timeout() {
@@ -313,6 +317,19 @@ impl AdminClient {
         } else {
             ApiError::Transport(detail)
         }
+    }
+}
+
+impl AdminClient {
+    /// `text` with the base URL's user name and password taken out wherever it quotes them.
+    fn without_credentials(&self, text: &str) -> String {
+        let user = self.base_url.username();
+        let userinfo = match self.base_url.password() {
+            Some(password) => format!("{user}:{password}@"),
+            None if !user.is_empty() => format!("{user}@"),
+            None => return text.to_owned(),
+        };
+        text.replace(&userinfo, "")
     }
 }
 
