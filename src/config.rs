@@ -384,12 +384,27 @@ impl Settings {
 
 /// Rewrites the `config` crate's messages so an unknown key reads as such.
 fn explain_load_error(message: &str) -> String {
+    // A parse error quotes the offending line of the file, which may hold a key or a password:
+    // the line and column it names are enough to find it.
+    let quotes_a_line = |line: &&str| {
+        line.trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start()
+            .starts_with('|')
+    };
+    let message = crate::secrets::redact_keys(
+        &message
+            .lines()
+            .filter(|line| !quotes_a_line(line))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
     if message.contains("unknown field") {
         format!(
             "{message}; remove or correct that key (keys are listed in config/default.toml; environment variables are APP_SECTION__KEY)"
         )
     } else {
-        message.to_owned()
+        message
     }
 }
 

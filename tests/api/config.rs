@@ -399,6 +399,30 @@ fn app_variables_naming_no_key_are_ignored_but_unknown_keys_in_files_are_errors(
 }
 
 #[test]
+fn a_configuration_file_that_does_not_parse_is_refused_without_echoing_its_lines() {
+    let dir = temp_dir("unparsable");
+    for (name, text) in [
+        (
+            "unquoted.toml",
+            "[openai]\nadmin_key = sk-admin-CANARY-placeholder\n",
+        ),
+        (
+            "other-key.toml",
+            "[database]\nurl = postgres://u:CANARY@h/db\n",
+        ),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).expect("write");
+
+        let refused = load(&dir, Some(&file), &[]).expect_err("refused");
+
+        let message = refused.to_string();
+        assert!(!message.contains("CANARY"), "{name}: {message}");
+        assert!(message.contains(name), "{name} names the file: {message}");
+    }
+}
+
+#[test]
 fn an_admin_key_in_a_configuration_file_is_refused_without_echoing_it() {
     let dir = temp_dir("key-in-file");
     let extra = dir.join("extra.toml");
