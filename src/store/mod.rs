@@ -42,6 +42,12 @@ pub enum StoreError {
     Sql(sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// Postgres did not answer a walk's call in time; its connection is taken as dead.
+    #[error(
+        "Postgres did not answer the walk within {0:?}; its connection is taken as dead (a server \
+         that vanished or a network that drops packets) and nothing was applied"
+    )]
+    NoAnswer(std::time::Duration),
     /// Migrations are pending and the connected role may not apply them.
     #[error(
         "{pending} migration(s) of this version are not applied yet (the newest is {newest}), and role \

@@ -202,6 +202,22 @@ const WALK_STATEMENT_TIMEOUT: &str = "5min";
 /// is ever cut off by this, its locks and snapshot released.
 const WALK_IDLE_IN_TRANSACTION_TIMEOUT: &str = "1min";
 
+/// Longest the walk waits for Postgres to answer one call — opening, staging a batch, the
+/// whole apply, abandoning — before it takes the connection as dead. The server's timeouts and
+/// keepalives end the server's side of a broken connection; only this ends the walk's side,
+/// which would otherwise wait for an answer forever and hold up every later walk.
+pub const WALK_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// `call`, or `NoAnswer` when it takes longer than `wait`.
+async fn answered_within<T>(
+    wait: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(wait, call)
+        .await
+        .unwrap_or(Err(StoreError::NoAnswer(wait)))
+}
+
 /// The walk connection's options: `options` with statement and idle-in-transaction timeouts,
 /// and TCP keepalives so the server ends the walk of a client that vanished.
 #[doc(hidden)]
@@ -229,6 +245,8 @@ pub struct WalkSession {
     observed_at: DateTime<Utc>,
     /// Listings staged so far, counting repeats; the next listing's position.
     listed: i64,
+    /// How long each call waits for an answer; `WALK_ANSWER_WAIT` unless a test shortens it.
+    answer_wait: std::time::Duration,
 }
 
 impl WalkSession {
@@ -237,6 +255,12 @@ impl WalkSession {
     /// The lock lives on this connection, not a pooled one, so it cannot outlive the walk
     /// inside a recycled connection, and dies with the process.
     pub async fn open(options: &PgConnectOptions) -> Result<Option<WalkSession>, StoreError> {
+        answered_within(WALK_ANSWER_WAIT, Self::connect_and_lock(options)).await
+    }
+
+    async fn connect_and_lock(
+        options: &PgConnectOptions,
+    ) -> Result<Option<WalkSession>, StoreError> {
         let mut connection = PgConnection::connect_with(&walk_connect_options(options)).await?;
         let (locked,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
             .bind(WALK_LOCK)
@@ -267,7 +291,14 @@ impl WalkSession {
             run_id: 0,
             observed_at: Utc::now(),
             listed: 0,
+            answer_wait: WALK_ANSWER_WAIT,
         }))
+    }
+
+    /// Shortens how long each later call waits for Postgres to answer.
+    #[doc(hidden)]
+    pub fn wait_for_answers_at_most(&mut self, wait: std::time::Duration) {
+        self.answer_wait = wait;
     }
 
     /// Names the run this walk records, and when it started.
@@ -284,13 +315,13 @@ impl WalkSession {
     /// batch replaces its earlier listing, so a change reverted during the walk is no change.
     pub async fn stage(&mut self, listings: &[Listing<'_>]) -> Result<usize, StoreError> {
         let batch = LastListings::of(listings, self.listed);
-        sqlx::query(include_str!("walk/stage_listings.sql"))
+        let staging = sqlx::query(include_str!("walk/stage_listings.sql"))
             .bind(&batch.ids)
             .bind(&batch.digests)
             .bind(&batch.raws)
             .bind(&batch.positions)
-            .execute(&mut self.connection)
-            .await?;
+            .execute(&mut self.connection);
+        answered_within(self.answer_wait, async { Ok(staging.await?) }).await?;
         self.listed += i64::try_from(listings.len()).unwrap_or(i64::MAX);
         Ok(batch.ids.len())
     }
@@ -301,7 +332,18 @@ impl WalkSession {
     /// A project counts by its last listing, once. The sanity guard refuses (and rolls back
     /// everything) when the walk would mark more than `1 - min_seen_ratio` of the projects
     /// present before it as missing.
-    pub async fn commit(
+    ///
+    /// Past `WALK_ANSWER_WAIT` without an answer the connection is dropped, which abandons the
+    /// transaction, and the walk fails.
+    pub async fn commit(self, pages: i32, min_seen_ratio: f64) -> Result<ApplyOutcome, StoreError> {
+        answered_within(
+            self.answer_wait,
+            self.apply_and_commit(pages, min_seen_ratio),
+        )
+        .await
+    }
+
+    async fn apply_and_commit(
         mut self,
         pages: i32,
         min_seen_ratio: f64,
@@ -388,13 +430,20 @@ impl WalkSession {
     }
 
     /// Abandons the walk: nothing it staged is applied, and the lock is released.
+    ///
+    /// Past `WALK_ANSWER_WAIT` without an answer the connection is dropped, which ends the
+    /// server's side too once it notices.
     pub async fn rollback(self) -> Result<(), StoreError> {
+        let wait = self.answer_wait;
         let mut connection = self.connection;
-        // Outside a transaction this only warns; the point is that none is left open.
-        let rolled_back = sqlx::query("rollback").execute(&mut connection).await;
-        release(connection).await;
-        rolled_back?;
-        Ok(())
+        answered_within(wait, async move {
+            // Outside a transaction this only warns; the point is that none is left open.
+            let rolled_back = sqlx::query("rollback").execute(&mut connection).await;
+            release(connection).await;
+            rolled_back?;
+            Ok(())
+        })
+        .await
     }
 }
 
