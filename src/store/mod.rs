@@ -151,11 +151,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     if !denied {
         return Err(error.into());
     }
-    let applied: Vec<i64> =
-        sqlx::query_scalar("select version from public._sqlx_migrations where success")
+    // Without the list of applied migrations there is no telling what is pending.
+    let Ok(applied) =
+        sqlx::query_scalar::<_, i64>("select version from public._sqlx_migrations where success")
             .fetch_all(pool)
             .await
-            .unwrap_or_default();
+    else {
+        return Err(error.into());
+    };
     let pending: Vec<i64> = migrator
         .iter()
         .map(|m| m.version)

@@ -133,6 +133,10 @@ async fn check_names_the_grant_a_daemon_role_is_missing() {
                 "grant select, insert, update on openai.project_current to {}",
                 bare.name
             ))
+            && text.contains(&format!(
+                "grant select on public._sqlx_migrations to {}",
+                bare.name
+            ))
             && text.contains("row security"),
         "{text}"
     );
