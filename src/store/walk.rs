@@ -355,8 +355,10 @@ impl WalkSession {
         let applied = self.apply(pages, min_seen_ratio).await;
         match applied {
             Ok(ApplyOutcome::Applied(counts)) => {
-                sqlx::query("commit").execute(&mut self.connection).await?;
+                // A commit can fail too (a deferred check); the lock is released either way.
+                let committed = sqlx::query("commit").execute(&mut self.connection).await;
                 release(self.connection).await;
+                committed?;
                 Ok(ApplyOutcome::Applied(counts))
             }
             Ok(refused) => {

@@ -1735,3 +1735,43 @@ async fn an_apply_whose_database_stops_answering_fails_instead_of_waiting_foreve
         "{applied:?}"
     );
 }
+
+#[tokio::test]
+async fn a_walk_whose_commit_is_refused_applies_nothing_and_releases_the_walk_lock_at_once() {
+    let f = fixture(0).await;
+    // A check a DBA added, deferred to the commit, refuses every walk that succeeds.
+    sqlx::raw_sql(
+        "create function public.refuse_walks() returns trigger language plpgsql as $$ \
+         begin raise exception 'walks are refused today'; end $$; \
+         create constraint trigger refuse_walks after update on openai.sync_runs \
+         deferrable initially deferred for each row \
+         when (new.status = 'succeeded') execute function public.refuse_walks();",
+    )
+    .execute(&f.db.pool)
+    .await
+    .expect("a deferred check");
+    let mut session = open_walk(&f).await;
+    apply(&mut session, &[listed("proj_refused", "Refused", true)]).await;
+
+    let refused = session.commit(1, 0.5).await;
+    let (locks,): (i64,) = sqlx::query_as(
+        "select count(*) from pg_locks where locktype = 'advisory' and granted \
+         and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("locks");
+
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("walks are refused today")),
+        "{refused:?}"
+    );
+    assert_eq!(locks, 0, "the walk lock outlived the refused commit");
+    let (stored,): (i64,) = sqlx::query_as("select count(*) from openai.project_current")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0, "nothing was applied");
+}
