@@ -270,22 +270,11 @@ impl WalkSession {
             let _ = connection.close().await;
             return Ok(None);
         }
-        // The apply touches few rows of large tables by index; compiling such a statement
-        // costs more than running it.
-        sqlx::query("set jit = off")
-            .execute(&mut connection)
-            .await?;
-        sqlx::query(include_str!("walk/create_staging.sql"))
-            .execute(&mut connection)
-            .await?;
-        sqlx::query(
-            "create temp table walk_batch (\
-                seq bigint, project_id text, raw jsonb, raw_digest bigint, key bigint, old_name text, \
-                old_status text, missing_since timestamptz, name text, status text, created_at timestamptz, \
-                archived_at timestamptz, external_key_id text, residency text)",
-        )
-        .execute(&mut connection)
-        .await?;
+        // Preparing can fail (a role without TEMPORARY on the database): the lock goes with it.
+        if let Err(error) = prepare(&mut connection).await {
+            release(connection).await;
+            return Err(error);
+        }
         Ok(Some(WalkSession {
             connection,
             run_id: 0,
@@ -499,6 +488,27 @@ async fn collect_changes(
     .fetch_one(&mut *tx)
     .await?;
     Ok(counts)
+}
+
+/// Prepares a locked walk connection: its settings and its staging tables.
+async fn prepare(connection: &mut PgConnection) -> Result<(), StoreError> {
+    // The apply touches few rows of large tables by index; compiling such a statement
+    // costs more than running it.
+    sqlx::query("set jit = off")
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(include_str!("walk/create_staging.sql"))
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(
+        "create temp table walk_batch (\
+            seq bigint, project_id text, raw jsonb, raw_digest bigint, key bigint, old_name text, \
+            old_status text, missing_since timestamptz, name text, status text, created_at timestamptz, \
+            archived_at timestamptz, external_key_id text, residency text)",
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 /// Releases the walk lock, then closes the connection.

@@ -249,6 +249,43 @@ async fn a_daemon_role_that_cannot_apply_a_pending_migration_says_who_must_run_m
 }
 
 #[tokio::test]
+async fn a_daemon_role_without_temporary_fails_its_walk_and_leaves_no_walk_lock_behind() {
+    let db = migrated().await;
+    let daemon = Login::create(&db, "notemp", &["openai_daemon"]).await;
+    let (database,): (String,) = sqlx::query_as("select current_database()::text")
+        .fetch_one(&db.pool)
+        .await
+        .expect("name");
+    sqlx::query(&format!(
+        "revoke temporary on database {database} from public"
+    ))
+    .execute(&db.pool)
+    .await
+    .expect("revoke temporary");
+    let options: sqlx::postgres::PgConnectOptions =
+        db.url_as(&daemon.name).parse().expect("URL parses");
+
+    let opened = openai_project_sync::store::WalkSession::open(&options).await;
+    let (locks,): (i64,) = sqlx::query_as(
+        "select count(*) from pg_locks where locktype = 'advisory' and granted \
+         and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("locks");
+
+    assert!(
+        opened
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("permission denied")),
+        "{:?}",
+        opened.as_ref().map(|_| "opened")
+    );
+    assert_eq!(locks, 0, "the walk lock outlived the failed start");
+    daemon.drop_now().await;
+}
+
+#[tokio::test]
 async fn two_logins_sharing_openai_ops_cannot_cancel_each_others_requests() {
     let db = migrated().await;
     let alice = Login::create(&db, "alice", &["openai_ops"]).await;
