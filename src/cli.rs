@@ -141,6 +141,12 @@ pub struct EmulatorArgs {
     /// Share of creates that create the project but answer 500.
     #[arg(long, default_value_t = 0.0)]
     pub rate_lost: f64,
+    /// Whether the organization has audit logging on; off answers an empty log or an error.
+    #[arg(long, value_enum, default_value = "on")]
+    pub audit_logging: emulator::AuditLogging,
+    /// Milliseconds after a change before its audit-log event shows (effective_at stays true).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub audit_delay_ms: u64,
 }
 
 /// Why a command did not succeed, and so which exit code it ends with.
@@ -380,6 +386,7 @@ pub fn emulator_setup(
         seed: args.seed,
         hang_for: Duration::from_secs(args.hang_secs),
         freedoms: emulator_freedoms(args)?,
+        audit_logging: args.audit_logging,
     };
     let rates = FaultRates {
         latency_ms: args.latency_ms,
@@ -452,6 +459,7 @@ async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
     for (endpoint, rates) in rates {
         handle.set_rates(endpoint, rates);
     }
+    handle.set_audit_delay(Duration::from_millis(args.audit_delay_ms));
     let stats = handle.stats();
     println!(
         "emulator listening on {} with {} projects; set OPENAI_BASE_URL={} (Ctrl-C stops it)",
