@@ -34,8 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// The daemon: migrations, scheduled sync, request worker, health and metrics.
     Run,
-    /// One full walk of the project list now; prints a summary.
-    Sync,
+    /// One pass now of every enabled resource (or the one named); prints a summary per resource.
+    Sync(SyncArgs),
     /// Processes the request queue until nothing is due, then exits.
     Requests,
     /// Applies database migrations.
@@ -46,6 +46,22 @@ pub enum Command {
     Emulator(EmulatorArgs),
     /// Emulator, local Postgres and daemon in one command, for a first look.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// The one resource to sync; without it, every enabled one in turn.
+    #[arg(value_enum)]
+    pub resource: Option<SyncResource>,
+}
+
+/// What `sync` can be asked to sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncResource {
+    /// A full walk of the project list.
+    Projects,
+    /// One catch-up of the organization's audit log.
+    AuditLog,
 }
 
 #[derive(Debug, clap::Args)]
@@ -235,18 +251,43 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync => {
+        Command::Sync(args) => {
             let settings = load_settings(&cli)?;
             let cancel = crate::shutdown::on_signal();
-            let mut progress = TerminalProgress::new();
-            let result = crate::app::sync_once(&settings, &cancel, &mut progress).await;
-            progress.finish();
-            let summary = result.map_err(|e| match e.downcast::<ConfigError>() {
+            let to_failure = |e: anyhow::Error| match e.downcast::<ConfigError>() {
                 Ok(config) => Failure::from(config),
                 Err(other) => Failure::Runtime(other),
-            })?;
-            print_summary(&summary);
-            Ok(ExitCode::SUCCESS)
+            };
+            let mut failed = None;
+            if args.resource.is_none_or(|r| r == SyncResource::Projects) {
+                let mut progress = TerminalProgress::new();
+                let result = crate::app::sync_once(&settings, &cancel, &mut progress).await;
+                progress.finish();
+                match result {
+                    Ok(summary) => print_summary(&summary),
+                    Err(e) if args.resource.is_some() => return Err(to_failure(e)),
+                    Err(e) => failed = Some(to_failure(e)),
+                }
+            }
+            let audit_wanted = args.resource == Some(SyncResource::AuditLog)
+                || (args.resource.is_none()
+                    && settings.audit_log.enabled != crate::config::AuditLogEnabled::Off
+                    && !cancel.is_cancelled());
+            if audit_wanted {
+                match crate::app::audit_log_once(&settings).await {
+                    Ok(outcome) => print_audit_summary(&outcome),
+                    Err(e) if args.resource.is_some() => return Err(to_failure(e)),
+                    Err(e) => match failed {
+                        // The first failure is the exit's message; this one is said here.
+                        Some(_) => eprintln!("audit log: {e:#}"),
+                        None => failed = Some(to_failure(e)),
+                    },
+                }
+            }
+            match failed {
+                Some(failure) => Err(failure),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Run => {
             let settings = load_settings(&cli)?;
@@ -350,6 +391,31 @@ fn print_summary(summary: &crate::sync::WalkSummary) {
     );
     if let Some(peak) = peak_rss_kib() {
         println!("  peak memory {:.1} MiB", peak as f64 / 1024.0);
+    }
+}
+
+fn print_audit_summary(outcome: &crate::audit_log::AuditOutcome) {
+    use crate::audit_log::AuditOutcome;
+    match outcome {
+        AuditOutcome::Disabled => println!("audit log: not read (audit_log.enabled = false)"),
+        AuditOutcome::LoggingOff { .. } => {
+            println!("audit log: {}", crate::audit_log::LOGGING_OFF_ADVICE)
+        }
+        AuditOutcome::Idle { events_in_window } => println!(
+            "audit log: nothing new ({events_in_window} event(s) in the window were stored already)"
+        ),
+        AuditOutcome::Applied(s) => println!(
+            "audit log run {} succeeded in {:.2} s\n  pages       {}\n  events      {}\n  new         {}\n  inserted    {}\n  changed     {}\n  corrected   {}\n  waiting     {}",
+            s.run_id,
+            s.duration.as_secs_f64(),
+            s.pages,
+            s.events_in_window,
+            s.new_events,
+            s.projects_inserted,
+            s.projects_changed,
+            s.versions_corrected,
+            s.projects_waiting
+        ),
     }
 }
 

@@ -42,6 +42,47 @@ pub struct Settings {
     pub requests: RequestSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub audit_log: AuditLogSettings,
+}
+
+/// The organization audit log: whether to read it, how often, how far back each poll re-reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditLogSettings {
+    pub enabled: AuditLogEnabled,
+    pub poll_interval: String,
+    pub overlap: String,
+}
+
+/// `audit_log.enabled`: `auto` detects whether the organization has audit logging on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLogEnabled {
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for AuditLogEnabled {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Word(String),
+        }
+        match Given::deserialize(deserializer)? {
+            Given::Flag(true) => Ok(AuditLogEnabled::On),
+            Given::Flag(false) => Ok(AuditLogEnabled::Off),
+            Given::Word(word) => match word.trim().to_ascii_lowercase().as_str() {
+                "auto" => Ok(AuditLogEnabled::Auto),
+                "true" | "on" | "yes" => Ok(AuditLogEnabled::On),
+                "false" | "off" | "no" => Ok(AuditLogEnabled::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "audit_log.enabled is {other:?}; give auto, true or false"
+                ))),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +176,10 @@ listen = "127.0.0.1:9187"
 [log]
 format = "text"
 level = "info"
+[audit_log]
+enabled = "auto"
+poll_interval = "30s"
+overlap = "1h"
 "#;
 
 impl Settings {
@@ -232,6 +277,8 @@ impl Settings {
                 fix: "give at least 2 (one for the sync lock, one for the work)",
             });
         }
+        self.audit_log_poll_interval()?;
+        self.audit_log_overlap()?;
         self.listen_addr()?;
         if let Some(url) = &self.database.url {
             validate_database_url(url.expose_secret())?;
@@ -286,6 +333,24 @@ impl Settings {
     /// How long reconciliation waits after an attempt before concluding it created nothing.
     pub fn reconcile_grace(&self) -> Result<Duration, ConfigError> {
         parse_key_duration("requests.reconcile_grace", &self.requests.reconcile_grace)
+    }
+
+    /// How often the daemon polls the audit log.
+    pub fn audit_log_poll_interval(&self) -> Result<Duration, ConfigError> {
+        let interval = parse_key_duration("audit_log.poll_interval", &self.audit_log.poll_interval)?;
+        if interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "audit_log.poll_interval",
+                problem: "is zero".into(),
+                fix: "give a duration such as \"30s\"",
+            });
+        }
+        Ok(interval)
+    }
+
+    /// How far before the watermark each poll reads again, for events that show up late.
+    pub fn audit_log_overlap(&self) -> Result<Duration, ConfigError> {
+        parse_key_duration("audit_log.overlap", &self.audit_log.overlap)
     }
 
     /// The address of the health and metrics listener.

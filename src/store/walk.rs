@@ -11,7 +11,7 @@ use sqlx::{Connection, PgConnection};
 use super::{RunCounts, StoreError};
 
 /// Advisory lock key shared by every process that walks ("ops_walk").
-const WALK_LOCK: i64 = 0x6f70_735f_7761_6c6b;
+pub(super) const WALK_LOCK: i64 = 0x6f70_735f_7761_6c6b;
 
 /// What applying a complete walk did.
 #[derive(Debug, Clone, PartialEq)]
