@@ -158,10 +158,7 @@ async fn check_api(settings: &Settings) -> CheckLine {
                     ""
                 }
             )),
-            Err(error) if required => Err(explain_api_error(&error, settings)),
-            Err(error) => Ok(format!(
-                "could not tell whether it is on ({error}); the daemon checks again as it runs"
-            )),
+            Err(error) => Err(explain_api_error(&error, settings)),
         }
     }
     .await;
