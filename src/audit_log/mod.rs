@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::{
-    AdminClient, ApiError, AuditEvent, MEMBER_EVENT_TYPES, PROJECT_EVENT_TYPES,
+    AdminClient, ApiError, AuditEvent, MEMBER_EVENT_TYPES, PROJECT_ARCHIVED, PROJECT_EVENT_TYPES,
+    PROJECT_UPDATED,
 };
 use crate::config::AuditLogEnabled;
 use crate::store::{self, ApplyEvents, NewAuditEvent, RetrievedState, StoreError};
@@ -296,8 +297,13 @@ async fn store_and_apply(
         })
         .collect();
     let new_events = store::store_audit_window(&deps.pool, &new, newest).await?;
-    let pending = store::pending_targets(&deps.pool).await?;
+    let mut pending = store::pending_targets(&deps.pool).await?;
     let retrieved = retrieve_all(&deps.client, &pending).await;
+    for (target, result) in pending.iter_mut().zip(&retrieved) {
+        if let Ok(Some(raw)) = result {
+            prefer_event_describing(target, raw);
+        }
+    }
     let mut states = Vec::with_capacity(pending.len());
     for (target, result) in pending.iter().zip(&retrieved) {
         match result {
@@ -323,6 +329,38 @@ async fn store_and_apply(
             );
             Ok((new_events, store::AppliedCounts::default(), pending.len()))
         }
+    }
+}
+
+/// Of the events of a pending project's latest second, takes the one that describes the
+/// project's state now (an update to its name, or an archive of an archived project) as its
+/// latest: within one second the log's order says nothing.
+fn prefer_event_describing(target: &mut store::PendingTarget, raw: &str) {
+    let state: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+    let name = state.get("name").and_then(serde_json::Value::as_str);
+    let archived = state.get("status").and_then(serde_json::Value::as_str) == Some("archived");
+    let wanted = name.map(crate::worker::comparable_name);
+    let describes = |(kind, title): (&String, &Option<String>)| match kind.as_str() {
+        PROJECT_ARCHIVED => archived,
+        PROJECT_UPDATED => {
+            !archived
+                && match (title, &wanted) {
+                    (Some(title), Some(name)) => &crate::worker::comparable_name(title) == name,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                }
+        }
+        _ => false,
+    };
+    let chosen = target
+        .same_second_types
+        .iter()
+        .zip(&target.same_second_titles)
+        .position(describes);
+    if let Some(at) = chosen {
+        target.kind = target.same_second_types[at].clone();
+        target.title = target.same_second_titles[at].clone();
+        target.changed_by = target.same_second_by.get(at).cloned().flatten();
     }
 }
 

@@ -52,6 +52,10 @@ pub struct PendingTarget {
     pub created_by: Option<String>,
     /// Who archived it, by its `project.archived` event.
     pub archived_by: Option<String>,
+    /// Every project event of the latest event's second: type, title and author of each.
+    pub same_second_types: Vec<String>,
+    pub same_second_titles: Vec<Option<String>>,
+    pub same_second_by: Vec<Option<String>>,
 }
 
 /// A pending project's state as the API returned it just now.

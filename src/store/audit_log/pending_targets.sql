@@ -1,5 +1,6 @@
 -- Each project with project events not yet applied: its latest project event of all stored
--- (latest by `effective_at`, then create < update < archive, then id), the authors of its
+-- (latest by `effective_at`, then create < update < archive, then id), the other project events
+-- of that same second (times are whole seconds: their order is unknown), the authors of its
 -- create and archive events, and the ids of its events to apply.
 with pending as (
     select target_id, array_agg(id) as ids
@@ -15,7 +16,19 @@ select p.target_id, p.ids, l.effective_at, l.type,
         order by e.effective_at limit 1) as created_by,
        (select e.changed_by from openai.audit_events e
         where e.target_id = p.target_id and e.type = 'project.archived'
-        order by e.effective_at limit 1) as archived_by
+        order by e.effective_at limit 1) as archived_by,
+       array(select e.type from openai.audit_events e
+             where e.target_id = p.target_id and e.effective_at = l.effective_at
+               and e.type in ('project.created', 'project.updated', 'project.archived')
+             order by e.id) as same_second_types,
+       array(select e.raw -> 'project.updated' -> 'changes_requested' ->> 'title' from openai.audit_events e
+             where e.target_id = p.target_id and e.effective_at = l.effective_at
+               and e.type in ('project.created', 'project.updated', 'project.archived')
+             order by e.id) as same_second_titles,
+       array(select e.changed_by from openai.audit_events e
+             where e.target_id = p.target_id and e.effective_at = l.effective_at
+               and e.type in ('project.created', 'project.updated', 'project.archived')
+             order by e.id) as same_second_by
 from pending p
 cross join lateral (
     select e.effective_at, e.type, e.raw, e.changed_by from openai.audit_events e

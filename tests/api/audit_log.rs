@@ -1,0 +1,480 @@
+//! Who changed a project and exactly when, from the organization's audit log: events applied
+//! to history with their time and author, corrections of what walks saw, and an organization
+//! without audit logging.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use openai_project_sync::audit_log::{self, AuditDeps, AuditOutcome};
+use openai_project_sync::config::AuditLogEnabled;
+use openai_project_sync::emulator::{
+    AuditLogging, DEFAULT_PROJECT_ID, EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRule,
+    Freedoms, ListOrder,
+};
+use openai_project_sync::store;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    TEST_KEY, TestDb, client_for, eventually, output_text, row_identities, run_binary_async,
+    start_emulator_with, sync, sync_deps,
+};
+
+struct Org {
+    db: TestDb,
+    emulator: EmulatorHandle,
+    deps: AuditDeps,
+}
+
+async fn org_with(projects: usize, logging: AuditLogging, enabled: AuditLogEnabled) -> Org {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects,
+        archived_ratio: 0.0,
+        seed: 13,
+        audit_logging: logging,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let deps = AuditDeps {
+        pool: db.pool.clone(),
+        client: client_for(&emulator),
+        enabled,
+        overlap: Duration::from_secs(3600),
+    };
+    Org { db, emulator, deps }
+}
+
+async fn org(projects: usize) -> Org {
+    org_with(projects, AuditLogging::On, AuditLogEnabled::Auto).await
+}
+
+/// One walk, so that the organization's projects are known.
+async fn walk(org: &Org) -> openai_project_sync::sync::WalkSummary {
+    sync(&sync_deps(&org.db, client_for(&org.emulator), 100)).await
+}
+
+async fn pass(org: &Org) -> AuditOutcome {
+    audit_log::pass(&org.deps, "manual")
+        .await
+        .expect("the audit-log pass succeeds")
+}
+
+fn active_ids(emulator: &EmulatorHandle) -> Vec<String> {
+    emulator
+        .projects()
+        .into_iter()
+        .filter(|p| !p.is_archived())
+        .map(|p| p.id)
+        .collect()
+}
+
+/// The event the emulator recorded last of `kind` about `project_id`.
+fn event_of(emulator: &EmulatorHandle, kind: &str, project_id: &str) -> Value {
+    emulator
+        .audit_events()
+        .into_iter()
+        .rev()
+        .find(|e| e["type"] == kind && e[kind]["id"] == project_id)
+        .unwrap_or_else(|| panic!("the emulator recorded a {kind} for {project_id}"))
+}
+
+fn time_of(event: &Value) -> DateTime<Utc> {
+    DateTime::from_timestamp(event["effective_at"].as_i64().expect("effective_at"), 0)
+        .expect("a time")
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Change {
+    change: String,
+    changed_at: DateTime<Utc>,
+    new_name: Option<String>,
+    changed_by: Option<String>,
+    time_source: String,
+}
+
+/// The latest change of a project, as analysts read it.
+async fn last_change(db: &TestDb, project_id: &str) -> Change {
+    sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 order by changed_at desc limit 1",
+    )
+    .bind(project_id)
+    .fetch_one(&db.pool)
+    .await
+    .expect("a change")
+}
+
+async fn watermark(db: &TestDb) -> Option<DateTime<Utc>> {
+    store::audit_log_state(&db.pool)
+        .await
+        .expect("state")
+        .watermark
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    n
+}
+
+#[tokio::test]
+async fn a_rename_an_archive_and_a_create_appear_with_the_events_time_and_author_before_any_walk() {
+    let org = org(6).await;
+    walk(&org).await;
+    let ids = active_ids(&org.emulator);
+    let (renamed, archived) = (&ids[0], &ids[1]);
+    org.emulator
+        .rename_as(renamed, "Renamed in the dashboard", "ana@example.com")
+        .expect("renamed");
+    // Through the API with the admin key: filed under the default project.
+    org.deps
+        .client
+        .archive_project(archived)
+        .await
+        .expect("archived");
+    let created = org.emulator.create_as("Made in the dashboard", "bo@example.com");
+
+    let AuditOutcome::Applied(summary) = pass(&org).await else {
+        panic!("the pass applies events");
+    };
+
+    assert_eq!(summary.projects_inserted, 1, "{summary:?}");
+    assert_eq!(summary.projects_changed, 2, "{summary:?}");
+    let rename = last_change(&org.db, renamed).await;
+    assert_eq!(
+        rename,
+        Change {
+            change: "renamed".into(),
+            changed_at: time_of(&event_of(&org.emulator, "project.updated", renamed)),
+            new_name: Some("Renamed in the dashboard".into()),
+            changed_by: Some("ana@example.com".into()),
+            time_source: "audit_log".into(),
+        }
+    );
+    let archive_event = event_of(&org.emulator, "project.archived", archived);
+    assert_eq!(
+        archive_event["project"]["id"], DEFAULT_PROJECT_ID,
+        "admin-key actions are filed under the default project"
+    );
+    let archive = last_change(&org.db, archived).await;
+    assert_eq!(archive.change, "archived");
+    assert_eq!(archive.changed_at, time_of(&archive_event));
+    let key_id = org.emulator.admin_key_id();
+    assert!(
+        archive
+            .changed_by
+            .as_deref()
+            .is_some_and(|by| by.starts_with(&key_id)),
+        "the key's id and owner: {archive:?}"
+    );
+    let create = last_change(&org.db, &created.id).await;
+    assert_eq!(create.change, "created");
+    assert_eq!(
+        create.changed_at,
+        time_of(&event_of(&org.emulator, "project.created", &created.id))
+    );
+    assert_eq!(create.changed_by.as_deref(), Some("bo@example.com"));
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.audit_events where type not like 'project.%'").await,
+        0,
+        "events of types not asked for are not stored"
+    );
+
+    // The walk after them finds nothing to do.
+    let before = row_identities(&org.db.pool, None).await;
+    let after_walk = walk(&org).await;
+    assert_eq!(
+        (after_walk.counts.inserted, after_walk.counts.changed),
+        (0, 0),
+        "{:?}",
+        after_walk.counts
+    );
+    assert_eq!(row_identities(&org.db.pool, None).await, before, "0 rows written");
+}
+
+#[tokio::test]
+async fn a_change_first_seen_by_a_walk_is_corrected_to_the_events_time_and_author() {
+    let org = org(4).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    // The event shows up only later, with its true time.
+    org.emulator.set_audit_delay(Duration::from_millis(1_500));
+    org.emulator
+        .rename_as(&id, "Seen by a walk first", "cy@example.com")
+        .expect("renamed");
+    assert!(
+        matches!(pass(&org).await, AuditOutcome::Idle { .. }),
+        "the event is not visible yet"
+    );
+    walk(&org).await;
+    let observed = last_change(&org.db, &id).await;
+    assert_eq!(observed.time_source, "observed");
+    assert_eq!(observed.changed_by, None);
+    let event_at = time_of(&event_of(&org.emulator, "project.updated", &id));
+    assert!(observed.changed_at > event_at);
+
+    eventually("the late event corrects the walk's version", || async {
+        audit_log::pass(&org.deps, "manual").await.expect("a pass");
+        last_change(&org.db, &id).await.time_source == "audit_log"
+    })
+    .await;
+
+    assert_eq!(
+        last_change(&org.db, &id).await,
+        Change {
+            change: "renamed".into(),
+            changed_at: event_at,
+            new_name: Some("Seen by a walk first".into()),
+            changed_by: Some("cy@example.com".into()),
+            time_source: "audit_log".into(),
+        }
+    );
+    let (ends_at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
+        "select valid_to from openai.project_versions where project_id = $1 and change = 'created'",
+    )
+    .bind(&id)
+    .fetch_one(&org.db.pool)
+    .await
+    .expect("the first version");
+    assert_eq!(ends_at, Some(event_at), "the version before ends where it begins");
+    let before = row_identities(&org.db.pool, None).await;
+    let again = walk(&org).await;
+    assert_eq!(again.counts.changed, 0);
+    assert_eq!(row_identities(&org.db.pool, None).await, before);
+}
+
+#[tokio::test]
+async fn duplicate_late_and_out_of_order_events_are_harmless() {
+    let org = org(4).await;
+    // Pages of one event in the oldest-first order: every event on a page of its own.
+    org.emulator.set_freedoms(Freedoms {
+        short_pages: Some(1),
+        order: ListOrder::OldestFirst,
+        ..Freedoms::default()
+    });
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "First", "dee@example.com")
+        .expect("renamed");
+    org.emulator
+        .rename_as(&id, "Second", "eve@example.com")
+        .expect("renamed");
+    pass(&org).await;
+    let applied = last_change(&org.db, &id).await;
+    assert_eq!(applied.new_name.as_deref(), Some("Second"));
+    assert_eq!(applied.changed_by.as_deref(), Some("eve@example.com"));
+    let history = row_identities(&org.db.pool, Some(&id)).await;
+
+    // The overlap reads the same events again: duplicates.
+    assert!(matches!(pass(&org).await, AuditOutcome::Idle { .. }));
+    // An event that arrives late and out of order: older than what was applied.
+    let older = applied.changed_at.timestamp() - 600;
+    org.emulator.record_audit_event(
+        "project.updated",
+        older,
+        Some(&id),
+        "late@example.com",
+        json!({"id": id, "changes_requested": {"title": "An old name"}}),
+    );
+    org.emulator.record_audit_event(
+        "project.updated",
+        older,
+        Some(&id),
+        "late@example.com",
+        json!({"id": id, "changes_requested": {"title": "An old name"}}),
+    );
+    pass(&org).await;
+    pass(&org).await;
+
+    assert_eq!(
+        row_identities(&org.db.pool, Some(&id)).await,
+        history,
+        "late, repeated and out-of-order events change nothing"
+    );
+    assert_eq!(last_change(&org.db, &id).await, applied);
+}
+
+#[tokio::test]
+async fn an_idle_poll_costs_one_call_and_writes_no_row_but_its_watermark() {
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Once", "fay@example.com")
+        .expect("renamed");
+    pass(&org).await;
+    let runs = count(&org.db, "select count(*) from openai.sync_runs").await;
+    let rows = row_identities(&org.db.pool, None).await;
+    let events = count(&org.db, "select count(*) from openai.audit_events").await;
+    let state = store::audit_log_state(&org.db.pool).await.expect("state");
+    let calls = org.emulator.stats();
+
+    assert!(matches!(pass(&org).await, AuditOutcome::Idle { .. }));
+
+    let after = org.emulator.stats();
+    assert_eq!(after.audit_log_calls, calls.audit_log_calls + 1, "one call");
+    assert_eq!(after.retrieve_calls, calls.retrieve_calls);
+    assert_eq!(count(&org.db, "select count(*) from openai.sync_runs").await, runs);
+    assert_eq!(row_identities(&org.db.pool, None).await, rows);
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.audit_events").await,
+        events
+    );
+    let idle = store::audit_log_state(&org.db.pool).await.expect("state");
+    assert_eq!(idle.watermark, state.watermark);
+    assert!(idle.polled_at > state.polled_at, "the watermark row is written");
+}
+
+#[tokio::test]
+async fn the_watermark_does_not_advance_past_a_window_that_failed_half_way() {
+    let org = org(4).await;
+    walk(&org).await;
+    org.emulator.set_freedoms(Freedoms {
+        short_pages: Some(1),
+        ..Freedoms::default()
+    });
+    let ids = active_ids(&org.emulator);
+    for (n, id) in ids.iter().take(3).enumerate() {
+        org.emulator
+            .rename_as(id, &format!("Window {n}"), "gus@example.com")
+            .expect("renamed");
+    }
+    // The first page comes, every later one fails.
+    org.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::AuditLogs,
+        skip: 1,
+        times: None,
+        fault: Fault::ServerError { status: 500 },
+    });
+
+    let failed = audit_log::pass(&org.deps, "manual").await;
+
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(watermark(&org.db).await, None);
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.audit_events").await,
+        0,
+        "nothing of a broken window is stored"
+    );
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.sync_runs where resource = 'audit_log' and status = 'failed'").await,
+        1
+    );
+    assert_eq!(last_change(&org.db, &ids[0]).await.change, "created");
+
+    org.emulator.clear_faults();
+    pass(&org).await;
+    let newest = org
+        .emulator
+        .audit_events()
+        .iter()
+        .filter(|e| e["type"] == "project.updated")
+        .map(time_of)
+        .max();
+    assert_eq!(watermark(&org.db).await, newest);
+    for id in ids.iter().take(3) {
+        assert_eq!(
+            last_change(&org.db, id).await.changed_by.as_deref(),
+            Some("gus@example.com")
+        );
+    }
+}
+
+#[tokio::test]
+async fn audit_logging_off_is_detected_reported_once_and_the_walks_go_on() {
+    for logging in [AuditLogging::OffEmpty, AuditLogging::OffError] {
+        let org = org_with(3, logging, AuditLogEnabled::Auto).await;
+        walk(&org).await;
+        org.emulator
+            .rename_as(&active_ids(&org.emulator)[0], "Unlogged", "hal@example.com")
+            .expect("renamed");
+
+        assert_eq!(
+            pass(&org).await,
+            AuditOutcome::LoggingOff { newly: true },
+            "{logging:?}"
+        );
+        let calls = org.emulator.stats().audit_log_calls;
+        assert_eq!(pass(&org).await, AuditOutcome::LoggingOff { newly: false });
+        assert_eq!(
+            org.emulator.stats().audit_log_calls,
+            calls,
+            "{logging:?}: not asked again at once"
+        );
+        let state = store::audit_log_state(&org.db.pool).await.expect("state");
+        assert_eq!(state.logging, "off");
+
+        let walked = walk(&org).await;
+        assert_eq!(walked.counts.changed, 1, "{logging:?}: the walk records the rename");
+    }
+
+    // As an operator sees it: `sync` says so in plain words and succeeds; `check` too.
+    let org = org_with(3, AuditLogging::OffError, AuditLogEnabled::Auto).await;
+    let base = org.emulator.base_url();
+    let env = [
+        ("DATABASE_URL", org.db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+    let output = run_binary_async(&["sync"], &env).await;
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("new         3"), "{text}");
+    assert!(
+        text.contains("audit log is off") && text.contains("Organization settings"),
+        "{text}"
+    );
+    let output = run_binary_async(&["check"], &env).await;
+    let text = output_text(&output);
+    assert!(text.contains("ok    audit log: off"), "{text}");
+    let on = org_with(1, AuditLogging::On, AuditLogEnabled::Auto).await;
+    let base = on.emulator.base_url();
+    let output = run_binary_async(
+        &["check"],
+        &[
+            ("DATABASE_URL", on.db.url.as_str()),
+            ("OPENAI_BASE_URL", base.as_str()),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ],
+    )
+    .await;
+    let text = output_text(&output);
+    assert!(text.contains("ok    audit log: on"), "{text}");
+}
+
+#[tokio::test]
+async fn sync_audit_log_runs_one_catch_up_by_hand() {
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "By hand", "ida@example.com")
+        .expect("renamed");
+    let base = org.emulator.base_url();
+    let env = [
+        ("DATABASE_URL", org.db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+    let lists = org.emulator.stats().list_calls;
+
+    let output = run_binary_async(&["sync", "audit-log"], &env).await;
+
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("audit log run") && text.contains("changed     1"), "{text}");
+    assert_eq!(org.emulator.stats().list_calls, lists, "no walk");
+    assert_eq!(
+        last_change(&org.db, &id).await.changed_by.as_deref(),
+        Some("ida@example.com")
+    );
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.sync_runs where resource = 'audit_log' and status = 'succeeded'").await,
+        1
+    );
+}
