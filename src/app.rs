@@ -21,15 +21,14 @@ use crate::worker::{self, TickReport, WorkerDeps};
 
 /// Builds the API client the configuration describes.
 pub fn build_client(settings: &Settings) -> Result<AdminClient, ConfigError> {
-    let (base_delay, max_delay) = settings.retry_delays()?;
     AdminClient::new(ClientOptions {
         base_url: settings.base_url()?,
         admin_key: settings.admin_key()?,
-        timeout: settings.timeout()?,
+        timeout: settings.openai.timeout,
         retry: RetryPolicy {
             max_retries: settings.openai.max_retries,
-            base_delay,
-            max_delay,
+            base_delay: settings.openai.retry_base_delay,
+            max_delay: settings.openai.retry_max_delay,
         },
     })
     .map_err(|e| ConfigError::Invalid {
@@ -86,7 +85,7 @@ pub fn audit_deps(
         pool,
         client,
         enabled: settings.audit_log.enabled,
-        overlap: settings.audit_log_overlap()?,
+        overlap: settings.audit_log.overlap,
     })
 }
 
@@ -108,8 +107,7 @@ pub fn worker_deps(
     pool: sqlx::PgPool,
     client: AdminClient,
 ) -> Result<WorkerDeps, ConfigError> {
-    let (retry_base_delay, retry_max_delay) = settings.retry_delays()?;
-    let reconcile_grace = settings.reconcile_grace()?;
+    let reconcile_grace = settings.requests.reconcile_grace;
     if reconcile_grace < Duration::from_secs(60) {
         tracing::warn!(
             grace_s = reconcile_grace.as_secs_f64(),
@@ -121,10 +119,10 @@ pub fn worker_deps(
         client,
         page_size: settings.openai.page_size,
         // Longer than any create call can take, so a live attempt never loses its request.
-        lease: settings.timeout()? * 2 + Duration::from_secs(1),
+        lease: settings.openai.timeout * 2 + Duration::from_secs(1),
         max_attempts: settings.requests.max_attempts,
-        retry_base_delay,
-        retry_max_delay,
+        retry_base_delay: settings.openai.retry_base_delay,
+        retry_max_delay: settings.openai.retry_max_delay,
         reconcile_grace,
         unresolved: settings.requests.unresolved,
         before_create: None,
@@ -179,13 +177,13 @@ pub async fn start_daemon(
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
     let audit = tokio::spawn(crate::audit_log::run(
         audit_deps(&settings, deps.pool.clone(), deps.client.clone())?,
-        settings.audit_log_poll_interval()?,
+        settings.audit_log.poll_interval,
         shutdown.clone(),
     ));
     let worker_running = Arc::new(AtomicBool::new(true));
     let worker = tokio::spawn(supervise_worker(
         worker_deps,
-        settings.poll_interval()?,
+        settings.requests.poll_interval,
         shutdown.clone(),
         worker_running.clone(),
     ));

@@ -132,9 +132,7 @@ async fn check_api(settings: &Settings) -> CheckLine {
         let client = AdminClient::new(ClientOptions {
             base_url: base_url.clone(),
             admin_key,
-            timeout: settings
-                .timeout()
-                .unwrap_or(std::time::Duration::from_secs(30)),
+            timeout: settings.openai.timeout,
             retry: RetryPolicy {
                 max_retries: 1,
                 ..RetryPolicy::default()

@@ -219,6 +219,7 @@ fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
         env: None,
     })?;
     crate::telemetry::init(settings.log.format, &settings.log.level);
+    settings.warn_ignored();
     Ok(settings)
 }
 

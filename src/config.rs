@@ -30,6 +30,14 @@ pub enum ConfigError {
     MissingDatabaseUrl,
     #[error("`openai.admin_key_file` {path} could not be read: {reason}")]
     KeyFile { path: PathBuf, reason: String },
+    #[error(
+        "an admin key was found in the configuration file {path} (`openai.admin_key`); keys never go in configuration files: remove it, then set OPENAI_ADMIN_KEY or point `openai.admin_key_file` at a file only the daemon can read"
+    )]
+    KeyInFile { path: PathBuf },
+    #[error(
+        "the environment variable {variable} is not valid UTF-8; set it to plain text (or unset it)"
+    )]
+    NotUtf8 { variable: String },
 }
 
 /// The whole configuration, as the daemon and its commands use it.
@@ -43,6 +51,9 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub audit_log: AuditLogSettings,
+    /// `APP_` variables that name no configuration key, ignored; `warn_ignored` logs them.
+    #[serde(skip)]
+    pub ignored_variables: Vec<String>,
 }
 
 /// The organization audit log: whether to read it, how often, how far back each poll re-reads.
@@ -50,8 +61,12 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct AuditLogSettings {
     pub enabled: AuditLogEnabled,
-    pub poll_interval: String,
-    pub overlap: String,
+    /// How often the daemon polls the audit log.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub poll_interval: Duration,
+    /// How far before the watermark each poll reads again, for events that show up late.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub overlap: Duration,
 }
 
 /// `audit_log.enabled`: `auto` detects whether the organization has audit logging on.
@@ -100,10 +115,16 @@ pub struct OpenAiSettings {
     pub admin_key: Option<SecretString>,
     pub admin_key_file: Option<PathBuf>,
     pub page_size: u32,
-    pub timeout: String,
+    /// The per-request timeout of API calls.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub timeout: Duration,
     pub max_retries: u32,
-    pub retry_base_delay: String,
-    pub retry_max_delay: String,
+    /// Base of the exponential backoff between retried reads.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub retry_base_delay: Duration,
+    /// Cap of the exponential backoff between retried reads.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub retry_max_delay: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,9 +137,13 @@ pub struct SyncSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSettings {
-    pub poll_interval: String,
+    /// How often the request worker polls even when no notification arrives.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub poll_interval: Duration,
     pub max_attempts: u32,
-    pub reconcile_grace: String,
+    /// How long reconciliation waits after an attempt before concluding it created nothing.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub reconcile_grace: Duration,
     pub unresolved: crate::worker::Unresolved,
 }
 
@@ -189,12 +214,16 @@ impl Settings {
 
         let env: Vec<(String, String)> = match &sources.env {
             Some(vars) => vars.clone(),
-            None => std::env::vars().collect(),
+            None => process_environment()?,
         };
         let dir = sources
             .config_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("config"));
+        let files = [dir.join("default.toml"), dir.join("local.toml")];
+        for file in files.iter().chain(sources.file.as_ref()) {
+            refuse_key_in_file(file)?;
+        }
         let mut builder = Config::builder()
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
             .add_source(File::from(dir.join("default.toml")).required(false))
@@ -208,11 +237,16 @@ impl Settings {
             }
             builder = builder.add_source(File::from(file.as_path()).required(true));
         }
-        let mut app_env: std::collections::HashMap<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("APP_"))
-            .cloned()
-            .collect();
+        let known = known_keys();
+        let (mut app_env, mut ignored_variables) = (std::collections::HashMap::new(), Vec::new());
+        for (name, value) in env.iter().filter(|(k, _)| k.starts_with("APP_")) {
+            if known.contains(&key_of_variable(name)) {
+                app_env.insert(name.clone(), value.clone());
+            } else {
+                ignored_variables.push(name.clone());
+            }
+        }
+        ignored_variables.sort();
         // The conventional names rank just below their APP_ spelling.
         let conventional = [
             ("DATABASE_URL", "APP_DATABASE__URL"),
@@ -232,12 +266,23 @@ impl Settings {
                 .separator("__")
                 .source(Some(app_env)),
         );
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(explain_load_error(&e.to_string())))?;
+        settings.ignored_variables = ignored_variables;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Logs each ignored `APP_` variable once, by name only (its value may be a secret).
+    pub fn warn_ignored(&self) {
+        for variable in &self.ignored_variables {
+            tracing::warn!(
+                variable = %variable,
+                "this APP_ environment variable names no configuration key and is ignored (keys are listed in config/default.toml; APP_SECTION__KEY sets section.key)"
+            );
+        }
     }
 
     /// Checks every value whose type alone does not make it valid.
@@ -250,11 +295,59 @@ impl Settings {
             });
         }
         self.base_url()?;
-        self.timeout()?;
-        parse_key_duration("openai.retry_base_delay", &self.openai.retry_base_delay)?;
-        parse_key_duration("openai.retry_max_delay", &self.openai.retry_max_delay)?;
-        parse_key_duration("requests.poll_interval", &self.requests.poll_interval)?;
-        parse_key_duration("requests.reconcile_grace", &self.requests.reconcile_grace)?;
+        if self.openai.timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "openai.timeout",
+                problem: "is zero".into(),
+                fix: "give a duration such as \"30s\"",
+            });
+        }
+        if self.openai.retry_base_delay > self.openai.retry_max_delay {
+            return Err(ConfigError::Invalid {
+                key: "openai.retry_base_delay",
+                problem: format!(
+                    "({}) is above openai.retry_max_delay ({})",
+                    humantime::format_duration(self.openai.retry_base_delay),
+                    humantime::format_duration(self.openai.retry_max_delay)
+                ),
+                fix: "the first retry waits the base delay and later ones double it up to the cap: give a base at most the cap, e.g. 500ms and 30s",
+            });
+        }
+        if self.audit_log.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "audit_log.poll_interval",
+                problem: "is zero".into(),
+                fix: "give how often the daemon asks the audit log for new events, e.g. \"30s\"",
+            });
+        }
+        if self.requests.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "requests.poll_interval",
+                problem: "is zero".into(),
+                fix: "give how often the worker looks for due requests without a notification, e.g. \"5s\"",
+            });
+        }
+        // A bare word is a level; a filter would take any other word as a target name.
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        let bare_word_not_a_level = self.log.level.split(',').any(|directive| {
+            let directive = directive.trim();
+            !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        });
+        let parsed =
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| e.to_string());
+        if let Err(e) = parsed.and_then(|_| {
+            if bare_word_not_a_level {
+                Err("a bare word must be a level".to_owned())
+            } else {
+                Ok(())
+            }
+        }) {
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                problem: format!("{:?} is not a log level or filter ({e})", self.log.level),
+                fix: "give error, warn, info, debug or trace (or a filter such as \"info,openai_project_sync=debug\")",
+            });
+        }
         if self.requests.max_attempts == 0 {
             return Err(ConfigError::Invalid {
                 key: "requests.max_attempts",
@@ -270,15 +363,13 @@ impl Settings {
                 fix: "give a share between 0 and 1, e.g. 0.5 refuses a walk that sees under half the known projects",
             });
         }
-        if self.database.max_connections == 0 {
+        if self.database.max_connections < MIN_POOL_CONNECTIONS {
             return Err(ConfigError::Invalid {
                 key: "database.max_connections",
-                problem: "is 0".into(),
-                fix: "give at least 2 (one for the sync lock, one for the work)",
+                problem: format!("is {}", self.database.max_connections),
+                fix: "give at least 3: the request worker's LISTEN connection holds one for good, and the queue, the health checks and each pass's bookkeeping need at least two more (walks use a connection of their own, outside the pool)",
             });
         }
-        self.audit_log_poll_interval()?;
-        self.audit_log_overlap()?;
         self.listen_addr()?;
         if let Some(url) = &self.database.url {
             validate_database_url(url.expose_secret())?;
@@ -302,55 +393,6 @@ impl Settings {
             )));
         }
         Ok(url)
-    }
-
-    /// The per-request timeout of API calls.
-    pub fn timeout(&self) -> Result<Duration, ConfigError> {
-        let timeout = parse_key_duration("openai.timeout", &self.openai.timeout)?;
-        if timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                key: "openai.timeout",
-                problem: "is zero".into(),
-                fix: "give a duration such as \"30s\"",
-            });
-        }
-        Ok(timeout)
-    }
-
-    /// Base and cap of the exponential backoff between retried reads.
-    pub fn retry_delays(&self) -> Result<(Duration, Duration), ConfigError> {
-        Ok((
-            parse_key_duration("openai.retry_base_delay", &self.openai.retry_base_delay)?,
-            parse_key_duration("openai.retry_max_delay", &self.openai.retry_max_delay)?,
-        ))
-    }
-
-    /// How often the request worker polls even when no notification arrives.
-    pub fn poll_interval(&self) -> Result<Duration, ConfigError> {
-        parse_key_duration("requests.poll_interval", &self.requests.poll_interval)
-    }
-
-    /// How long reconciliation waits after an attempt before concluding it created nothing.
-    pub fn reconcile_grace(&self) -> Result<Duration, ConfigError> {
-        parse_key_duration("requests.reconcile_grace", &self.requests.reconcile_grace)
-    }
-
-    /// How often the daemon polls the audit log.
-    pub fn audit_log_poll_interval(&self) -> Result<Duration, ConfigError> {
-        let interval = parse_key_duration("audit_log.poll_interval", &self.audit_log.poll_interval)?;
-        if interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                key: "audit_log.poll_interval",
-                problem: "is zero".into(),
-                fix: "give a duration such as \"30s\"",
-            });
-        }
-        Ok(interval)
-    }
-
-    /// How far before the watermark each poll reads again, for events that show up late.
-    pub fn audit_log_overlap(&self) -> Result<Duration, ConfigError> {
-        parse_key_duration("audit_log.overlap", &self.audit_log.overlap)
     }
 
     /// The address of the health and metrics listener.
@@ -451,28 +493,116 @@ pub fn validate_schedule(schedule: &str) -> Result<(), ConfigError> {
         })
 }
 
-fn parse_key_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    parse_duration(text).ok_or_else(|| ConfigError::Invalid {
-        key,
-        problem: format!("{text:?} is not a duration"),
-        fix: "give a number with a unit: \"250ms\", \"30s\", \"5m\" (a bare number means seconds)",
-    })
+/// Durations as configuration gives them: `250ms`, `30s`, `5m`, `1h 30m` (humantime), or a bare
+/// number of seconds.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Text(String),
+        Whole(u64),
+        Fraction(f64),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let invalid = |given: &str| {
+            D::Error::custom(format!(
+                "{given:?} is not a duration: give a number with a unit, e.g. \"250ms\", \"30s\", \"5m\" (a bare number means seconds)"
+            ))
+        };
+        match Given::deserialize(deserializer)? {
+            Given::Whole(seconds) => Ok(Duration::from_secs(seconds)),
+            Given::Fraction(seconds) => {
+                Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&seconds.to_string()))
+            }
+            Given::Text(text) => {
+                let text = text.trim();
+                if let Ok(seconds) = text.parse::<f64>() {
+                    return Duration::try_from_secs_f64(seconds).map_err(|_| invalid(text));
+                }
+                humantime::parse_duration(text).map_err(|_| invalid(text))
+            }
+        }
+    }
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(seconds).ok()
+/// The smallest pool the daemon can work with: see the `database.max_connections` check.
+const MIN_POOL_CONNECTIONS: u32 = 3;
+
+/// Keys that have no built-in default but may be set.
+const OPTIONAL_KEYS: &[&str] = &[
+    "database.url",
+    "openai.admin_key",
+    "openai.admin_key_file",
+    "costs.backfill_from",
+];
+
+/// Every configuration key, as `section.key`: the built-in defaults' and the optional ones.
+fn known_keys() -> std::collections::HashSet<String> {
+    let mut keys: std::collections::HashSet<String> =
+        OPTIONAL_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<std::collections::HashMap<String, config::Value>>());
+    if let Ok(sections) = defaults {
+        for (section, value) in sections {
+            if let Ok(table) = value.into_table() {
+                keys.extend(table.into_keys().map(|key| format!("{section}.{key}")));
+            }
+        }
+    }
+    keys
+}
+
+/// The key an `APP_SECTION__KEY` variable sets: `section.key`.
+fn key_of_variable(name: &str) -> String {
+    name.trim_start_matches("APP_")
+        .to_lowercase()
+        .split("__")
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The process environment's variables that configuration reads: `APP_*` and the conventional
+/// names. A non-UTF-8 value of one of them is an error naming it; other variables are skipped.
+fn process_environment() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        // A name that is not UTF-8 is not one of ours.
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.starts_with("APP_")
+            || ["DATABASE_URL", "OPENAI_ADMIN_KEY", "OPENAI_BASE_URL"].contains(&name);
+        if !ours {
+            continue;
+        }
+        let value = value.into_string().map_err(|_| ConfigError::NotUtf8 {
+            variable: name.to_owned(),
+        })?;
+        vars.push((name.to_owned(), value));
+    }
+    Ok(vars)
+}
+
+/// Refuses a configuration file that holds `openai.admin_key`; a missing file is fine.
+fn refuse_key_in_file(path: &std::path::Path) -> Result<(), ConfigError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let holds_key = config::Config::builder()
+        .add_source(config::File::from(path).required(false))
+        .build()
+        .ok()
+        .and_then(|c| c.get::<config::Value>("openai.admin_key").ok())
+        .is_some();
+    if holds_key {
+        return Err(ConfigError::KeyInFile {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
 }

@@ -29,7 +29,7 @@ pub use runs::{
     last_success_started_at, start_run,
 };
 pub use walk::{
-    ApplyOutcome, BatchCounts, GuardRefusal, Listing, WalkSession, content_digest, jsonb_safe,
+    ApplyOutcome, GuardRefusal, Listing, WalkSession, content_digest, jsonb_safe,
     walk_connect_options,
 };
 

@@ -1,5 +1,6 @@
-//! One walk applied atomically: a dedicated connection holds the walk lock and one transaction,
-//! each batch of pages is applied inside it as it arrives, and only a complete walk commits.
+//! One walk applied atomically: a dedicated connection holds the walk lock, stages each batch
+//! of pages in a temporary table as it arrives, and applies a complete walk in one short
+//! transaction.
 
 use std::collections::HashMap;
 
@@ -42,15 +43,6 @@ impl std::fmt::Display for GuardRefusal {
             self.min_seen_ratio * 100.0
         )
     }
-}
-
-/// What one batch of listed projects changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchCounts {
-    pub listed: i64,
-    pub inserted: i64,
-    pub changed: i64,
-    pub reappeared: i64,
 }
 
 /// One listed project, as a walk hands it to the store.
@@ -97,7 +89,7 @@ macro_rules! insert_unknown_sql {
 }
 pub(super) use insert_unknown_sql;
 
-/// The last listing of each id in a batch, as the columns the statements take.
+/// The last listing of each id in a batch, as the columns the staging statement takes.
 struct LastListings<'a> {
     ids: Vec<&'a str>,
     digests: Vec<i64>,
@@ -107,33 +99,28 @@ struct LastListings<'a> {
 }
 
 impl<'a> LastListings<'a> {
-    fn with_capacity(n: usize) -> LastListings<'a> {
-        LastListings {
-            ids: Vec::with_capacity(n),
-            digests: Vec::with_capacity(n),
-            raws: Vec::with_capacity(n),
-            positions: Vec::with_capacity(n),
+    /// The last listing of each id in `listings`, numbered from `first_position`.
+    fn of(listings: &[Listing<'a>], first_position: i64) -> LastListings<'a> {
+        let last_listing: HashMap<&str, usize> = listings
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.project_id, i))
+            .collect();
+        let mut batch = LastListings {
+            ids: Vec::with_capacity(last_listing.len()),
+            digests: Vec::with_capacity(last_listing.len()),
+            raws: Vec::with_capacity(last_listing.len()),
+            positions: Vec::with_capacity(last_listing.len()),
+        };
+        for (position, (i, listing)) in (first_position..).zip(listings.iter().enumerate()) {
+            if last_listing.get(listing.project_id) == Some(&i) {
+                batch.ids.push(listing.project_id);
+                batch.digests.push(listing.digest);
+                batch.raws.push(listing.raw);
+                batch.positions.push(position);
+            }
         }
-    }
-
-    fn push(&mut self, listing: &Listing<'a>, position: i64) {
-        self.ids.push(listing.project_id);
-        self.digests.push(listing.digest);
-        self.raws.push(listing.raw);
-        self.positions.push(position);
-    }
-
-    /// The listings at `indexes`, in their order.
-    fn only(&self, indexes: &[i32]) -> LastListings<'a> {
-        let mut kept = LastListings::with_capacity(indexes.len());
-        for &i in indexes {
-            let i = i as usize;
-            kept.ids.push(self.ids[i]);
-            kept.digests.push(self.digests[i]);
-            kept.raws.push(self.raws[i]);
-            kept.positions.push(self.positions[i]);
-        }
-        kept
+        batch
     }
 }
 
@@ -206,12 +193,14 @@ pub fn jsonb_safe(raw: &str) -> Option<String> {
     Some(safe)
 }
 
-/// Longest any one statement of a walk may run; the largest commit takes seconds.
-const WALK_STATEMENT_TIMEOUT: &str = "10min";
+/// Longest any one statement of a walk may run; the apply of a first sync of a large
+/// organization takes seconds.
+const WALK_STATEMENT_TIMEOUT: &str = "5min";
 
-/// Longest the walk's transaction may wait for the next page: longer than a page's whole
-/// retry budget, so only a wedged process is cut off, its lock and snapshot released.
-const WALK_IDLE_IN_TRANSACTION_TIMEOUT: &str = "30min";
+/// Longest the walk's connection may sit idle inside a transaction. Pages are staged outside
+/// any transaction and the apply runs its statements back to back, so only a wedged process
+/// is ever cut off by this, its locks and snapshot released.
+const WALK_IDLE_IN_TRANSACTION_TIMEOUT: &str = "1min";
 
 /// The walk connection's options: `options` with statement and idle-in-transaction timeouts,
 /// and TCP keepalives so the server ends the walk of a client that vanished.
@@ -229,18 +218,17 @@ pub fn walk_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
     ])
 }
 
-/// A walk in progress: its own connection, the walk lock, and an open transaction.
+/// A walk in progress: its own connection holding the walk lock, and the pages staged so far.
+///
+/// Staging writes only the connection's temporary table, outside any transaction: no lock on
+/// a shared row and no snapshot is held while pages are fetched. `commit` applies everything
+/// in one short transaction.
 pub struct WalkSession {
     connection: PgConnection,
     run_id: i64,
     observed_at: DateTime<Utc>,
-    /// Projects present before the walk, for the sanity guard.
-    present_before: i64,
+    /// Listings staged so far, counting repeats; the next listing's position.
     listed: i64,
-    totals: BatchCounts,
-    /// Whether the last batch was (almost) all new projects, or the walk began on an empty
-    /// table: then the next batch is inserted first and only what is known is compared.
-    mostly_new: bool,
 }
 
 impl WalkSession {
@@ -258,13 +246,12 @@ impl WalkSession {
             let _ = connection.close().await;
             return Ok(None);
         }
-        // Estimates inside the walk's long transaction are stale and can look huge; compiling
-        // a statement that then touches a thousand rows would cost more than running it.
+        // The apply touches few rows of large tables by index; compiling such a statement
+        // costs more than running it.
         sqlx::query("set jit = off")
             .execute(&mut connection)
             .await?;
-        // `seq` is the listing's position in the walk, where a change could have been held.
-        sqlx::query("create temp table walk_seen (key bigint not null, seq bigint)")
+        sqlx::query(include_str!("walk/create_staging.sql"))
             .execute(&mut connection)
             .await?;
         sqlx::query(
@@ -279,218 +266,89 @@ impl WalkSession {
             connection,
             run_id: 0,
             observed_at: Utc::now(),
-            present_before: 0,
             listed: 0,
-            totals: BatchCounts::default(),
-            mostly_new: false,
         }))
     }
 
-    /// Opens the walk's transaction for run `run_id`.
+    /// Names the run this walk records, and when it started.
     ///
     /// `observed_at` is when the walk started: changes without a time of their own start then.
-    pub async fn begin(
-        &mut self,
-        run_id: i64,
-        observed_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("create temp table walk_held (like walk_batch)")
-            .execute(&mut self.connection)
-            .await?;
-        sqlx::query("begin").execute(&mut self.connection).await?;
-        let (present_before, empty): (i64, bool) = sqlx::query_as(
-            "select count(*) filter (where missing_since is null), count(*) = 0 from openai.project_current",
-        )
-        .fetch_one(&mut self.connection)
-        .await?;
+    pub fn record_as(&mut self, run_id: i64, observed_at: DateTime<Utc>) {
         self.run_id = run_id;
         self.observed_at = observed_at;
-        self.present_before = present_before;
-        self.mostly_new = empty;
-        Ok(())
     }
 
-    /// Applies listed projects inside the walk's transaction.
+    /// Stages listed projects; returns how many distinct ids the batch held.
     ///
     /// Within the batch the last listing of an id counts; a project listed again in a later
-    /// batch is compared with what its first listing wrote, so an identical repeat changes
-    /// nothing. A known project whose digest is unchanged is not parsed or compared at all.
-    /// While listings are almost all new (a first sync, a large influx), the batch is inserted
-    /// first and only the ids that turn out to be known are looked up and compared.
-    pub async fn apply_batch(
-        &mut self,
-        listings: &[Listing<'_>],
-    ) -> Result<BatchCounts, StoreError> {
-        let listed = listings.len() as i64;
-        let last_listing: HashMap<&str, usize> = listings
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.project_id, i))
-            .collect();
-        let mut batch = LastListings::with_capacity(last_listing.len());
-        for (i, listing) in listings.iter().enumerate() {
-            if last_listing.get(listing.project_id) == Some(&i) {
-                batch.push(listing, self.listed + i as i64);
-            }
-        }
-        let mut counts = BatchCounts {
-            listed,
-            ..BatchCounts::default()
-        };
-        if self.mostly_new {
-            let (inserted, known) = self.insert_unknown(&batch).await?;
-            counts.inserted = inserted;
-            batch = batch.only(&known);
-        }
-        if !batch.ids.is_empty() {
-            let (inserted, changed, reappeared) = self.compare_known(&batch).await?;
-            counts.inserted += inserted;
-            counts.changed = changed;
-            counts.reappeared = reappeared;
-        }
-        self.mostly_new = counts.inserted * 10 >= listed * 9;
-        self.listed += listed;
-        self.totals.listed += counts.listed;
-        self.totals.inserted += counts.inserted;
-        self.totals.changed += counts.changed;
-        self.totals.reappeared += counts.reappeared;
-        Ok(counts)
+    /// batch replaces its earlier listing, so a change reverted during the walk is no change.
+    pub async fn stage(&mut self, listings: &[Listing<'_>]) -> Result<usize, StoreError> {
+        let batch = LastListings::of(listings, self.listed);
+        sqlx::query(include_str!("walk/stage_listings.sql"))
+            .bind(&batch.ids)
+            .bind(&batch.digests)
+            .bind(&batch.raws)
+            .bind(&batch.positions)
+            .execute(&mut self.connection)
+            .await?;
+        self.listed += i64::try_from(listings.len()).unwrap_or(i64::MAX);
+        Ok(batch.ids.len())
     }
 
-    /// Inserts the batch's projects that are not known yet; returns how many, and the
-    /// positions in `batch` of those that were known.
-    async fn insert_unknown(
-        &mut self,
-        batch: &LastListings<'_>,
-    ) -> Result<(i64, Vec<i32>), StoreError> {
-        let (inserted, known): (i64, Vec<i32>) = sqlx::query_as(concat!(
-            "with unknown as materialized ( \
-                select project_id, digest, raw_text::jsonb as raw \
-                from unnest($3::text[], $4::bigint[], $5::text[]) as p(project_id, digest, raw_text) \
-             ), ",
-            insert_unknown_sql!(),
-            ", seen as ( \
-                insert into walk_seen (key) select key from fresh \
-             ) \
-             select (select count(*) from fresh), \
-                    array(select (l.i - 1)::int from unnest($3::text[]) with ordinality as l(project_id, i) \
-                          where l.project_id not in (select project_id from fresh))"
-        ))
-        .bind(self.observed_at)
-        .bind(self.run_id)
-        .bind(&batch.ids)
-        .bind(&batch.digests)
-        .bind(&batch.raws)
-        .fetch_one(&mut self.connection)
-        .await?;
-        Ok((inserted, known))
-    }
-
-    /// Looks up each of the batch's projects, inserts the unknown ones, and holds the changes
-    /// of known ones for the end of the walk; returns (inserted, changed, reappeared).
+    /// Applies the staged walk in one transaction: inserts what is new, records what changed,
+    /// marks what the complete walk no longer lists, records the run, and commits.
     ///
-    /// Current state is looked up one project at a time by index: inside the walk's long
-    /// transaction the planner's statistics still describe the table as it was, and would pick
-    /// a full scan per batch.
-    async fn compare_known(
-        &mut self,
-        batch: &LastListings<'_>,
-    ) -> Result<(i64, i64, i64), StoreError> {
-        let counts = sqlx::query_as(concat!(
-            "with looked as materialized ( \
-                select p.seq, p.project_id, p.digest, p.raw_text, c.key, c.name as old_name, \
-                       c.status as old_status, c.missing_since, c.raw as old_raw, \
-                       c.raw_digest is not distinct from p.digest as same_digest \
-                from unnest($3::text[], $4::bigint[], $5::text[], $6::bigint[]) as p(project_id, digest, raw_text, seq) \
-                left join lateral ( \
-                   select key, name, status, missing_since, raw, raw_digest from openai.project_current \
-                   where project_id = p.project_id limit 1 \
-                ) c on true \
-             ), unknown as materialized ( \
-                select seq, project_id, digest, raw_text::jsonb as raw from looked where key is null \
-             ), ",
-            insert_unknown_sql!(),
-            ", suspect as materialized ( \
-                select l.*, l.raw_text::jsonb as raw from looked l \
-                where l.key is not null and (l.missing_since is not null or not l.same_digest) \
-             ), held as ( \
-                insert into walk_held \
-                select s.seq, s.project_id, s.raw, s.digest, s.key, s.old_name, s.old_status, s.missing_since, f.* \
-                from suspect s cross join lateral openai.project_fields(s.raw) f \
-                where s.missing_since is not null or s.raw is distinct from s.old_raw \
-                returning missing_since is not null as back \
-             ), seen as ( \
-                insert into walk_seen (key, seq) \
-                select key, seq from looked where key is not null \
-                union all \
-                select key, null from fresh \
-             ) \
-             select (select count(*) from fresh), \
-                    (select count(*) from held where not back), \
-                    (select count(*) from held where back)"
-        ))
-        .bind(self.observed_at)
-        .bind(self.run_id)
-        .bind(&batch.ids)
-        .bind(&batch.digests)
-        .bind(&batch.raws)
-        .bind(&batch.positions)
-        .fetch_one(&mut self.connection)
-        .await?;
-        Ok(counts)
-    }
-
-    /// Marks what the complete walk no longer lists, records the run, and commits.
-    ///
-    /// A project counts by its last listing: a change held from an earlier listing is dropped
-    /// when a later one matched the stored state, and a project changed twice counts once.
-    /// The sanity guard refuses (and rolls back everything) when the walk would mark more
-    /// than `1 - min_seen_ratio` of the projects present before it as missing.
+    /// A project counts by its last listing, once. The sanity guard refuses (and rolls back
+    /// everything) when the walk would mark more than `1 - min_seen_ratio` of the projects
+    /// present before it as missing.
     pub async fn commit(
         mut self,
         pages: i32,
         min_seen_ratio: f64,
     ) -> Result<ApplyOutcome, StoreError> {
-        let tx = &mut self.connection;
-        let held = self.totals.changed + self.totals.reappeared > 0;
-        if held || self.present_before > 0 {
-            // The statements below join whole temp tables: give the planner real sizes.
-            sqlx::query("analyze walk_seen").execute(&mut *tx).await?;
+        // The statements below join the whole staging table: give the planner its real size.
+        sqlx::query("analyze walk_staged")
+            .execute(&mut self.connection)
+            .await?;
+        let applied = self.apply(pages, min_seen_ratio).await;
+        match applied {
+            Ok(ApplyOutcome::Applied(counts)) => {
+                sqlx::query("commit").execute(&mut self.connection).await?;
+                release(self.connection).await;
+                Ok(ApplyOutcome::Applied(counts))
+            }
+            Ok(refused) => {
+                self.rollback().await?;
+                Ok(refused)
+            }
+            Err(error) => {
+                let _ = self.rollback().await;
+                Err(error)
+            }
         }
-        let (mut changed, mut reappeared) = (0, 0);
-        if held {
-            sqlx::query(
-                "insert into walk_batch \
-                 select distinct on (h.project_id) h.* from walk_held h \
-                 where not exists (select 1 from walk_seen s where s.key = h.key and s.seq > h.seq) \
-                 order by h.project_id, h.seq desc",
-            )
-            .execute(&mut *tx)
-            .await?;
-            // A project first seen in this walk and changed later in it counts as new.
-            (changed, reappeared) = sqlx::query_as(
-                "select count(*) filter (where b.missing_since is null and c.first_seen_at < $1), \
-                        count(*) filter (where b.missing_since is not null) \
-                 from walk_batch b cross join lateral ( \
-                    select first_seen_at from openai.project_current where key = b.key limit 1) c",
-            )
-            .bind(self.observed_at)
-            .fetch_one(&mut *tx)
-            .await?;
+    }
+
+    /// The apply transaction's statements, up to but not including its commit.
+    async fn apply(&mut self, pages: i32, min_seen_ratio: f64) -> Result<ApplyOutcome, StoreError> {
+        let tx = &mut self.connection;
+        sqlx::query("begin").execute(&mut *tx).await?;
+        let (present,): (i64,) = sqlx::query_as(
+            "select count(*) from openai.project_current where missing_since is null",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let inserted = insert_new(tx, self.run_id, self.observed_at).await?;
+        let (changed, reappeared) = collect_changes(tx, self.observed_at).await?;
+        if changed + reappeared > 0 {
             apply_changes(tx, self.run_id, self.observed_at).await?;
         }
         // A walk that began with no project present has nothing to mark missing.
-        let vanished = if self.present_before > 0 {
+        let vanished = if present > 0 {
             find_vanished(tx, self.observed_at).await?
         } else {
             0
         };
-        let (seen,): (i64,) = sqlx::query_as("select count(distinct key) from walk_seen")
-            .fetch_one(&mut *tx)
-            .await?;
-        let present = self.present_before;
         if vanished > 0 && ((present - vanished) as f64) < min_seen_ratio * present as f64 {
-            self.rollback().await?;
             return Ok(ApplyOutcome::Refused(GuardRefusal {
                 present,
                 would_vanish: vanished,
@@ -500,23 +358,24 @@ impl WalkSession {
         if vanished > 0 {
             mark_vanished(tx, self.run_id, self.observed_at).await?;
         }
-        let t = self.totals;
+        let (seen,): (i64,) = sqlx::query_as("select count(*) from walk_staged")
+            .fetch_one(&mut *tx)
+            .await?;
+        let figure = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
         let counts = RunCounts {
             pages,
-            seen: seen as i32,
-            inserted: t.inserted as i32,
-            changed: changed as i32,
-            unchanged: (seen - t.inserted - changed - reappeared).max(0) as i32,
-            vanished: vanished as i32,
-            reappeared: reappeared as i32,
+            seen: figure(seen),
+            inserted: figure(inserted),
+            changed: figure(changed),
+            unchanged: figure((seen - inserted - changed - reappeared).max(0)),
+            vanished: figure(vanished),
+            reappeared: figure(reappeared),
         };
         record_success(tx, self.run_id, &counts).await?;
-        sqlx::query("commit").execute(&mut *tx).await?;
-        release(self.connection).await;
         Ok(ApplyOutcome::Applied(counts))
     }
 
-    /// Abandons the walk: nothing it applied is kept, and the lock is released.
+    /// Abandons the walk: nothing it staged is applied, and the lock is released.
     pub async fn rollback(self) -> Result<(), StoreError> {
         let mut connection = self.connection;
         // Outside a transaction this only warns; the point is that none is left open.
@@ -525,6 +384,58 @@ impl WalkSession {
         rolled_back?;
         Ok(())
     }
+}
+
+/// Inserts the staged projects that are not stored yet, with their first versions; returns
+/// how many. One the request worker stored since it was staged is compared like any other.
+async fn insert_new(
+    tx: &mut PgConnection,
+    run_id: i64,
+    observed_at: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let (inserted, stored_since): (i64, Vec<String>) = sqlx::query_as(concat!(
+        include_str!("walk/insert_new.sql"),
+        insert_unknown_sql!(),
+        " select (select count(*) from fresh), \
+                 array(select u.project_id from unknown u \
+                       where not exists (select 1 from fresh f where f.project_id = u.project_id))"
+    ))
+    .bind(observed_at)
+    .bind(run_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !stored_since.is_empty() {
+        sqlx::query(
+            "update walk_staged s set key = c.key from openai.project_current c \
+             where s.project_id = any($1) and c.project_id = s.project_id",
+        )
+        .bind(&stored_since)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(inserted)
+}
+
+/// Collects the staged projects that changed or reappeared into `walk_batch`; returns
+/// (changed, reappeared).
+async fn collect_changes(
+    tx: &mut PgConnection,
+    observed_at: DateTime<Utc>,
+) -> Result<(i64, i64), StoreError> {
+    sqlx::query(include_str!("walk/collect_changes.sql"))
+        .execute(&mut *tx)
+        .await?;
+    // A project the request worker stored after this walk began counts as new, not changed.
+    let counts = sqlx::query_as(
+        "select count(*) filter (where b.missing_since is null and c.first_seen_at < $1), \
+                count(*) filter (where b.missing_since is not null) \
+         from walk_batch b cross join lateral ( \
+            select first_seen_at from openai.project_current where key = b.key limit 1) c",
+    )
+    .bind(observed_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(counts)
 }
 
 /// Releases the walk lock, then closes the connection.
@@ -626,14 +537,14 @@ async fn find_vanished(
     tx: &mut PgConnection,
     observed_at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    // `commit` analyzed walk_seen: this joins it with the whole table. A project the request
+    // `commit` analyzed walk_staged: this joins it with the whole table. A project the request
     // queue created in the last hour may not be listed yet (lists can lag a create): not seeing
     // it is no sign that it vanished.
     sqlx::query(
         "create temp table walk_vanished on commit drop as \
          select c.key from openai.project_current c \
          where c.missing_since is null and c.first_seen_at < $1 \
-           and not exists (select 1 from walk_seen s where s.key = c.key) \
+           and not exists (select 1 from walk_staged s where s.project_id = c.project_id) \
            and not exists (select 1 from openai.project_requests r \
                            where r.project_id = c.project_id and r.finished_at > $1 - interval '1 hour')",
     )

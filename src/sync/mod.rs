@@ -1,4 +1,5 @@
-//! One walk of the project list into Postgres: fetch pages, stage them as they arrive, apply atomically.
+//! One walk of the project list into Postgres: fetch pages, stage them as they arrive, apply
+//! atomically in one short transaction once the list's end is reached.
 
 use std::time::{Duration, Instant};
 
@@ -217,12 +218,13 @@ async fn open_and_record(
             "marked walks left running by a stopped process as failed"
         );
     }
-    let (run_id, observed_at) = store::start_run(&deps.pool, store::Resource::Projects, trigger.as_str()).await?;
+    let (run_id, observed_at) =
+        store::start_run(&deps.pool, store::Resource::Projects, trigger.as_str()).await?;
     span.record("run_id", run_id);
     Ok(Some((session, fetcher, pages_rx, run_id, observed_at)))
 }
 
-/// Applies every page in the walk's transaction and commits only at the list's explicit end.
+/// Stages every page as it arrives and applies the walk only at the list's explicit end.
 #[allow(clippy::too_many_arguments)]
 async fn apply(
     deps: &SyncDeps,
@@ -234,15 +236,12 @@ async fn apply(
     cancel: &CancellationToken,
     progress: &mut dyn Progress,
 ) -> Result<RunCounts, (i32, SyncError)> {
-    session
-        .begin(run_id, observed_at)
-        .await
-        .map_err(|e| (0, SyncError::Store(e)))?;
-    let pages = match apply_all_pages(pages_rx, fetcher, &mut session, cancel, progress).await {
+    session.record_as(run_id, observed_at);
+    let pages = match stage_all_pages(pages_rx, fetcher, &mut session, cancel, progress).await {
         Ok(pages) => pages,
         Err(failure) => {
             if let Err(e) = session.rollback().await {
-                tracing::warn!(error = %e, "rolling back the abandoned walk failed; closing its connection rolls it back");
+                tracing::warn!(error = %e, "releasing the abandoned walk's connection failed; closing it releases the walk lock");
             }
             return Err(failure);
         }
@@ -377,8 +376,8 @@ fn prepare(mut project: ListedProject) -> (ListedProject, i64) {
     (project, digest)
 }
 
-/// Applies pages as the fetch task delivers them; returns the page count once it said `Done`.
-async fn apply_all_pages(
+/// Stages pages as the fetch task delivers them; returns the page count once it said `Done`.
+async fn stage_all_pages(
     mut pages_rx: mpsc::Receiver<Fetched>,
     fetcher: &mut AbortOnDrop,
     session: &mut WalkSession,
@@ -423,7 +422,7 @@ async fn apply_all_pages(
             })
             .collect();
         session
-            .apply_batch(&listings)
+            .stage(&listings)
             .await
             .map_err(|e| (pages, SyncError::Store(e)))?;
         for page in &batch {

@@ -105,7 +105,8 @@ fn layers_apply_in_order_defaults_files_conventional_variables_then_app_variable
         "default.toml over built-ins"
     );
     assert_eq!(
-        files_only.openai.timeout, "20s",
+        files_only.openai.timeout,
+        std::time::Duration::from_secs(20),
         "local.toml over default.toml"
     );
     assert_eq!(files_only.openai.page_size, 30, "--config over local.toml");
@@ -131,7 +132,6 @@ fn bad_values_are_refused_with_the_key_and_the_fix() {
     let zero = invalid_message(&[("APP_OPENAI__PAGE_SIZE", "0")]);
     let too_many = invalid_message(&[("APP_OPENAI__PAGE_SIZE", "101")]);
     let url = invalid_message(&[("OPENAI_BASE_URL", "not a url")]);
-    let unknown = invalid_message(&[("APP_OPENAI__PAGESIZE", "5")]);
     let nonsense_cron = invalid_message(&[("APP_SYNC__SCHEDULE", "0 */99 * * * nonsense")]);
     let timeout = invalid_message(&[("APP_OPENAI__TIMEOUT", "soon")]);
 
@@ -149,10 +149,6 @@ fn bad_values_are_refused_with_the_key_and_the_fix() {
     assert!(
         url.contains("openai.base_url") && url.contains("https://api.openai.com/v1"),
         "{url}"
-    );
-    assert!(
-        unknown.contains("pagesize") && unknown.contains("unknown field"),
-        "{unknown}"
     );
     assert!(nonsense_cron.contains("sync.schedule"), "{nonsense_cron}");
     assert!(timeout.contains("openai.timeout"), "{timeout}");
@@ -255,4 +251,155 @@ fn the_binary_exits_2_on_bad_configuration_and_names_the_key() {
     assert_eq!(missing_file.status.code(), Some(2));
     assert!(output_text(&missing_file).contains("/nonexistent/extra.toml"));
     assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn each_unusable_value_is_refused_naming_its_key() {
+    let cases = [
+        (
+            "APP_DATABASE__MAX_CONNECTIONS",
+            "2",
+            "database.max_connections",
+            "LISTEN",
+        ),
+        (
+            "APP_REQUESTS__POLL_INTERVAL",
+            "0s",
+            "requests.poll_interval",
+            "e.g.",
+        ),
+        (
+            "APP_OPENAI__RETRY_BASE_DELAY",
+            "1m",
+            "openai.retry_base_delay",
+            "retry_max_delay",
+        ),
+        ("APP_LOG__LEVEL", "loud", "log.level", "debug"),
+        (
+            "APP_OPENAI__TIMEOUT",
+            "soon",
+            "openai.timeout",
+            "a bare number means seconds",
+        ),
+    ];
+    for (variable, value, key, fix) in cases {
+        let message = invalid_message(&[(variable, value)]);
+        assert!(
+            message.contains(key) && message.contains(fix),
+            "{variable}={value}: {message}"
+        );
+    }
+}
+
+#[test]
+fn durations_are_parsed_once_into_typed_settings() {
+    let settings = load(
+        &temp_dir("durations"),
+        None,
+        &[
+            ("APP_OPENAI__TIMEOUT", "1m 30s"),
+            ("APP_REQUESTS__POLL_INTERVAL", "250ms"),
+            ("APP_REQUESTS__RECONCILE_GRACE", "90"),
+        ],
+    )
+    .expect("valid durations");
+
+    assert_eq!(settings.openai.timeout, std::time::Duration::from_secs(90));
+    assert_eq!(
+        settings.requests.poll_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        settings.requests.reconcile_grace,
+        std::time::Duration::from_secs(90),
+        "a bare number is seconds"
+    );
+}
+
+#[test]
+fn app_variables_naming_no_key_are_ignored_but_unknown_keys_in_files_are_errors() {
+    let dir = temp_dir("stray");
+    let settings = load(
+        &dir,
+        None,
+        &[
+            ("APP_SERVICE_HOST", "10.0.0.1"),
+            ("APP_OPENAI__PAGESIZE", "5"),
+            ("APP_OPENAI__PAGE_SIZE", "50"),
+        ],
+    )
+    .expect("stray variables do not stop the daemon");
+    assert_eq!(settings.openai.page_size, 50);
+    assert_eq!(
+        settings.ignored_variables,
+        ["APP_OPENAI__PAGESIZE", "APP_SERVICE_HOST"]
+    );
+
+    std::fs::write(dir.join("local.toml"), "[openai]\npagesize = 5\n").expect("write");
+    let in_file = load(&dir, None, &[]).expect_err("an unknown key in a file is refused");
+    assert!(
+        in_file.to_string().contains("pagesize") && in_file.to_string().contains("unknown field"),
+        "{in_file}"
+    );
+}
+
+#[test]
+fn an_admin_key_in_a_configuration_file_is_refused_without_echoing_it() {
+    let dir = temp_dir("key-in-file");
+    let extra = dir.join("extra.toml");
+    std::fs::write(
+        &extra,
+        "[openai]\nadmin_key = \"sk-admin-CANARY-placeholder\"\n",
+    )
+    .expect("write");
+
+    let refused = load(&dir, Some(&extra), &[]).expect_err("refused");
+
+    let message = refused.to_string();
+    assert!(
+        message.contains("extra.toml")
+            && message.contains("OPENAI_ADMIN_KEY")
+            && message.contains("openai.admin_key_file"),
+        "{message}"
+    );
+    assert!(!message.contains("CANARY"), "{message}");
+}
+
+#[test]
+fn the_binary_warns_about_a_stray_app_variable_and_refuses_a_non_utf8_one() {
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = temp_dir("binary-env");
+    let dir_arg = dir.to_string_lossy().to_string();
+    // `check` without a database or key still loads the configuration first.
+    let stray = run_binary(
+        &["check", "--config-dir", &dir_arg],
+        &[("APP_FOO", "bar"), ("RUST_LOG", "warn")],
+    );
+    let non_utf8 = std::process::Command::new(env!("CARGO_BIN_EXE_openai-project-sync"))
+        .args(["check", "--config-dir", &dir_arg])
+        .env(
+            "APP_OPENAI__BASE_URL",
+            std::ffi::OsStr::from_bytes(b"http://127.0.0.1/\xff"),
+        )
+        .output()
+        .expect("run the binary");
+
+    let stray_text = output_text(&stray);
+    assert!(
+        stray_text.contains("APP_FOO") && stray_text.contains("ignored"),
+        "{stray_text}"
+    );
+    assert!(
+        !stray_text.contains("bar"),
+        "the value is not logged: {stray_text}"
+    );
+    assert_ne!(stray.status.code(), Some(2), "{stray_text}");
+    let refused = output_text(&non_utf8);
+    assert_eq!(non_utf8.status.code(), Some(2), "{refused}");
+    assert!(
+        refused.contains("APP_OPENAI__BASE_URL") && refused.contains("UTF-8"),
+        "{refused}"
+    );
+    assert!(!refused.contains("panicked"), "{refused}");
 }

@@ -538,8 +538,8 @@ fn listed(id: &'static str, name: &str, name_first: bool) -> (&'static str, Stri
     (id, project_text(id, name, name_first))
 }
 
-/// Applies one batch of `(id, JSON text)` listings, as the sync would.
-async fn apply(session: &mut store::WalkSession, listed: &[(&str, String)]) -> store::BatchCounts {
+/// Stages one batch of `(id, JSON text)` listings, as the sync would.
+async fn apply(session: &mut store::WalkSession, listed: &[(&str, String)]) {
     let listings: Vec<store::Listing<'_>> = listed
         .iter()
         .map(|(id, raw)| store::Listing {
@@ -548,7 +548,15 @@ async fn apply(session: &mut store::WalkSession, listed: &[(&str, String)]) -> s
             digest: store::content_digest(raw),
         })
         .collect();
-    session.apply_batch(&listings).await.expect("batch")
+    session.stage(&listings).await.expect("batch");
+}
+
+/// Applies the staged walk and returns its figures.
+async fn commit(session: store::WalkSession, pages: i32) -> store::RunCounts {
+    match session.commit(pages, 0.5).await.expect("commit") {
+        store::ApplyOutcome::Applied(counts) => counts,
+        refused => panic!("{refused:?}"),
+    }
 }
 
 async fn open_walk(f: &Fixture) -> store::WalkSession {
@@ -556,8 +564,10 @@ async fn open_walk(f: &Fixture) -> store::WalkSession {
         .await
         .expect("open")
         .expect("lock is free");
-    let (run_id, started) = store::start_run(&f.db.pool, store::Resource::Projects, "manual").await.expect("run");
-    session.begin(run_id, started).await.expect("begin");
+    let (run_id, started) = store::start_run(&f.db.pool, store::Resource::Projects, "manual")
+        .await
+        .expect("run");
+    session.record_as(run_id, started);
     session
 }
 
@@ -591,10 +601,10 @@ async fn the_exclusion_constraint_never_takes_two_projects_for_one() {
         .iter()
         .map(|(id, raw)| (id.as_str(), raw.clone()))
         .collect();
-    let batch = apply(&mut session, &listed).await;
-    session.commit(3, 0.5).await.expect("commit");
+    apply(&mut session, &listed).await;
+    let counts = commit(session, 3).await;
     assert_eq!(
-        batch.inserted, 300,
+        counts.inserted, 300,
         "projects with identical validity are not overlaps of one another"
     );
 }
@@ -605,7 +615,7 @@ async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
     let mut session = open_walk(&f).await;
     let same = || listed("proj_same", "Listed twice", true);
 
-    let within = apply(
+    apply(
         &mut session,
         &[
             listed("proj_within", "First in batch", true),
@@ -616,28 +626,17 @@ async fn duplicate_ids_within_one_walk_are_collapsed_to_the_last_listing() {
     .await;
     apply(&mut session, &[same()]).await;
     apply(&mut session, &[listed("proj_moved", "First listing", true)]).await;
-    let repeat = apply(
+    apply(
         &mut session,
         &[listed("proj_moved", "Second listing", true)],
     )
     .await;
-    let outcome = session.commit(4, 0.5).await.expect("commit");
+    let counts = commit(session, 4).await;
 
-    let store::ApplyOutcome::Applied(counts) = outcome else {
-        panic!("{outcome:?}")
-    };
     assert_eq!(
-        (counts.seen, counts.inserted),
-        (3, 3),
-        "each id counts once"
-    );
-    assert_eq!(
-        within.inserted, 2,
-        "a repeat within one batch is one project"
-    );
-    assert_eq!(
-        repeat.changed, 1,
-        "a repeat that differs is a change seen during the walk"
+        (counts.seen, counts.inserted, counts.changed),
+        (3, 3, 0),
+        "each id counts once, by its last listing"
     );
     let stored = current(&f.db.pool).await;
     assert_eq!(
@@ -671,14 +670,14 @@ async fn the_same_content_written_differently_is_not_a_change() {
     let f = fixture(0).await;
     let mut session = open_walk(&f).await;
     apply(&mut session, &[listed("proj_text", "Written once", true)]).await;
-    session.commit(1, 0.5).await.expect("first walk");
+    commit(session, 1).await;
     let before = row_identities(&f.db.pool, None).await;
 
     let mut session = open_walk(&f).await;
-    let reordered = apply(&mut session, &[listed("proj_text", "Written once", false)]).await;
-    let outcome = session.commit(1, 0.5).await.expect("second walk");
+    apply(&mut session, &[listed("proj_text", "Written once", false)]).await;
+    let reordered = commit(session, 1).await;
 
-    assert_eq!(reordered.changed, 0, "{outcome:?}");
+    assert_eq!(reordered.changed, 0, "{reordered:?}");
     assert_eq!(
         row_identities(&f.db.pool, None).await,
         before,
@@ -686,8 +685,8 @@ async fn the_same_content_written_differently_is_not_a_change() {
     );
 
     let mut session = open_walk(&f).await;
-    let renamed = apply(&mut session, &[listed("proj_text", "Renamed", false)]).await;
-    session.commit(1, 0.5).await.expect("third walk");
+    apply(&mut session, &[listed("proj_text", "Renamed", false)]).await;
+    let renamed = commit(session, 1).await;
     assert_eq!(
         renamed.changed, 1,
         "a real change behind a new spelling is seen"
@@ -1281,7 +1280,7 @@ async fn the_walk_connection_bounds_statements_idle_transactions_and_dead_peers(
         settings.push(value);
     }
 
-    assert_eq!(settings[..2], ["10min", "30min"]);
+    assert_eq!(settings[..2], ["5min", "1min"]);
     assert!(
         ["60", "1min", "0"].contains(&settings[2].as_str()),
         "keepalives set (a Unix socket reads 0): {}",
@@ -1358,6 +1357,98 @@ async fn terminating_the_walks_connection_mid_walk_fails_the_run_cleanly() {
     assert_eq!(projects, 0, "nothing of the walk was applied");
     f.emulator.clear_faults();
     sync(&f.deps).await;
+}
+
+#[tokio::test]
+async fn pages_are_staged_without_holding_a_transaction_or_showing_readers_anything() {
+    let f = fixture(300).await;
+    let (walk, mut pages) = slow_walk(&f);
+    pages
+        .wait_for(|&p| p >= 3)
+        .await
+        .expect("the walk stages pages");
+
+    let (state, in_transaction, holds_snapshot): (Option<String>, bool, bool) = sqlx::query_as(
+        "select a.state, a.xact_start is not null, a.backend_xmin is not null \
+         from pg_stat_activity a join pg_locks l on l.pid = a.pid \
+         where l.locktype = 'advisory' and l.granted \
+           and l.database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("the walk's backend");
+    let (visible,): (i64,) = sqlx::query_as("select count(*) from openai.project_current")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("count");
+
+    assert_eq!(
+        (state.as_deref(), in_transaction, holds_snapshot),
+        (Some("idle"), false, false),
+        "between pages the walk's connection is idle, outside any transaction"
+    );
+    assert_eq!(
+        visible, 0,
+        "readers see nothing of a walk before it applies"
+    );
+    let summary = walk
+        .await
+        .expect("the walk task")
+        .expect("the walk applies");
+    assert_eq!(summary.counts.inserted, 300);
+}
+
+#[tokio::test]
+async fn a_change_written_after_its_page_was_staged_is_compared_again_at_the_apply() {
+    let f = fixture(0).await;
+    let mut session = open_walk(&f).await;
+    apply(&mut session, &[listed("proj_edited", "Original", true)]).await;
+    commit(session, 1).await;
+
+    let mut session = open_walk(&f).await;
+    apply(&mut session, &[listed("proj_edited", "Original", true)]).await;
+    // Another writer records a change between the staging and the apply.
+    let elsewhere = project_text("proj_edited", "Edited elsewhere", true);
+    sqlx::query(
+        "with closed as ( \
+            update openai.project_versions set valid_to = now() \
+            where project_id = 'proj_edited' and valid_to is null returning * \
+         ) \
+         insert into openai.project_versions \
+            (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
+             raw, change, valid_from, opened_by_run) \
+         select project_key, project_id, 'Edited elsewhere', status, created_at, archived_at, \
+                external_key_id, residency, $1::jsonb, 'renamed', valid_to, opened_by_run from closed",
+    )
+    .bind(&elsewhere)
+    .execute(&f.db.pool)
+    .await
+    .expect("a version written elsewhere");
+    sqlx::query(
+        "update openai.project_current set name = 'Edited elsewhere', raw = $1::jsonb, raw_digest = $2 \
+         where project_id = 'proj_edited'",
+    )
+    .bind(&elsewhere)
+    .bind(store::content_digest(&elsewhere))
+    .execute(&f.db.pool)
+    .await
+    .expect("current state written elsewhere");
+    let counts = commit(session, 1).await;
+
+    assert_eq!(
+        (counts.changed, counts.unchanged),
+        (1, 0),
+        "the listing is compared with the state at the apply, not at the staging"
+    );
+    assert_eq!(
+        current(&f.db.pool)
+            .await
+            .get("proj_edited")
+            .map(|r| r.0.clone()),
+        Some(Some("Original".to_owned())),
+        "the complete walk's listing is the truth"
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
 }
 
 /// A project created upstream under `name`, its request `creating` (id 1), and a slow walk that
