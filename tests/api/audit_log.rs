@@ -478,3 +478,142 @@ async fn sync_audit_log_runs_one_catch_up_by_hand() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_unknown_request_is_settled_from_its_project_created_event() {
+    use crate::requests::{outcome, queue, request, tick};
+
+    let q = queue(5).await;
+    let deps = AuditDeps {
+        pool: q.db.pool.clone(),
+        client: client_for(&q.emulator),
+        enabled: AuditLogEnabled::Auto,
+        overlap: Duration::from_secs(3600),
+    };
+    // A create whose answer came back: its event tells the daemon which key is its own.
+    let known = request(&q.db.pool, "Answered create").await;
+    tick(&q).await;
+    assert_eq!(outcome(&q.db.pool, known).await.0, "created");
+    // The next create lands, but its answer is lost.
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::LostResponse {
+            then: openai_project_sync::emulator::LostAs::ServerError,
+        },
+    });
+    let lost = request(&q.db.pool, "Lost and found").await;
+    tick(&q).await;
+    assert_eq!(outcome(&q.db.pool, lost).await.0, "unknown");
+    // Meanwhile a person makes a project of the same name: a list walk could not tell which is whose.
+    let theirs = q.emulator.create_as("Lost and found", "someone@example.com");
+    audit_log::pass(&deps, "manual").await.expect("a pass");
+
+    let report = tick(&q).await;
+
+    let ours = q
+        .emulator
+        .audit_events()
+        .into_iter()
+        .find(|e| {
+            e["type"] == "project.created"
+                && e["actor"]["type"] == "api_key"
+                && e["project.created"]["data"]["name"] == "Lost and found"
+        })
+        .expect("the daemon's create is in the log");
+    let (status, project_id, error) = outcome(&q.db.pool, lost).await;
+    assert_eq!(status, "created", "{error:?}");
+    assert_eq!(project_id.as_deref(), ours["project.created"]["id"].as_str());
+    assert_ne!(project_id.as_deref(), Some(theirs.id.as_str()));
+    assert_eq!(report.adopted, 1);
+    assert_eq!(report.walks, 0, "settled before any list walk");
+    assert_eq!(q.emulator.stats().create_calls, 2, "never created twice");
+}
+
+fn daemon_settings(db: &TestDb, base_url: &str) -> openai_project_sync::config::Settings {
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("OPENAI_BASE_URL", base_url),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ("APP_SYNC__SCHEDULE", "0 0 0 1 1 *"),
+        ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+        ("APP_AUDIT_LOG__POLL_INTERVAL", "200ms"),
+    ];
+    openai_project_sync::config::Settings::load(&openai_project_sync::config::Sources {
+        config_dir: Some(std::env::temp_dir().join("ops-no-config-here")),
+        file: None,
+        env: Some(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+    })
+    .expect("valid settings")
+}
+
+#[tokio::test]
+async fn the_daemon_polls_the_audit_log_every_poll_interval() {
+    let org = org(3).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        daemon_settings(&org.db, &org.emulator.base_url()),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    eventually("the startup walk", || async {
+        count(&org.db, "select count(*) from openai.project_current").await == 3
+    })
+    .await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Polled", "jo@example.com")
+        .expect("renamed");
+
+    eventually("the rename is in history with its author", || async {
+        last_change(&org.db, &id).await.changed_by.as_deref() == Some("jo@example.com")
+    })
+    .await;
+    let walks = count(
+        &org.db,
+        "select count(*) from openai.sync_runs where resource = 'projects'",
+    )
+    .await;
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), daemon.finished).await;
+    assert_eq!(walks, 1, "only the startup walk ran");
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[test]
+fn audit_log_settings_take_auto_true_false_and_durations() {
+    use openai_project_sync::config::{Settings, Sources};
+    let load = |vars: &[(&str, &str)]| {
+        Settings::load(&Sources {
+            config_dir: Some(std::env::temp_dir().join("ops-no-config-here")),
+            file: None,
+            env: Some(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+    };
+    let defaults = load(&[]).expect("defaults");
+    assert_eq!(defaults.audit_log.enabled, AuditLogEnabled::Auto);
+    assert_eq!(defaults.audit_log.poll_interval, Duration::from_secs(30));
+    assert_eq!(defaults.audit_log.overlap, Duration::from_secs(3600));
+    for (given, wanted) in [
+        ("true", AuditLogEnabled::On),
+        ("false", AuditLogEnabled::Off),
+        ("auto", AuditLogEnabled::Auto),
+    ] {
+        let settings = load(&[("APP_AUDIT_LOG__ENABLED", given)]).expect("valid");
+        assert_eq!(settings.audit_log.enabled, wanted, "{given}");
+    }
+    let refused = load(&[("APP_AUDIT_LOG__ENABLED", "sometimes")]).expect_err("refused");
+    assert!(refused.to_string().contains("auto, true or false"), "{refused}");
+    let refused = load(&[("APP_AUDIT_LOG__POLL_INTERVAL", "0s")]).expect_err("refused");
+    assert!(refused.to_string().contains("audit_log.poll_interval"), "{refused}");
+}
