@@ -617,3 +617,82 @@ fn audit_log_settings_take_auto_true_false_and_durations() {
     let refused = load(&[("APP_AUDIT_LOG__POLL_INTERVAL", "0s")]).expect_err("refused");
     assert!(refused.to_string().contains("audit_log.poll_interval"), "{refused}");
 }
+
+#[tokio::test]
+async fn the_emulated_audit_log_filters_pages_newest_first_and_can_be_late_or_off() {
+    let org = org(3).await;
+    let http = reqwest::Client::new();
+    let base = org.emulator.base_url();
+    let get = |query: &str| {
+        let request = http
+            .get(format!("{base}/organization/audit_logs?{query}"))
+            .bearer_auth(TEST_KEY);
+        async move {
+            let response = request.send().await.expect("an answer");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let ids = active_ids(&org.emulator);
+    org.emulator
+        .rename_as(&ids[0], "One", "kim@example.com")
+        .expect("renamed");
+    org.emulator
+        .rename_as(&ids[1], "Two", "kim@example.com")
+        .expect("renamed");
+    org.emulator.record_audit_event(
+        "project.updated",
+        1_000,
+        Some(&ids[2]),
+        "old@example.com",
+        json!({"id": ids[2], "changes_requested": {"title": "Ancient"}}),
+    );
+
+    let (_, all) = get("event_types[]=project.updated&limit=100").await;
+    let times: Vec<i64> = all["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| e["effective_at"].as_i64().expect("time"))
+        .collect();
+    assert_eq!(times.len(), 3);
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    let (_, recent) = get("event_types[]=project.updated&effective_at[gte]=2000").await;
+    assert_eq!(recent["data"].as_array().map(Vec::len), Some(2));
+    let (_, unbracketed) = get("event_types=project.updated&limit=100").await;
+    assert!(
+        unbracketed["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .any(|e| e["type"] == "login.succeeded"),
+        "an unknown filter is ignored: {unbracketed}"
+    );
+    let (_, first) = get("event_types[]=project.updated&limit=1").await;
+    assert_eq!(first["has_more"], true);
+    let after = first["last_id"].as_str().expect("a cursor").to_owned();
+    let (_, second) = get(&format!("event_types[]=project.updated&limit=1&after={after}")).await;
+    assert_ne!(second["data"][0]["id"], first["data"][0]["id"]);
+    let event = &second["data"][0];
+    assert_eq!(
+        event["project"]["id"], event["project.updated"]["id"],
+        "a session's event is filed under its project: {event}"
+    );
+
+    // Late: visible only after the delay, with its true time.
+    org.emulator.set_audit_delay(Duration::from_secs(3600));
+    org.emulator
+        .rename_as(&ids[0], "Late", "kim@example.com")
+        .expect("renamed");
+    let (_, now) = get("event_types[]=project.updated&limit=100").await;
+    assert_eq!(now["data"].as_array().map(Vec::len), Some(3));
+    assert_eq!(org.emulator.audit_events().len(), 5, "recorded all the same");
+
+    org.emulator.set_audit_logging(AuditLogging::OffError);
+    let (status, body) = get("limit=1").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "audit_logging_disabled");
+    org.emulator.set_audit_logging(AuditLogging::OffEmpty);
+    let (status, body) = get("limit=1").await;
+    assert_eq!((status, body["data"].as_array().map(Vec::len)), (200, Some(0)));
+}
