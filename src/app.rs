@@ -90,9 +90,7 @@ pub fn audit_deps(
 }
 
 /// One audit-log catch-up now, for the `sync` command.
-pub async fn audit_log_once(
-    settings: &Settings,
-) -> anyhow::Result<crate::audit_log::AuditOutcome> {
+pub async fn audit_log_once(settings: &Settings) -> anyhow::Result<crate::audit_log::AuditOutcome> {
     let client = build_client(settings)?;
     let pool = connect_and_migrate(settings).await?;
     let deps = audit_deps(settings, pool.clone(), client)?;

@@ -76,7 +76,11 @@ pub async fn pass(deps: &AuditDeps, trigger: &'static str) -> Result<AuditOutcom
     let span = tracing::info_span!("audit_log", trigger);
     let started = Instant::now();
     let outcome = pass_inner(deps, trigger, started).instrument(span).await;
-    let status = if outcome.is_ok() { "succeeded" } else { "failed" };
+    let status = if outcome.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
     if !matches!(
         outcome,
         Ok(AuditOutcome::Disabled | AuditOutcome::LoggingOff { .. })
@@ -257,10 +261,12 @@ async fn logging_off(
 
 /// A pass that failed before it stored anything still leaves a failed run behind.
 async fn record_failed_run(deps: &AuditDeps, trigger: &'static str, error: &str) {
-    tracing::error!(error, "reading the audit log failed; nothing was stored and the watermark stays");
+    tracing::error!(
+        error,
+        "reading the audit log failed; nothing was stored and the watermark stays"
+    );
     let recorded = async {
-        let (run_id, _) =
-            store::start_run(&deps.pool, store::Resource::AuditLog, trigger).await?;
+        let (run_id, _) = store::start_run(&deps.pool, store::Resource::AuditLog, trigger).await?;
         store::fail_run(&deps.pool, run_id, 0, error).await
     }
     .await;
@@ -381,10 +387,10 @@ async fn retrieve_all(
             tasks.spawn(
                 async move {
                     let result = match client.retrieve_project_raw(&id).await {
-                        Ok(raw) => Ok(Some(
-                            store::jsonb_safe(&raw).unwrap_or(raw),
-                        )),
-                        Err(error) if matches!(error.root(), ApiError::Status { status: 404, .. }) => {
+                        Ok(raw) => Ok(Some(store::jsonb_safe(&raw).unwrap_or(raw))),
+                        Err(error)
+                            if matches!(error.root(), ApiError::Status { status: 404, .. }) =>
+                        {
                             Ok(None)
                         }
                         Err(error) => Err(error),
@@ -406,9 +412,7 @@ async fn retrieve_all(
     }
     results
         .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| Err(ApiError::Transport("the retrieve task stopped".into())))
-        })
+        .map(|r| r.unwrap_or_else(|| Err(ApiError::Transport("the retrieve task stopped".into()))))
         .collect()
 }
 

@@ -187,10 +187,11 @@ impl AdminClient {
             };
             let mut last = None;
             for raw in &page.data {
-                let event = AuditEvent::from_raw(raw.get()).map_err(|message| ApiError::Decode {
-                    message,
-                    request_id: None,
-                })?;
+                let event =
+                    AuditEvent::from_raw(raw.get()).map_err(|message| ApiError::Decode {
+                        message,
+                        request_id: None,
+                    })?;
                 last = Some(event.id.clone());
                 if !types.contains(&event.kind.as_str()) {
                     window.unasked = window.unasked.saturating_add(1);

@@ -107,8 +107,12 @@ struct Event {
 /// What one project change was, for `record`.
 #[derive(Debug, Clone)]
 pub enum ProjectChange {
-    Created { name: String },
-    Renamed { title: String },
+    Created {
+        name: String,
+    },
+    Renamed {
+        title: String,
+    },
     /// A change the payload does not describe (a new encryption key, say): no `title`.
     Updated,
     Archived,
@@ -305,9 +309,7 @@ impl AuditLog {
                 DEFAULT_PROJECT_ID.to_owned(),
                 Some(DEFAULT_PROJECT_NAME.to_owned()),
             ),
-            AuditActor::Session { .. } => {
-                (project_id.to_owned(), project_name.map(str::to_owned))
-            }
+            AuditActor::Session { .. } => (project_id.to_owned(), project_name.map(str::to_owned)),
         };
         self.push(
             kind,
@@ -474,14 +476,14 @@ mod tests {
         let mut log = AuditLog::new("sk-admin-test-placeholder", AuditLogging::On);
         let actor = log.admin_key_actor();
         log.record("proj_a", Some("A"), &ProjectChange::Archived, &actor, 100);
-        let everything = AuditQuery::parse(&pairs(&[("event_types", "project.created")]))
-            .expect("parses");
+        let everything =
+            AuditQuery::parse(&pairs(&[("event_types", "project.created")])).expect("parses");
         let AuditAnswer::Page(body) = log.list(&everything, 100, false, Instant::now()) else {
             panic!("a page");
         };
         assert!(body.contains("login.succeeded") && body.contains("project.archived"));
-        let only = AuditQuery::parse(&pairs(&[("event_types[]", "project.created")]))
-            .expect("parses");
+        let only =
+            AuditQuery::parse(&pairs(&[("event_types[]", "project.created")])).expect("parses");
         let AuditAnswer::Page(body) = log.list(&only, 100, false, Instant::now()) else {
             panic!("a page");
         };

@@ -759,7 +759,9 @@ async fn set_audit_log(State(shared): State<Arc<Shared>>, body: axum::body::Byte
         store.audit.set_logging(logging);
     }
     if let Some(delay) = control.delay_ms {
-        store.audit.set_delay(std::time::Duration::from_millis(delay));
+        store
+            .audit
+            .set_delay(std::time::Duration::from_millis(delay));
     }
     Json(json!({
         "logging": store.audit.logging(),

@@ -165,12 +165,18 @@ impl ProjectStore {
 
     /// Records a change to project `i` in the audit log, by whoever the next actor is.
     fn audit(&mut self, i: usize, change: ProjectChange, effective_at: i64) {
-        let actor = self.next_actor.take().unwrap_or_else(|| {
-            AuditActor::session(super::audit_log::DEFAULT_SESSION_EMAIL)
-        });
+        let actor = self
+            .next_actor
+            .take()
+            .unwrap_or_else(|| AuditActor::session(super::audit_log::DEFAULT_SESSION_EMAIL));
         let project = &self.projects[i];
-        self.audit
-            .record(&project.id, project.name.as_deref(), &change, &actor, effective_at);
+        self.audit.record(
+            &project.id,
+            project.name.as_deref(),
+            &change,
+            &actor,
+            effective_at,
+        );
     }
 
     /// The freedoms the server takes now.
@@ -340,7 +346,11 @@ impl ProjectStore {
             return None;
         };
         if let Some(&i) = self.index.get(id) {
-            self.audit(i, ProjectChange::Renamed { title }, chrono::Utc::now().timestamp());
+            self.audit(
+                i,
+                ProjectChange::Renamed { title },
+                chrono::Utc::now().timestamp(),
+            );
         }
         Some(renamed)
     }

@@ -98,12 +98,10 @@ pub async fn audit_log_state(pool: &PgPool) -> Result<AuditLogState, StoreError>
 
 /// Records what a check of audit logging found (`on` or `off`) and when.
 pub async fn set_audit_logging(pool: &PgPool, logging: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "update openai.audit_log_state set logging = $1, logging_checked_at = now()",
-    )
-    .bind(logging)
-    .execute(pool)
-    .await?;
+    sqlx::query("update openai.audit_log_state set logging = $1, logging_checked_at = now()")
+        .bind(logging)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -116,10 +114,7 @@ pub async fn any_audit_event_stored(pool: &PgPool) -> Result<bool, StoreError> {
 }
 
 /// Of `ids`, the events not stored yet.
-pub async fn unstored_audit_events(
-    pool: &PgPool,
-    ids: &[&str],
-) -> Result<Vec<String>, StoreError> {
+pub async fn unstored_audit_events(pool: &PgPool, ids: &[&str]) -> Result<Vec<String>, StoreError> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "select id from unnest($1::text[]) as i(id) \
          where not exists (select 1 from openai.audit_events e where e.id = i.id)",

@@ -45,8 +45,14 @@ pub async fn settle_unknown(
             continue;
         };
         let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
-        if super::audit_settle::settle_from_audit_log(deps, &request, since - skew, &own_keys, report)
-            .await?
+        if super::audit_settle::settle_from_audit_log(
+            deps,
+            &request,
+            since - skew,
+            &own_keys,
+            report,
+        )
+        .await?
         {
             continue;
         }

@@ -136,7 +136,9 @@ async fn a_rename_an_archive_and_a_create_appear_with_the_events_time_and_author
         .archive_project(archived)
         .await
         .expect("archived");
-    let created = org.emulator.create_as("Made in the dashboard", "bo@example.com");
+    let created = org
+        .emulator
+        .create_as("Made in the dashboard", "bo@example.com");
 
     let AuditOutcome::Applied(summary) = pass(&org).await else {
         panic!("the pass applies events");
@@ -179,7 +181,11 @@ async fn a_rename_an_archive_and_a_create_appear_with_the_events_time_and_author
     );
     assert_eq!(create.changed_by.as_deref(), Some("bo@example.com"));
     assert_eq!(
-        count(&org.db, "select count(*) from openai.audit_events where type not like 'project.%'").await,
+        count(
+            &org.db,
+            "select count(*) from openai.audit_events where type not like 'project.%'"
+        )
+        .await,
         0,
         "events of types not asked for are not stored"
     );
@@ -193,7 +199,11 @@ async fn a_rename_an_archive_and_a_create_appear_with_the_events_time_and_author
         "{:?}",
         after_walk.counts
     );
-    assert_eq!(row_identities(&org.db.pool, None).await, before, "0 rows written");
+    assert_eq!(
+        row_identities(&org.db.pool, None).await,
+        before,
+        "0 rows written"
+    );
 }
 
 #[tokio::test]
@@ -240,7 +250,11 @@ async fn a_change_first_seen_by_a_walk_is_corrected_to_the_events_time_and_autho
     .fetch_one(&org.db.pool)
     .await
     .expect("the first version");
-    assert_eq!(ends_at, Some(event_at), "the version before ends where it begins");
+    assert_eq!(
+        ends_at,
+        Some(event_at),
+        "the version before ends where it begins"
+    );
     let before = row_identities(&org.db.pool, None).await;
     let again = walk(&org).await;
     assert_eq!(again.counts.changed, 0);
@@ -319,7 +333,10 @@ async fn an_idle_poll_costs_one_call_and_writes_no_row_but_its_watermark() {
     let after = org.emulator.stats();
     assert_eq!(after.audit_log_calls, calls.audit_log_calls + 1, "one call");
     assert_eq!(after.retrieve_calls, calls.retrieve_calls);
-    assert_eq!(count(&org.db, "select count(*) from openai.sync_runs").await, runs);
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.sync_runs").await,
+        runs
+    );
     assert_eq!(row_identities(&org.db.pool, None).await, rows);
     assert_eq!(
         count(&org.db, "select count(*) from openai.audit_events").await,
@@ -327,7 +344,10 @@ async fn an_idle_poll_costs_one_call_and_writes_no_row_but_its_watermark() {
     );
     let idle = store::audit_log_state(&org.db.pool).await.expect("state");
     assert_eq!(idle.watermark, state.watermark);
-    assert!(idle.polled_at > state.polled_at, "the watermark row is written");
+    assert!(
+        idle.polled_at > state.polled_at,
+        "the watermark row is written"
+    );
 }
 
 #[tokio::test]
@@ -410,7 +430,10 @@ async fn audit_logging_off_is_detected_reported_once_and_the_walks_go_on() {
         assert_eq!(state.logging, "off");
 
         let walked = walk(&org).await;
-        assert_eq!(walked.counts.changed, 1, "{logging:?}: the walk records the rename");
+        assert_eq!(
+            walked.counts.changed, 1,
+            "{logging:?}: the walk records the rename"
+        );
     }
 
     // As an operator sees it: `sync` says so in plain words and succeeds; `check` too.
@@ -467,7 +490,10 @@ async fn sync_audit_log_runs_one_catch_up_by_hand() {
 
     let text = output_text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
-    assert!(text.contains("audit log run") && text.contains("changed     1"), "{text}");
+    assert!(
+        text.contains("audit log run") && text.contains("changed     1"),
+        "{text}"
+    );
     assert_eq!(org.emulator.stats().list_calls, lists, "no walk");
     assert_eq!(
         last_change(&org.db, &id).await.changed_by.as_deref(),
@@ -507,7 +533,9 @@ async fn an_unknown_request_is_settled_from_its_project_created_event() {
     tick(&q).await;
     assert_eq!(outcome(&q.db.pool, lost).await.0, "unknown");
     // Meanwhile a person makes a project of the same name: a list walk could not tell which is whose.
-    let theirs = q.emulator.create_as("Lost and found", "someone@example.com");
+    let theirs = q
+        .emulator
+        .create_as("Lost and found", "someone@example.com");
     audit_log::pass(&deps, "manual").await.expect("a pass");
 
     let report = tick(&q).await;
@@ -524,7 +552,10 @@ async fn an_unknown_request_is_settled_from_its_project_created_event() {
         .expect("the daemon's create is in the log");
     let (status, project_id, error) = outcome(&q.db.pool, lost).await;
     assert_eq!(status, "created", "{error:?}");
-    assert_eq!(project_id.as_deref(), ours["project.created"]["id"].as_str());
+    assert_eq!(
+        project_id.as_deref(),
+        ours["project.created"]["id"].as_str()
+    );
     assert_ne!(project_id.as_deref(), Some(theirs.id.as_str()));
     assert_eq!(report.adopted, 1);
     assert_eq!(report.walks, 0, "settled before any list walk");
@@ -613,9 +644,15 @@ fn audit_log_settings_take_auto_true_false_and_durations() {
         assert_eq!(settings.audit_log.enabled, wanted, "{given}");
     }
     let refused = load(&[("APP_AUDIT_LOG__ENABLED", "sometimes")]).expect_err("refused");
-    assert!(refused.to_string().contains("auto, true or false"), "{refused}");
+    assert!(
+        refused.to_string().contains("auto, true or false"),
+        "{refused}"
+    );
     let refused = load(&[("APP_AUDIT_LOG__POLL_INTERVAL", "0s")]).expect_err("refused");
-    assert!(refused.to_string().contains("audit_log.poll_interval"), "{refused}");
+    assert!(
+        refused.to_string().contains("audit_log.poll_interval"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
@@ -656,7 +693,10 @@ async fn the_emulated_audit_log_filters_pages_newest_first_and_can_be_late_or_of
         .map(|e| e["effective_at"].as_i64().expect("time"))
         .collect();
     assert_eq!(times.len(), 3);
-    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
     let (_, recent) = get("event_types[]=project.updated&effective_at[gte]=2000").await;
     assert_eq!(recent["data"].as_array().map(Vec::len), Some(2));
     let (_, unbracketed) = get("event_types=project.updated&limit=100").await;
@@ -671,7 +711,10 @@ async fn the_emulated_audit_log_filters_pages_newest_first_and_can_be_late_or_of
     let (_, first) = get("event_types[]=project.updated&limit=1").await;
     assert_eq!(first["has_more"], true);
     let after = first["last_id"].as_str().expect("a cursor").to_owned();
-    let (_, second) = get(&format!("event_types[]=project.updated&limit=1&after={after}")).await;
+    let (_, second) = get(&format!(
+        "event_types[]=project.updated&limit=1&after={after}"
+    ))
+    .await;
     assert_ne!(second["data"][0]["id"], first["data"][0]["id"]);
     let event = &second["data"][0];
     assert_eq!(
@@ -686,7 +729,11 @@ async fn the_emulated_audit_log_filters_pages_newest_first_and_can_be_late_or_of
         .expect("renamed");
     let (_, now) = get("event_types[]=project.updated&limit=100").await;
     assert_eq!(now["data"].as_array().map(Vec::len), Some(3));
-    assert_eq!(org.emulator.audit_events().len(), 5, "recorded all the same");
+    assert_eq!(
+        org.emulator.audit_events().len(),
+        5,
+        "recorded all the same"
+    );
 
     org.emulator.set_audit_logging(AuditLogging::OffError);
     let (status, body) = get("limit=1").await;
@@ -694,5 +741,8 @@ async fn the_emulated_audit_log_filters_pages_newest_first_and_can_be_late_or_of
     assert_eq!(body["error"]["code"], "audit_logging_disabled");
     org.emulator.set_audit_logging(AuditLogging::OffEmpty);
     let (status, body) = get("limit=1").await;
-    assert_eq!((status, body["data"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(
+        (status, body["data"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
 }
