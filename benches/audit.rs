@@ -78,7 +78,7 @@ async fn main() {
     .expect("a Postgres server");
     let mut admin = PgConnection::connect(&server_url).await.expect("connect");
     let db_url = fresh_database(&mut admin, &server_url, "ops_bench_audit").await;
-    let emulator = Emulator::start(renames + 50, 50);
+    let emulator = Emulator::start(renames * 2, 50);
     let status = sync_command(&db_url, &emulator)
         .status()
         .expect("first walk");
@@ -218,8 +218,16 @@ async fn main() {
         latencies.last().copied().unwrap_or_default()
     );
     println!("| exact changed_at and changed_by | {exact} of {renames} | all |");
+    let (in_window,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.audit_events e, openai.audit_log_state s \
+         where e.effective_at >= s.watermark - interval '1 hour'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("window");
+    let polls = (idle_for.as_secs_f64() / interval).round();
     println!(
-        "| idle polls over {:.0} s | {calls} API call(s), {} run row(s) | one call per poll, no row |",
+        "| idle polls over {:.0} s (~{polls:.0} polls, {in_window} events in the 1 h overlap, 100 a page) | {calls} API call(s), {} run row(s) | one call per page of the window, no row |",
         idle_for.as_secs_f64(),
         runs_after - runs_before
     );
