@@ -371,6 +371,8 @@ fn prefer_event_describing(target: &mut store::PendingTarget, raw: &str) {
 }
 
 /// Each pending project's JSON as the API shows it now (`None`: not found), a few at a time.
+// An error keeps the API's own words for the log; a few per pass.
+#[allow(clippy::result_large_err)]
 async fn retrieve_all(
     client: &AdminClient,
     pending: &[store::PendingTarget],

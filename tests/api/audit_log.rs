@@ -746,3 +746,46 @@ async fn the_emulated_audit_log_filters_pages_newest_first_and_can_be_late_or_of
         (200, Some(0))
     );
 }
+
+#[tokio::test]
+async fn a_correction_never_moves_a_version_to_or_before_the_previous_versions_start() {
+    let org = org(3).await;
+    org.emulator.set_audit_logging(AuditLogging::OffEmpty);
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator.rename(&id, "Middle").expect("renamed");
+    walk(&org).await;
+    org.emulator.rename(&id, "Last").expect("renamed");
+    walk(&org).await;
+    let (middle_from,): (DateTime<Utc>,) = sqlx::query_as(
+        "select valid_from from openai.project_versions where project_id = $1 and name = 'Middle'",
+    )
+    .bind(&id)
+    .fetch_one(&org.db.pool)
+    .await
+    .expect("the middle version");
+    // An event for the last name that claims a time before the middle version began.
+    org.emulator.set_audit_logging(AuditLogging::On);
+    org.emulator.record_audit_event(
+        "project.updated",
+        middle_from.timestamp() - 60,
+        Some(&id),
+        "odd@example.com",
+        json!({"id": id, "changes_requested": {"title": "Last"}}),
+    );
+
+    pass(&org).await;
+
+    let last = last_change(&org.db, &id).await;
+    assert_eq!(last.new_name.as_deref(), Some("Last"));
+    assert!(
+        last.changed_at > middle_from,
+        "{last:?} starts after {middle_from}"
+    );
+    let versions = count(
+        &org.db,
+        &format!("select count(*) from openai.project_versions where project_id = '{id}'"),
+    )
+    .await;
+    assert_eq!(versions, 3);
+}
