@@ -239,7 +239,7 @@ pub async fn start_daemon(
                 trigger = due.recv() => match trigger { Some(t) => t, None => break },
             };
             match sync::walk_and_apply(&deps, trigger, &shutdown, &mut ()).await {
-                Ok(_) => publish_project_counts(&deps.pool).await,
+                Ok(_) => {}
                 Err(sync::SyncError::AlreadyRunning) => {
                     tracing::info!("another replica is walking; skipping this tick");
                 }
@@ -304,16 +304,5 @@ async fn supervise_worker(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
-    }
-}
-
-async fn publish_project_counts(pool: &sqlx::PgPool) {
-    match store::count_projects_by_status(pool).await {
-        Ok(counts) => {
-            for count in counts {
-                metrics::gauge!("projects", "status" => count.status).set(count.projects as f64);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not count projects for metrics"),
     }
 }

@@ -39,7 +39,9 @@ pub async fn run_checks(settings: &Settings) -> Vec<CheckLine> {
         name: "configuration",
         outcome: Ok(format!(
             "valid (API {}, page size {}, schedule \"{}\")",
-            settings.openai.base_url, settings.openai.page_size, settings.sync.schedule
+            without_credentials(&settings.openai.base_url),
+            settings.openai.page_size,
+            settings.sync.schedule
         )),
     }];
     lines.push(check_database(settings).await);
@@ -96,6 +98,18 @@ async fn check_audit_log(settings: &Settings) -> CheckLine {
     CheckLine { name, outcome }
 }
 
+/// A URL with any user name and password in it removed, for printing.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("");
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
 async fn check_database(settings: &Settings) -> CheckLine {
     let name = "database";
     let outcome = async {
@@ -111,8 +125,36 @@ async fn check_database(settings: &Settings) -> CheckLine {
             what: e.to_string(),
             fix: "the server accepted the connection but not a query; check the user's rights".into(),
         })?;
+        let rights = store::missing_grants(&pool).await;
         pool.close().await;
-        Ok("reachable".to_owned())
+        match rights {
+            Ok(None) => Ok("reachable; not migrated yet (run `migrate` as the schema's owner)".to_owned()),
+            Ok(Some((role, missing))) if missing.is_empty() => Ok(format!(
+                "reachable; role {role} may claim requests, write outcomes and run walks"
+            )),
+            Ok(Some((role, missing))) => Err(Problem {
+                what: format!(
+                    "role {role} lacks what the daemon needs: {}",
+                    missing
+                        .iter()
+                        .map(|m| m.needed_for)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                fix: format!(
+                    "as the schema's owner, run: {}",
+                    missing
+                        .iter()
+                        .map(|m| m.grant.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            }),
+            Err(e) => Err(Problem {
+                what: format!("could not read the role's rights: {e}"),
+                fix: "check the user's rights on the openai schema".into(),
+            }),
+        }
     }
     .await;
     CheckLine { name, outcome }
@@ -149,7 +191,8 @@ async fn check_api(settings: &Settings) -> CheckLine {
         };
         match client.list_page(&params).await {
             Ok(page) => Ok(format!(
-                "{base_url} answered the projects list{}",
+                "{} answered the projects list{}",
+                without_credentials(base_url.as_str()),
                 if page.data.is_empty() {
                     " (the organization has no projects yet)"
                 } else {
@@ -165,7 +208,7 @@ async fn check_api(settings: &Settings) -> CheckLine {
 
 /// Turns an API failure into the sentence an operator needs.
 pub fn explain_api_error(error: &ApiError, settings: &Settings) -> Problem {
-    let base = &settings.openai.base_url;
+    let base = &without_credentials(&settings.openai.base_url);
     let fix = match error.root() {
         ApiError::Status { status: 401, .. } => "the admin key was refused. Admin keys start with \"sk-admin-\" and are made under Organization settings → Admin keys; set OPENAI_ADMIN_KEY (or openai.admin_key_file) to one".to_owned(),
         ApiError::Status { status: 403, .. } => "the key may not manage projects. Use an organization admin key (\"sk-admin-...\"), not a project or user key".to_owned(),

@@ -1,14 +1,17 @@
 //! Command-line parsing and dispatch; maps failures to exit codes (1 runtime, 2 usage or configuration).
 
+#[cfg(feature = "dev-tools")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "dev-tools")]
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings, Sources};
+#[cfg(feature = "dev-tools")]
 use crate::emulator::{
     self, EmulatorConfig, Endpoint, FaultRates, Freedoms, GeographyAnswer, ListOrder,
 };
@@ -42,8 +45,10 @@ pub enum Command {
     Migrate,
     /// Validates configuration and reaches Postgres and the API.
     Check,
+    #[cfg(feature = "dev-tools")]
     /// Serves a local, stateful emulator of the Admin API's project endpoints.
     Emulator(EmulatorArgs),
+    #[cfg(feature = "dev-tools")]
     /// Emulator, local Postgres and daemon in one command, for a first look.
     Demo(DemoArgs),
 }
@@ -64,6 +69,7 @@ pub enum SyncResource {
     AuditLog,
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Where the local Postgres keeps its data when DATABASE_URL is not set.
@@ -80,6 +86,7 @@ pub struct DemoArgs {
     pub churn_secs: u64,
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Debug, clap::Args)]
 pub struct EmulatorArgs {
     /// Address to listen on.
@@ -87,7 +94,7 @@ pub struct EmulatorArgs {
     pub listen: SocketAddr,
     /// The only admin key accepted (default: OPENAI_ADMIN_KEY).
     #[arg(long, env = "OPENAI_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
+    pub admin_key: Option<secrecy::SecretString>,
     /// Projects generated at start.
     #[arg(long, default_value_t = 1250)]
     pub projects: usize,
@@ -240,6 +247,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 Ok(ExitCode::from(1))
             }
         }
+        #[cfg(feature = "dev-tools")]
         Command::Emulator(args) => {
             crate::telemetry::init(crate::config::LogFormat::Text, "info");
             serve_emulator(args).await?;
@@ -305,6 +313,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 .context("the daemon's task failed")??;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => {
             crate::config::validate_schedule(&args.schedule)?;
             let options = crate::demo::DemoOptions {
@@ -427,6 +436,7 @@ pub fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+#[cfg(feature = "dev-tools")]
 fn share(name: &str, value: f64) -> Result<f64, Failure> {
     if (0.0..=1.0).contains(&value) {
         Ok(value)
@@ -438,13 +448,14 @@ fn share(name: &str, value: f64) -> Result<f64, Failure> {
 }
 
 /// Turns the emulator flags into its configuration and fault rates.
+#[cfg(feature = "dev-tools")]
 pub fn emulator_setup(
     args: &EmulatorArgs,
 ) -> Result<(EmulatorConfig, Vec<(Endpoint, FaultRates)>), Failure> {
     let admin_key = args
         .admin_key
         .clone()
-        .filter(|k| !k.trim().is_empty())
+        .filter(|k| !secrecy::ExposeSecret::expose_secret(k).trim().is_empty())
         .ok_or_else(|| Failure::Usage("the emulator needs the admin key it should accept: pass --admin-key or set OPENAI_ADMIN_KEY".into()))?;
     let config = EmulatorConfig {
         admin_key,
@@ -485,6 +496,7 @@ pub fn emulator_setup(
 }
 
 /// The freedoms the emulator flags ask for: the hostile set or the defaults, then each flag.
+#[cfg(feature = "dev-tools")]
 fn emulator_freedoms(args: &EmulatorArgs) -> Result<Freedoms, Failure> {
     let mut freedoms = if args.hostile {
         Freedoms::hostile()
@@ -515,6 +527,7 @@ fn emulator_freedoms(args: &EmulatorArgs) -> Result<Freedoms, Failure> {
     Ok(freedoms)
 }
 
+#[cfg(feature = "dev-tools")]
 async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
     let (config, rates) = emulator_setup(args)?;
     if !args.listen.ip().is_loopback() {

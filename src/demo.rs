@@ -29,7 +29,13 @@ pub struct DemoOptions {
 /// Runs the demo until `shutdown`, then stops everything it started.
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (database_url, cluster) = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => (url, None),
+        // A database of its own on that server: the one the URL names is never written.
+        Ok(url) if !url.trim().is_empty() => {
+            crate::store::ensure_database(&url, DEMO_DATABASE)
+                .await
+                .context("could not create the demo's own database on the server DATABASE_URL names")?;
+            (with_database(&url, DEMO_DATABASE)?, None)
+        }
         _ => {
             let cluster = start_local_postgres(&options.data_dir)?;
             let url = cluster.url(DEMO_DATABASE);
@@ -40,10 +46,10 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         }
     };
     let outcome = run_with_database(&options, &database_url, cluster.is_some(), shutdown).await;
-    if let Some(cluster) = cluster {
-        if let Err(e) = cluster.stop() {
-            eprintln!("warning: the demo's Postgres did not stop cleanly: {e}");
-        }
+    if let Some(cluster) = cluster
+        && let Err(e) = cluster.stop()
+    {
+        eprintln!("warning: the demo's Postgres did not stop cleanly: {e}");
     }
     outcome
 }
@@ -116,7 +122,7 @@ async fn run_with_database(
                 options.data_dir.display()
             )
         } else {
-            "from DATABASE_URL".to_owned()
+            format!("database {DEMO_DATABASE} of its own, on the server DATABASE_URL names (the database it names is untouched)")
         },
         redact_password(database_url),
         addr = daemon.http_addr,
@@ -169,6 +175,13 @@ fn start_local_postgres(data_dir: &Path) -> anyhow::Result<LocalPostgres> {
     LocalPostgres::stop_stale(&data_dir);
     LocalPostgres::start(&data_dir, port, ClusterOptions { durable: true })
         .context("could not start the demo's Postgres")
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let mut parsed = reqwest::Url::parse(url).context("DATABASE_URL is not a URL")?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
 }
 
 fn redact_password(url: &str) -> String {

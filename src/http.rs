@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::store;
@@ -30,7 +30,7 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = crate::metric::recorder();
             let handle = recorder.handle();
             // Fails only when another recorder is installed already; the handle still renders ours.
             let _ = metrics::set_global_recorder(recorder);
@@ -89,12 +89,28 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
 }
 
 async fn render_metrics(State(state): State<Arc<HealthState>>) -> Response {
+    let mut text = state.metrics.render();
+    // Gauges come from the database; without it they are left out, and the counters still render.
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        crate::metric::gauges_text(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok(gauges)) => text.push_str(&gauges),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read the gauges' figures for /metrics; serving the counters only")
+        }
+        Err(_) => tracing::warn!(
+            "the database did not give the gauges' figures within 3 s; serving the counters only"
+        ),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(),
+        text,
     )
         .into_response()
 }

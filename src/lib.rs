@@ -6,10 +6,14 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+#[cfg(feature = "dev-tools")]
 pub mod demo;
+#[cfg(feature = "dev-tools")]
 pub mod emulator;
 pub mod http;
 pub mod local_postgres;
+pub mod metric;
+pub mod secrets;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

@@ -59,6 +59,23 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `path` belongs to the system's `postgres` user.
+fn owned_by_postgres(path: &Path) -> bool {
+    let Ok(passwd) = std::fs::read_to_string("/etc/passwd") else {
+        return false;
+    };
+    let uid = passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some("postgres"))
+            .then(|| fields.nth(1).and_then(|uid| uid.parse::<u32>().ok()))
+            .flatten()
+    });
+    match (uid, std::fs::metadata(path)) {
+        (Some(uid), Ok(metadata)) => metadata.uid() == uid,
+        _ => false,
+    }
+}
+
 /// A free loopback port at the time of asking.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -79,17 +96,29 @@ impl LocalPostgres {
             port,
             bin_dir,
         };
+        let created_here = !data_dir.exists();
         std::fs::create_dir_all(data_dir).map_err(|e| LocalPostgresError::Step {
             step: "creating the data folder",
             detail: e.to_string(),
         })?;
         if running_as_root() {
-            cluster.run(
-                "handing the data folder to the postgres user",
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(data_dir),
-            )?;
+            // Only a folder made here is handed over: another one may hold someone's files.
+            if created_here {
+                cluster.run(
+                    "handing the data folder to the postgres user",
+                    Command::new("chown")
+                        .args(["-R", "postgres:postgres"])
+                        .arg(data_dir),
+                )?;
+            } else if !owned_by_postgres(data_dir) {
+                return Err(LocalPostgresError::Step {
+                    step: "using the data folder",
+                    detail: format!(
+                        "{} exists and does not belong to the postgres user, and only a folder made here is handed to it; give a path that does not exist yet",
+                        data_dir.display()
+                    ),
+                });
+            }
         }
         if !data_dir.join("PG_VERSION").exists() {
             let mut initdb = cluster.tool("initdb");

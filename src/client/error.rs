@@ -104,10 +104,11 @@ impl ApiError {
                 None,
             ),
         };
+        // The API echoes a refused key, masked, in its message: never keep even that.
         let message = if message.trim().is_empty() {
             status.canonical_reason().unwrap_or("no message").to_owned()
         } else {
-            message
+            crate::secrets::redact_keys(&message)
         };
         ApiError::Status {
             status: status.as_u16(),

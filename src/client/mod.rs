@@ -64,6 +64,7 @@ impl std::fmt::Debug for AdminClient {
 
 /// One successful answer: its body and the request id the API gave it.
 struct Answer {
+    status: StatusCode,
     body: bytes::Bytes,
     request_id: Option<String>,
 }
@@ -221,7 +222,8 @@ impl AdminClient {
                     error
                 });
             };
-            metrics::counter!("openai_api_retries_total", "endpoint" => endpoint).increment(1);
+            metrics::counter!(crate::metric::API_RETRIES_TOTAL, "endpoint" => endpoint)
+                .increment(1);
             tracing::warn!(
                 endpoint,
                 attempt = retry + 1,
@@ -252,15 +254,28 @@ impl AdminClient {
             request = request.json(body);
         }
         let result = self.exchange(request).await;
-        let label = match &result {
-            Ok(_) => "200".to_owned(),
-            Err(ApiError::Status { status, .. }) => status.to_string(),
-            Err(ApiError::Timeout(_)) => "timeout".to_owned(),
-            Err(ApiError::Connect(_)) => "connect_error".to_owned(),
-            Err(_) => "transport_error".to_owned(),
+        let (status, error) = match &result {
+            Ok(answer) => (answer.status.as_u16().to_string(), "none"),
+            Err(ApiError::Status { status, .. }) => (
+                status.to_string(),
+                match status {
+                    429 => "rate_limited",
+                    500.. => "server",
+                    _ => "client",
+                },
+            ),
+            Err(ApiError::Timeout(_)) => ("none".to_owned(), "timeout"),
+            Err(ApiError::Connect(_)) => ("none".to_owned(), "connect"),
+            Err(ApiError::Decode { .. }) => ("200".to_owned(), "decode"),
+            Err(_) => ("none".to_owned(), "transport"),
         };
-        metrics::counter!("openai_api_requests_total", "endpoint" => endpoint, "status" => label)
-            .increment(1);
+        metrics::counter!(
+            crate::metric::API_REQUESTS_TOTAL,
+            "endpoint" => endpoint,
+            "status" => status,
+            "error" => error
+        )
+        .increment(1);
         result
     }
 
@@ -277,7 +292,11 @@ impl AdminClient {
             .await
             .map_err(|e| self.transport_error(&e))?;
         if status == StatusCode::OK || status.is_success() {
-            return Ok(Answer { body, request_id });
+            return Ok(Answer {
+                status,
+                body,
+                request_id,
+            });
         }
         let error = ApiError::from_response(
             status,

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -37,7 +38,7 @@ pub use wire::EmulatedProject;
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
     /// The only bearer token accepted.
-    pub admin_key: String,
+    pub admin_key: SecretString,
     /// How many projects are generated at start.
     pub projects: usize,
     /// The share of generated projects that are archived, 0 to 1.
@@ -92,7 +93,7 @@ pub struct EmulatorStats {
 struct ConnectionKill(Arc<Notify>);
 
 struct Shared {
-    admin_key: String,
+    admin_key: SecretString,
     hang_for: Duration,
     store: Mutex<ProjectStore>,
     faults: Mutex<faults::FaultPlan>,
@@ -145,7 +146,7 @@ pub async fn start(listen: SocketAddr, config: EmulatorConfig) -> std::io::Resul
         config.archived_ratio,
         config.seed,
         config.freedoms,
-        audit_log::AuditLog::new(&config.admin_key, config.audit_logging),
+        audit_log::AuditLog::new(config.admin_key.expose_secret(), config.audit_logging),
     );
     let shared = Arc::new(Shared {
         admin_key: config.admin_key,

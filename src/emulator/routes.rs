@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -108,12 +109,20 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let mut response = if presented == Some(shared.admin_key.as_str()) {
+    let mut response = if presented == Some(shared.admin_key.expose_secret()) {
         next.run(request).await
     } else {
+        // As the real API does, the refusal echoes the presented key, masked.
+        let message = match presented {
+            Some(key) => format!(
+                "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                masked(key)
+            ),
+            None => "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).".to_owned(),
+        };
         api_error(
             StatusCode::UNAUTHORIZED,
-            "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+            &message,
             "invalid_request_error",
             None,
             Some("invalid_api_key"),
@@ -123,6 +132,20 @@ async fn authenticate(State(shared): State<Arc<Shared>>, request: Request, next:
         response.headers_mut().insert("x-request-id", id);
     }
     response
+}
+
+/// A key as the API's refusal shows it: its first characters, stars, its last four.
+fn masked(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 12 {
+        return "sk-****".to_owned();
+    }
+    let head: String = chars[..8].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!(
+        "{head}{}{tail}",
+        "*".repeat(chars.len().saturating_sub(12).min(20))
+    )
 }
 
 /// Which emulated endpoint a call is for, so refused calls are counted too.

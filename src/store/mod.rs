@@ -1,7 +1,9 @@
 //! Postgres: the only module that holds SQL.
 
 mod audit_log;
+mod gauges;
 mod requests;
+mod roles;
 mod runs;
 mod walk;
 
@@ -17,6 +19,7 @@ pub use audit_log::{
     finish_audit_run, note_idle_poll, own_key_ids, pending_targets, set_audit_logging,
     store_audit_window, unstored_audit_events,
 };
+pub use gauges::{GaugeFigures, gauge_figures};
 pub use requests::{
     ClaimedRequest, Linked, StoredCandidate, claim_next_request, comparable_name,
     count_requests_by_status, database_now, defer_request, expire_leases, fail_request,
@@ -24,6 +27,7 @@ pub use requests::{
     reconcile_walk_due, return_to_unknown_unsent, same_name_in_flight, stored_candidates,
     unknown_requests, work_is_due,
 };
+pub use roles::{MissingGrant, missing_grants};
 pub use runs::{
     Resource, RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
     last_success_started_at, start_run,
@@ -117,8 +121,30 @@ pub async fn ensure_database(server_url: &str, name: &str) -> Result<(), StoreEr
 
 /// Applies every migration not yet applied; concurrent callers wait on sqlx's migration lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    let migrator = sqlx::migrate!("./migrations");
+    // A daemon running as a role that does not own the schema cannot run the migrator, which
+    // always asks to create its table; with every migration applied there is nothing to run.
+    if migrations_applied(pool, &migrator).await {
+        return Ok(());
+    }
+    migrator.run(pool).await?;
     Ok(())
+}
+
+/// Whether every migration is applied, unchanged; `false` whenever that cannot be read.
+async fn migrations_applied(pool: &PgPool, migrator: &sqlx::migrate::Migrator) -> bool {
+    let applied: Result<Vec<(i64, Vec<u8>)>, _> =
+        sqlx::query_as("select version, checksum from public._sqlx_migrations where success")
+            .fetch_all(pool)
+            .await;
+    let Ok(applied) = applied else {
+        return false;
+    };
+    migrator.iter().all(|m| {
+        applied
+            .iter()
+            .any(|(version, checksum)| *version == m.version && checksum[..] == m.checksum[..])
+    })
 }
 
 fn redact(message: &str, url: &SecretString) -> String {

@@ -190,7 +190,7 @@ pub async fn fail_request(
     )
     .bind(request_id)
     .bind(attempt_id)
-    .bind(error)
+    .bind(crate::secrets::redact_keys(error))
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -214,7 +214,7 @@ pub async fn defer_request(
     .bind(request_id)
     .bind(attempt_id)
     .bind(delay.as_secs_f64())
-    .bind(reason)
+    .bind(crate::secrets::redact_keys(reason))
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -257,7 +257,7 @@ async fn mark_unknown_counting(
     )
     .bind(request_id)
     .bind(attempt_id)
-    .bind(reason)
+    .bind(crate::secrets::redact_keys(reason))
     .bind(counts_as_attempt)
     .execute(pool)
     .await?;

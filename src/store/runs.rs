@@ -72,7 +72,7 @@ pub async fn fail_run(
     )
     .bind(run_id)
     .bind(pages)
-    .bind(error)
+    .bind(crate::secrets::redact_keys(error))
     .execute(pool)
     .await?;
     Ok(())

@@ -331,6 +331,14 @@ impl WalkSession {
     /// The apply transaction's statements, up to but not including its commit.
     async fn apply(&mut self, pages: i32, min_seen_ratio: f64) -> Result<ApplyOutcome, StoreError> {
         let tx = &mut self.connection;
+        let started = std::time::Instant::now();
+        let step = |name: &str| {
+            tracing::debug!(
+                step = name,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "apply step done"
+            )
+        };
         sqlx::query("begin").execute(&mut *tx).await?;
         let (present,): (i64,) = sqlx::query_as(
             "select count(*) from openai.project_current where missing_since is null",
@@ -338,9 +346,12 @@ impl WalkSession {
         .fetch_one(&mut *tx)
         .await?;
         let inserted = insert_new(tx, self.run_id, self.observed_at).await?;
+        step("insert new");
         let (changed, reappeared) = collect_changes(tx, self.observed_at).await?;
+        step("collect changes");
         if changed + reappeared > 0 {
             apply_changes(tx, self.run_id, self.observed_at).await?;
+            step("apply changes");
         }
         // A walk that began with no project present has nothing to mark missing.
         let vanished = if present > 0 {
@@ -358,6 +369,7 @@ impl WalkSession {
         if vanished > 0 {
             mark_vanished(tx, self.run_id, self.observed_at).await?;
         }
+        step("vanished");
         let (seen,): (i64,) = sqlx::query_as("select count(*) from walk_staged")
             .fetch_one(&mut *tx)
             .await?;

@@ -160,8 +160,6 @@ async fn walk(
     match outcome {
         Ok(counts) => {
             record_metrics("succeeded", counts.pages, duration);
-            metrics::gauge!("sync_last_success_timestamp_seconds")
-                .set(chrono::Utc::now().timestamp() as f64);
             tracing::info!(
                 pages = counts.pages,
                 seen = counts.seen,
@@ -257,9 +255,8 @@ async fn apply(
 }
 
 fn record_metrics(status: &'static str, pages: i32, duration: Duration) {
-    metrics::counter!("sync_runs_total", "status" => status).increment(1);
-    metrics::counter!("sync_pages_total").increment(pages.max(0) as u64);
-    metrics::histogram!("sync_duration_seconds", "status" => status).record(duration.as_secs_f64());
+    let pages = u64::try_from(pages).unwrap_or(0);
+    crate::metric::record_pass(store::Resource::Projects, status, pages, duration);
 }
 
 /// A fetched page: each project as the API's own JSON, with its digest.

@@ -144,7 +144,6 @@ async fn drain_looking(
         let report = tick_looking(deps, stop, lookup).await?;
         total.add(&report);
         if !report.progressed() || stop.is_cancelled() {
-            publish_request_counts(&deps.pool).await;
             return Ok(total);
         }
     }
@@ -297,7 +296,8 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         let waited = (Utc::now() - request.requested_at)
             .to_std()
             .unwrap_or_default();
-        metrics::histogram!("project_request_insert_to_api_seconds").record(waited.as_secs_f64());
+        metrics::histogram!(crate::metric::REQUEST_INSERT_TO_API_SECONDS)
+            .record(waited.as_secs_f64());
     }
     let body = CreateProject {
         name: request.name.clone(),
@@ -405,7 +405,7 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
 }
 
 fn count_outcome(outcome: &'static str) {
-    metrics::counter!("project_request_attempts_total", "outcome" => outcome).increment(1);
+    metrics::counter!(crate::metric::REQUEST_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Exponential backoff with jitter before attempt `attempts + 1` of a request refused for now.
@@ -415,15 +415,4 @@ fn backoff(deps: &WorkerDeps, attempts: u32) -> Duration {
         .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
         .min(deps.retry_max_delay);
     exponential.mul_f64(0.5 + fastrand::f64() * 0.5)
-}
-
-async fn publish_request_counts(pool: &PgPool) {
-    match store::count_requests_by_status(pool).await {
-        Ok(counts) => {
-            for (status, count) in counts {
-                metrics::gauge!("project_requests", "status" => status).set(count as f64);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not count requests for metrics"),
-    }
 }

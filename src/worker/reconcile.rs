@@ -311,5 +311,6 @@ async fn list_candidates(
 }
 
 fn count(outcome: &'static str) {
-    metrics::counter!("project_request_reconciliations_total", "outcome" => outcome).increment(1);
+    metrics::counter!(crate::metric::REQUEST_RECONCILIATIONS_TOTAL, "outcome" => outcome)
+        .increment(1);
 }

@@ -126,3 +126,60 @@ async fn a_canary_admin_key_appears_in_no_output_of_a_failing_run() {
         assert!(text.contains("FAIL  OpenAI Admin API"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn an_api_refusal_echoing_a_masked_key_leaves_no_key_in_tables_or_logs() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator(3).await;
+    let base = emulator.base_url();
+    let wrong = "sk-admin-wrong-placeholder-0042";
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", wrong),
+        ("RUST_LOG", "debug"),
+    ];
+    let migrated = run_binary_async(&["migrate"], &env).await;
+    assert_eq!(
+        migrated.status.code(),
+        Some(0),
+        "{}",
+        output_text(&migrated)
+    );
+    sqlx::query("insert into openai.project_requests (name) values ('Refused for its key')")
+        .execute(&db.pool)
+        .await
+        .expect("a request");
+
+    let requests = run_binary_async(&["requests"], &env).await;
+    let sync = run_binary_async(&["sync"], &env).await;
+
+    let (request_error,): (Option<String>,) =
+        sqlx::query_as("select error from openai.project_requests")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the request");
+    let (run_error,): (Option<String>,) = sqlx::query_as("select error from openai.sync_runs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("the walk");
+    let request_error = request_error.expect("the refusal is recorded");
+    let run_error = run_error.expect("the failure is recorded");
+    assert!(
+        request_error.contains("Incorrect API key provided")
+            && request_error.contains("[redacted key]"),
+        "{request_error}"
+    );
+    for (what, text) in [
+        ("project_requests.error", request_error),
+        ("sync_runs.error", run_error),
+        ("the requests command's log", output_text(&requests)),
+        ("the sync command's log", output_text(&sync)),
+    ] {
+        assert!(!text.contains("sk-"), "{what} holds a key:\n{text}");
+        assert!(
+            !text.contains("0042"),
+            "{what} holds the key's end:\n{text}"
+        );
+    }
+}

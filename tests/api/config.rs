@@ -394,6 +394,10 @@ fn the_binary_warns_about_a_stray_app_variable_and_refuses_a_non_utf8_one() {
         !stray_text.contains("bar"),
         "the value is not logged: {stray_text}"
     );
+    assert!(
+        !stray_text.contains('\u{1b}'),
+        "piped logs hold no escape codes: {stray_text:?}"
+    );
     assert_ne!(stray.status.code(), Some(2), "{stray_text}");
     let refused = output_text(&non_utf8);
     assert_eq!(non_utf8.status.code(), Some(2), "{refused}");

@@ -67,6 +67,10 @@ async fn the_daemon_syncs_at_start_and_on_schedule_serves_probes_and_metrics_and
     let base = format!("http://{}", daemon.http_addr);
 
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
+    sqlx::query("insert into openai.project_requests (name) values ('Waiting in the queue')")
+        .execute(&db.pool)
+        .await
+        .expect("a request");
     eventually("two successful walks", || async {
         count_runs(&db, "succeeded").await >= 2
     })
@@ -78,11 +82,14 @@ async fn the_daemon_syncs_at_start_and_on_schedule_serves_probes_and_metrics_and
 
     assert_eq!(ready, 200, "{why}");
     for needle in [
-        "sync_runs_total{status=\"succeeded\"}",
-        "openai_api_requests_total{endpoint=\"list\",status=\"200\"}",
-        "projects{status=\"active\"}",
-        "sync_last_success_timestamp_seconds",
-        "sync_duration_seconds",
+        "openai_project_sync_runs_total{resource=\"projects\",status=\"succeeded\"}",
+        "openai_project_sync_api_requests_total{endpoint=\"list\",status=\"200\",error=\"none\"}",
+        "openai_project_sync_projects{status=\"active\"}",
+        "openai_project_sync_seconds_since_last_success{resource=\"projects\"}",
+        "# TYPE openai_project_sync_run_duration_seconds histogram",
+        "openai_project_sync_run_duration_seconds_bucket{resource=\"projects\",status=\"succeeded\",le=\"0.5\"}",
+        "openai_project_sync_requests{status=",
+        "openai_project_sync_oldest_unsettled_request_age_seconds ",
     ] {
         assert!(
             metrics.contains(needle),
@@ -273,4 +280,121 @@ async fn readyz_is_unready_while_the_request_worker_is_not_running() {
 
     worker_running.store(true, Ordering::Relaxed);
     assert_eq!(probe(router).await.0, 200);
+}
+
+/// The metric names an alert rule or dashboard text uses, with histogram suffixes removed.
+fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("openai_project_sync_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn the_shipped_alerts_and_dashboard_use_only_metrics_the_daemon_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let alerts = std::fs::read_to_string(root.join("prometheus/alerts.yml")).expect("alerts.yml");
+    let dashboard = std::fs::read_to_string(root.join("grafana/openai-project-sync.json"))
+        .expect("the dashboard");
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+
+    let exported: std::collections::BTreeSet<String> = openai_project_sync::metric::ALL
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
+    for (file, text) in [("alerts.yml", &alerts), ("dashboard", &dashboard)] {
+        let used = metric_names_in(text);
+        assert!(!used.is_empty(), "{file} uses metrics");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics nobody exports: {unknown:?}"
+        );
+    }
+    for name in [
+        "seconds_since_last_success",
+        "oldest_unsettled_request_age_seconds",
+    ] {
+        assert!(alerts.contains(name), "an alert watches {name}");
+    }
+}
+
+#[tokio::test]
+async fn a_status_that_disappeared_is_gone_from_the_next_scrape_and_the_queue_age_shows() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use tower::ServiceExt;
+
+    let db = TestDb::new().await;
+    openai_project_sync::store::migrate(&db.pool)
+        .await
+        .expect("migrations apply");
+    let router = openai_project_sync::http::router(openai_project_sync::http::HealthState {
+        pool: db.pool.clone(),
+        metrics: openai_project_sync::http::metrics_handle(),
+        max_sync_age: Duration::from_secs(600),
+        worker_running: Arc::new(AtomicBool::new(true)),
+    });
+    let scrape = |router: axum::Router| async move {
+        let response = router
+            .oneshot(
+                axum::http::Request::get("/metrics")
+                    .body(axum::body::Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("answer");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    sqlx::query(
+        "insert into openai.project_requests (name, requested_at) values ('Waiting', now() - interval '2 hours')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a request waiting for two hours");
+
+    let waiting = scrape(router.clone()).await;
+    sqlx::query("update openai.project_requests set status = 'cancelled', finished_at = now()")
+        .execute(&db.pool)
+        .await
+        .expect("cancelled");
+    let after = scrape(router).await;
+
+    assert!(
+        waiting.contains("openai_project_sync_requests{status=\"pending\"} 1"),
+        "{waiting}"
+    );
+    let age: f64 = waiting
+        .lines()
+        .find_map(|l| l.strip_prefix("openai_project_sync_oldest_unsettled_request_age_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the queue's age gauge");
+    assert!((7200.0..7300.0).contains(&age), "{age}");
+    assert!(
+        !after.contains("openai_project_sync_requests{status=\"pending\"}"),
+        "a status no request has any more is dropped: {after}"
+    );
+    assert!(
+        after.contains("openai_project_sync_requests{status=\"cancelled\"} 1"),
+        "{after}"
+    );
+    assert!(
+        after.contains("openai_project_sync_oldest_unsettled_request_age_seconds 0"),
+        "{after}"
+    );
 }

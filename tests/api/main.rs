@@ -13,4 +13,5 @@ mod history;
 mod migrations;
 mod reconcile;
 mod requests;
+mod roles;
 mod sync;

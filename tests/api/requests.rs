@@ -604,9 +604,15 @@ async fn bad_input_is_refused_at_insert_ended_with_a_reason_or_created_faithfull
     assert_eq!(silent, 0, "every failure says why");
 }
 
-/// Acts as `role` on this connection from now on; `none` goes back to the connecting user.
+/// Acts as the login `role` on this connection from now on (its session user too, as if it had
+/// logged in); `none` goes back to the connecting user.
 async fn set_role(connection: &mut sqlx::PgConnection, role: &str) {
-    sqlx::query(&format!("set role {role}"))
+    let statement = if role == "none" {
+        "reset session authorization".to_owned()
+    } else {
+        format!("set session authorization {role}")
+    };
+    sqlx::query(&statement)
         .execute(connection)
         .await
         .expect("set role");

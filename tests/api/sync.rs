@@ -1015,7 +1015,8 @@ fn a_walk_that_cannot_reach_postgres_is_counted_as_failed_every_time() {
     );
     let rendered = handle.render();
     assert!(
-        rendered.contains("sync_runs_total{status=\"failed\"} 2"),
+        rendered
+            .contains("openai_project_sync_runs_total{resource=\"projects\",status=\"failed\"} 2"),
         "{rendered}"
     );
 }

@@ -113,6 +113,16 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// This database's URL for the login `role` (trust authentication, no password).
+    pub fn url_as(&self, role: &str) -> String {
+        let mut parsed = reqwest::Url::parse(&self.url).expect("the test URL parses");
+        let _ = parsed.set_username(role);
+        let _ = parsed.set_password(None);
+        parsed.to_string()
+    }
+}
+
 fn with_database(url: &str, database: &str) -> String {
     let mut parsed = reqwest::Url::parse(url).expect("the server URL parses");
     parsed.set_path(&format!("/{database}"));

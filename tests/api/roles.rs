@@ -1,0 +1,249 @@
+//! Roles a DBA can live with: a daemon that does not own the tables, grants for roles created
+//! after migrating, and "own request" meaning the login that inserted it.
+
+use crate::helpers::{TEST_KEY, TestDb, output_text, run_binary_async, start_emulator};
+
+/// A login role of this test's own, dropped (with what it owns here) when the test ends.
+struct Login {
+    name: String,
+    admin: sqlx::PgPool,
+}
+
+impl Login {
+    async fn create(db: &TestDb, prefix: &str, member_of: &[&str]) -> Login {
+        let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
+        let name = format!("{prefix}_{suffix}");
+        let groups = if member_of.is_empty() {
+            String::new()
+        } else {
+            format!(" in role {}", member_of.join(", "))
+        };
+        sqlx::query(&format!("create role {name} login{groups}"))
+            .execute(&db.pool)
+            .await
+            .expect("create a login");
+        Login {
+            name,
+            admin: db.pool.clone(),
+        }
+    }
+
+    /// Drops the login; roles outlive the test database.
+    async fn drop_now(self) {
+        sqlx::query(&format!("drop owned by {}", self.name))
+            .execute(&self.admin)
+            .await
+            .expect("drop owned");
+        sqlx::query(&format!("drop role {}", self.name))
+            .execute(&self.admin)
+            .await
+            .expect("drop the login");
+    }
+}
+
+async fn migrated() -> TestDb {
+    let db = TestDb::new().await;
+    openai_project_sync::store::migrate(&db.pool)
+        .await
+        .expect("migrations apply");
+    db
+}
+
+#[tokio::test]
+async fn a_daemon_role_that_does_not_own_the_tables_processes_requests_and_walks() {
+    let db = migrated().await;
+    let daemon = Login::create(&db, "daemon", &["openai_daemon"]).await;
+    let emulator = start_emulator(40).await;
+    let base = emulator.base_url();
+    let url = db.url_as(&daemon.name);
+    sqlx::query(
+        "insert into openai.project_requests (name) values ('Made by a least-privilege daemon')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a request");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+
+    let check = run_binary_async(&["check"], &env).await;
+    let requests = run_binary_async(&["requests"], &env).await;
+    let sync = run_binary_async(&["sync"], &env).await;
+
+    let check_text = output_text(&check);
+    assert_eq!(check.status.code(), Some(0), "{check_text}");
+    assert!(
+        check_text.contains("may claim requests, write outcomes and run walks"),
+        "{check_text}"
+    );
+    assert_eq!(
+        requests.status.code(),
+        Some(0),
+        "{}",
+        output_text(&requests)
+    );
+    assert_eq!(sync.status.code(), Some(0), "{}", output_text(&sync));
+    let (status,): (String,) = sqlx::query_as("select status from openai.project_requests")
+        .fetch_one(&db.pool)
+        .await
+        .expect("the request");
+    assert_eq!(status, "created", "row security did not hide the queue");
+    let (walks,): (i64,) =
+        sqlx::query_as("select count(*) from openai.sync_runs where status = 'succeeded'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("walks");
+    assert_eq!(walks, 1);
+    daemon.drop_now().await;
+}
+
+#[tokio::test]
+async fn check_names_the_grant_a_daemon_role_is_missing() {
+    let db = migrated().await;
+    let bare = Login::create(&db, "bare", &[]).await;
+    sqlx::raw_sql(&format!(
+        "grant usage on schema openai to {0}; grant select, update on openai.project_requests to {0}",
+        bare.name
+    ))
+    .execute(&db.pool)
+    .await
+    .expect("some rights");
+    let emulator = start_emulator(1).await;
+    let base = emulator.base_url();
+    let url = db.url_as(&bare.name);
+
+    let check = run_binary_async(
+        &["check"],
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("OPENAI_BASE_URL", base.as_str()),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ],
+    )
+    .await;
+
+    let text = output_text(&check);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  database")
+            && text.contains(&format!("grant openai_daemon to {}", bare.name))
+            && text.contains(&format!(
+                "grant select, insert, update on openai.project_current to {}",
+                bare.name
+            ))
+            && text.contains("row security"),
+        "{text}"
+    );
+    bare.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_role_that_lost_or_never_had_its_grants_gets_them_from_grant_roles_idempotently() {
+    let db = migrated().await;
+    let analyst = Login::create(&db, "reader", &["openai_analyst"]).await;
+    // As if openai_analyst had been created after the migrations ran.
+    sqlx::raw_sql(
+        "revoke all on all tables in schema openai from openai_analyst; \
+         revoke usage on schema openai from openai_analyst",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("revoke");
+    let url = db.url_as(&analyst.name);
+    let read = |url: String| async move {
+        let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("the analyst logs in");
+        sqlx::query("select count(*) from openai.project_changes")
+            .execute(&mut connection)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+
+    let before = read(url.clone()).await;
+    for _ in 0..2 {
+        sqlx::query("select openai.grant_roles()")
+            .execute(&db.pool)
+            .await
+            .expect("grant_roles runs, again and again");
+    }
+    let after = read(url).await;
+
+    assert!(
+        before
+            .as_ref()
+            .is_err_and(|e| e.contains("permission denied")),
+        "{before:?}"
+    );
+    assert_eq!(after, Ok(()));
+    analyst.drop_now().await;
+}
+
+#[tokio::test]
+async fn two_logins_sharing_openai_ops_cannot_cancel_each_others_requests() {
+    let db = migrated().await;
+    let alice = Login::create(&db, "alice", &["openai_ops"]).await;
+    let bob = Login::create(&db, "bob", &["openai_ops"]).await;
+    let as_ops = |login: String| {
+        let url = db.url_as(&login);
+        async move {
+            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .expect("log in");
+            sqlx::query("set role openai_ops")
+                .execute(&mut connection)
+                .await
+                .expect("act as the shared ops role");
+            connection
+        }
+    };
+    let mut alices = as_ops(alice.name.clone()).await;
+    let mut bobs = as_ops(bob.name.clone()).await;
+
+    let (hers, by): (i64, String) = sqlx::query_as(
+        "insert into openai.project_requests (name) values ('Alice''s') returning id, requested_by",
+    )
+    .fetch_one(&mut alices)
+    .await
+    .expect("alice requests");
+    let bob_cancels =
+        sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
+            .bind(hers)
+            .execute(&mut bobs)
+            .await
+            .expect("filtered, not refused");
+    let bob_spoofs = sqlx::query(
+        "insert into openai.project_requests (name, requested_by) values ('Spoof', $1)",
+    )
+    .bind(&alice.name)
+    .execute(&mut bobs)
+    .await;
+    let alice_cancels =
+        sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
+            .bind(hers)
+            .execute(&mut alices)
+            .await
+            .expect("alice cancels");
+    drop((alices, bobs));
+
+    assert_eq!(by, alice.name, "the login, not the shared role");
+    assert_eq!(
+        bob_cancels.rows_affected(),
+        0,
+        "bob cannot reach alice's request"
+    );
+    assert!(bob_spoofs.is_err(), "bob cannot insert as alice");
+    assert_eq!(alice_cancels.rows_affected(), 1);
+    let (error,): (Option<String>,) =
+        sqlx::query_as("select error from openai.project_requests where id = $1")
+            .bind(hers)
+            .fetch_one(&db.pool)
+            .await
+            .expect("the request");
+    assert_eq!(error, Some(format!("cancelled by {}", alice.name)));
+    alice.drop_now().await;
+    bob.drop_now().await;
+}
