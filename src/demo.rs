@@ -33,7 +33,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         Ok(url) if !url.trim().is_empty() => {
             crate::store::ensure_database(&url, DEMO_DATABASE)
                 .await
-                .context("could not create the demo's own database on the server DATABASE_URL names")?;
+                .context(
+                    "could not create the demo's own database on the server DATABASE_URL names",
+                )?;
             (with_database(&url, DEMO_DATABASE)?, None)
         }
         _ => {
@@ -122,7 +124,9 @@ async fn run_with_database(
                 options.data_dir.display()
             )
         } else {
-            format!("database {DEMO_DATABASE} of its own, on the server DATABASE_URL names (the database it names is untouched)")
+            format!(
+                "database {DEMO_DATABASE} of its own, on the server DATABASE_URL names (the database it names is untouched)"
+            )
         },
         redact_password(database_url),
         addr = daemon.http_addr,

@@ -139,8 +139,12 @@ fn spawn_demo(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, Arc<
     let mut demo = command.spawn().expect("start the demo");
     let printed = Arc::new(Mutex::new(String::new()));
     for stream in [
-        demo.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        demo.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        demo.stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        demo.stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -204,10 +208,13 @@ async fn demo_with_database_url_uses_a_database_of_its_own_and_leaves_the_named_
     eventually("the demo's walk lands in its own database", || {
         let url = url.clone();
         async move {
-            let Ok(mut c) = PgConnection::connect(&url).await else { return false };
-            let projects: Result<(i64,), _> = sqlx::query_as("select count(*) from openai.projects")
-                .fetch_one(&mut c)
-                .await;
+            let Ok(mut c) = PgConnection::connect(&url).await else {
+                return false;
+            };
+            let projects: Result<(i64,), _> =
+                sqlx::query_as("select count(*) from openai.projects")
+                    .fetch_one(&mut c)
+                    .await;
             projects.is_ok_and(|(n,)| n >= 50)
         }
     })
@@ -230,7 +237,11 @@ async fn demo_with_database_url_uses_a_database_of_its_own_and_leaves_the_named_
         .expect("drop the demo's database");
 
     assert!(url.ends_with("/openai_demo"), "{url}");
-    assert_eq!((schemas, tables), (0, 0), "the named database was not written");
+    assert_eq!(
+        (schemas, tables),
+        (0, 0),
+        "the named database was not written"
+    );
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", text());
 }
 
@@ -267,6 +278,9 @@ async fn demo_never_takes_over_a_data_folder_it_did_not_create() {
     );
     if owner_before == 0 {
         assert_eq!(status.code(), Some(1), "{text}");
-        assert!(text.contains("does not belong to the postgres user"), "{text}");
+        assert!(
+            text.contains("does not belong to the postgres user"),
+            "{text}"
+        );
     }
 }
