@@ -411,7 +411,9 @@ fn print_audit_summary(outcome: &crate::audit_log::AuditOutcome) {
         AuditOutcome::LoggingOff { .. } => {
             println!("audit log: {}", crate::audit_log::LOGGING_OFF_ADVICE)
         }
-        AuditOutcome::Idle { events_in_window } => println!(
+        AuditOutcome::Idle {
+            events_in_window, ..
+        } => println!(
             "audit log: nothing new ({events_in_window} event(s) in the window were stored already)"
         ),
         AuditOutcome::Applied(s) => println!(

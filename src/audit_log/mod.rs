@@ -50,8 +50,8 @@ pub enum AuditOutcome {
     Disabled,
     /// The organization has no audit logging; `newly` when this pass found it so.
     LoggingOff { newly: bool },
-    /// Nothing new: one call, and no row written but the watermark.
-    Idle { events_in_window: usize },
+    /// Nothing new: one call per page of the window, and no row written but the watermark.
+    Idle { events_in_window: usize, pages: u32 },
     /// New events stored (and applied where they could be).
     Applied(AuditSummary),
 }
@@ -76,24 +76,19 @@ pub async fn pass(deps: &AuditDeps, trigger: &'static str) -> Result<AuditOutcom
     let span = tracing::info_span!("audit_log", trigger);
     let started = Instant::now();
     let outcome = pass_inner(deps, trigger, started).instrument(span).await;
-    let status = if outcome.is_ok() {
-        "succeeded"
-    } else {
-        "failed"
+    let pages = match &outcome {
+        Ok(AuditOutcome::Disabled | AuditOutcome::LoggingOff { .. }) => None,
+        Ok(AuditOutcome::Idle { pages, .. }) => Some(("succeeded", *pages)),
+        Ok(AuditOutcome::Applied(summary)) => Some(("succeeded", summary.pages)),
+        Err(_) => Some(("failed", 0)),
     };
-    if !matches!(
-        outcome,
-        Ok(AuditOutcome::Disabled | AuditOutcome::LoggingOff { .. })
-    ) {
-        metrics::counter!("openai_project_sync_runs_total", "resource" => "audit_log", "status" => status)
-            .increment(1);
-    }
-    if outcome
-        .as_ref()
-        .is_ok_and(|o| matches!(o, AuditOutcome::Idle { .. } | AuditOutcome::Applied(_)))
-    {
-        metrics::gauge!("openai_project_sync_last_success_timestamp_seconds", "resource" => "audit_log")
-            .set(Utc::now().timestamp() as f64);
+    if let Some((status, pages)) = pages {
+        crate::metric::record_pass(
+            store::Resource::AuditLog,
+            status,
+            u64::from(pages),
+            started.elapsed(),
+        );
     }
     outcome
 }
@@ -187,6 +182,7 @@ async fn pass_inner(
         tracing::debug!(events = window.events.len(), "nothing new in the audit log");
         return Ok(AuditOutcome::Idle {
             events_in_window: window.events.len(),
+            pages: window.pages,
         });
     }
     let (run_id, _) = store::start_run(&deps.pool, store::Resource::AuditLog, trigger).await?;

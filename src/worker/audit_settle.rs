@@ -61,7 +61,7 @@ pub(super) async fn settle_from_audit_log(
     {
         Linked::Done => {
             report.adopted += 1;
-            metrics::counter!("project_request_reconciliations_total", "outcome" => "adopted_from_audit_log")
+            metrics::counter!(crate::metric::REQUEST_RECONCILIATIONS_TOTAL, "outcome" => "adopted_from_audit_log")
                 .increment(1);
             tracing::info!(id = request.id, project_id = %project_id, "the audit log shows this daemon's key created the project; adopted it");
         }

@@ -611,7 +611,17 @@ async fn the_daemon_polls_the_audit_log_every_poll_interval() {
         "select count(*) from openai.sync_runs where resource = 'projects'",
     )
     .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http_addr))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
     shutdown.cancel();
+    assert!(
+        metrics.contains("openai_project_sync_seconds_since_last_success{resource=\"audit_log\"}"),
+        "{metrics}"
+    );
     let stopped = tokio::time::timeout(Duration::from_secs(10), daemon.finished).await;
     assert_eq!(walks, 1, "only the startup walk ran");
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
