@@ -799,3 +799,45 @@ async fn a_correction_never_moves_a_version_to_or_before_the_previous_versions_s
     .await;
     assert_eq!(versions, 3);
 }
+
+#[tokio::test]
+async fn events_wait_while_a_walk_holds_the_lock_and_apply_at_the_next_poll() {
+    use sqlx::Connection;
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "After the walk", "lu@example.com")
+        .expect("renamed");
+    // A walk in progress holds the walk lock on a connection of its own.
+    let mut walker = sqlx::PgConnection::connect(&org.db.url)
+        .await
+        .expect("connect");
+    sqlx::query("select pg_advisory_lock(8030044989463555179)")
+        .execute(&mut walker)
+        .await
+        .expect("the walk lock");
+
+    let AuditOutcome::Applied(waiting) = pass(&org).await else {
+        panic!("the events are stored");
+    };
+    assert_eq!(waiting.projects_waiting, 1, "{waiting:?}");
+    assert_eq!(
+        last_change(&org.db, &id).await.change,
+        "created",
+        "nothing applied under a walk"
+    );
+
+    sqlx::query("select pg_advisory_unlock(8030044989463555179)")
+        .execute(&mut walker)
+        .await
+        .expect("the walk ends");
+    let AuditOutcome::Applied(applied) = pass(&org).await else {
+        panic!("the waiting events apply");
+    };
+    assert_eq!((applied.new_events, applied.projects_changed), (0, 1));
+    assert_eq!(
+        last_change(&org.db, &id).await.changed_by.as_deref(),
+        Some("lu@example.com")
+    );
+}
