@@ -60,6 +60,7 @@ pub async fn sync_deps(settings: &Settings) -> anyhow::Result<SyncDeps> {
         client,
         page_size: settings.openai.page_size,
         min_seen_ratio: settings.sync.min_seen_ratio,
+        after_failure: "the command exits 1",
     })
 }
 
@@ -170,7 +171,10 @@ pub async fn start_daemon(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Daemon> {
-    let deps = sync_deps(&settings).await?;
+    let deps = SyncDeps {
+        after_failure: "the daemon keeps running and walks again at the next scheduled tick",
+        ..sync_deps(&settings).await?
+    };
     let period = schedule_period(&settings.sync.schedule)?;
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
     let audit = tokio::spawn(crate::audit_log::run(
@@ -243,12 +247,8 @@ pub async fn start_daemon(
                 Err(sync::SyncError::AlreadyRunning) => {
                     tracing::info!("another replica is walking; skipping this tick");
                 }
-                Err(error) => {
-                    tracing::error!(
-                        error = %error,
-                        "the walk failed and nothing was applied; the daemon keeps running and walks again at the next scheduled tick"
-                    );
-                }
+                // Logged once, by the walk itself, with what happens next.
+                Err(_) => {}
             }
         }
         if worker.await.is_err() {

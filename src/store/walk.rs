@@ -229,6 +229,8 @@ pub struct WalkSession {
     observed_at: DateTime<Utc>,
     /// Listings staged so far, counting repeats; the next listing's position.
     listed: i64,
+    /// Whether the apply's transaction is open.
+    applying: bool,
 }
 
 impl WalkSession {
@@ -267,6 +269,7 @@ impl WalkSession {
             run_id: 0,
             observed_at: Utc::now(),
             listed: 0,
+            applying: false,
         }))
     }
 
@@ -340,6 +343,8 @@ impl WalkSession {
             )
         };
         sqlx::query("begin").execute(&mut *tx).await?;
+        self.applying = true;
+        let tx = &mut self.connection;
         let (present,): (i64,) = sqlx::query_as(
             "select count(*) from openai.project_current where missing_since is null",
         )
@@ -390,8 +395,14 @@ impl WalkSession {
     /// Abandons the walk: nothing it staged is applied, and the lock is released.
     pub async fn rollback(self) -> Result<(), StoreError> {
         let mut connection = self.connection;
-        // Outside a transaction this only warns; the point is that none is left open.
-        let rolled_back = sqlx::query("rollback").execute(&mut connection).await;
+        let rolled_back = if self.applying {
+            sqlx::query("rollback")
+                .execute(&mut connection)
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
         release(connection).await;
         rolled_back?;
         Ok(())

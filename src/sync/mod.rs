@@ -62,6 +62,9 @@ pub struct SyncDeps {
     pub client: AdminClient,
     pub page_size: u32,
     pub min_seen_ratio: f64,
+    /// What happens after a failed walk, for its one log line: the daemon's next tick, or the
+    /// command's exit.
+    pub after_failure: &'static str,
 }
 
 /// The outcome of a successful walk.
@@ -139,6 +142,7 @@ async fn walk(
             record_metrics("failed", 0, duration);
             tracing::error!(
                 error = %error,
+                next = deps.after_failure,
                 "the walk could not start (opening its connection, taking the walk lock or recording the run); nothing was applied"
             );
             return Err(error);
@@ -179,7 +183,7 @@ async fn walk(
         }
         Err((pages, error)) => {
             record_metrics("failed", pages, duration);
-            tracing::error!(pages, error = %error, "walk failed; nothing was applied");
+            tracing::error!(pages, error = %error, next = deps.after_failure, "walk failed; nothing was applied");
             if let Err(e) = store::fail_run(&deps.pool, run_id, pages, &error.to_string()).await {
                 tracing::error!(error = %e, "could not record the failed walk");
             }

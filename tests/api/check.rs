@@ -132,7 +132,6 @@ async fn an_api_refusal_echoing_a_masked_key_leaves_no_key_in_tables_or_logs() {
     let db = TestDb::new().await;
     let emulator = start_emulator(3).await;
     let base = emulator.base_url();
-    // An end no timing or address in a debug log could hold by chance.
     let wrong = "sk-admin-wrong-placeholder-QZXW";
     let env = [
         ("DATABASE_URL", db.url.as_str()),

@@ -398,3 +398,74 @@ async fn a_status_that_disappeared_is_gone_from_the_next_scrape_and_the_queue_ag
         "{after}"
     );
 }
+
+#[tokio::test]
+async fn each_failed_walk_the_daemon_survives_is_logged_once_with_what_happens_next() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects: 30,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    emulator.push_fault(openai_project_sync::emulator::FaultRule {
+        endpoint: Endpoint::List,
+        skip: 0,
+        times: None,
+        fault: openai_project_sync::emulator::Fault::ServerError { status: 500 },
+    });
+    let base = emulator.base_url();
+    let daemon = spawn_binary(
+        &["run"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("OPENAI_BASE_URL", &base),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+            ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+            ("APP_SYNC__SCHEDULE", "*/1 * * * * *"),
+            ("APP_OPENAI__MAX_RETRIES", "0"),
+            ("APP_LOG__FORMAT", "json"),
+            ("RUST_LOG", "error"),
+        ],
+    );
+    let pid = daemon.id().to_string();
+
+    eventually("two walks failed", || async {
+        count_runs(&db, "failed").await >= 2
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let (code, output) = wait_for_exit(daemon).await;
+    let failed = count_runs(&db, "failed").await;
+
+    assert_eq!(code, Some(0), "{output}");
+    let lines: Vec<serde_json::Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let failure_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "walk failed; nothing was applied")
+        .collect();
+    assert_eq!(
+        i64::try_from(failure_lines.len()).expect("a count"),
+        failed,
+        "one line per failed walk:\n{output}"
+    );
+    for line in &failure_lines {
+        assert!(
+            line["next"]
+                .as_str()
+                .is_some_and(|n| n.contains("next scheduled tick")),
+            "{line}"
+        );
+    }
+    let other_errors: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] != "walk failed; nothing was applied")
+        .collect();
+    assert!(
+        other_errors.is_empty(),
+        "nothing else logged as an error: {other_errors:?}"
+    );
+}

@@ -996,6 +996,7 @@ fn a_walk_that_cannot_reach_postgres_is_counted_as_failed_every_time() {
                 client: client_with("http://127.0.0.1:9/v1", TEST_KEY, Duration::from_secs(1)),
                 page_size: 100,
                 min_seen_ratio: 0.5,
+                after_failure: "the test goes on",
             };
             let mut errors = Vec::new();
             for _ in 0..2 {

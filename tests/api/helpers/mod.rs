@@ -22,6 +22,7 @@ pub fn sync_deps(
         client,
         page_size,
         min_seen_ratio: 0.5,
+        after_failure: "the test goes on",
     }
 }
 
