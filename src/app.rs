@@ -76,6 +76,30 @@ pub async fn sync_once(
     Ok(summary?)
 }
 
+/// The audit-log poll's dependencies, from configuration.
+pub fn audit_deps(
+    settings: &Settings,
+    pool: sqlx::PgPool,
+    client: AdminClient,
+) -> Result<crate::audit_log::AuditDeps, ConfigError> {
+    Ok(crate::audit_log::AuditDeps {
+        pool,
+        client,
+        enabled: settings.audit_log.enabled,
+        overlap: settings.audit_log.overlap,
+    })
+}
+
+/// One audit-log catch-up now, for the `sync` command.
+pub async fn audit_log_once(settings: &Settings) -> anyhow::Result<crate::audit_log::AuditOutcome> {
+    let client = build_client(settings)?;
+    let pool = connect_and_migrate(settings).await?;
+    let deps = audit_deps(settings, pool.clone(), client)?;
+    let outcome = crate::audit_log::pass(&deps, "manual").await;
+    pool.close().await;
+    Ok(outcome?)
+}
+
 /// The request worker's dependencies, from configuration.
 pub fn worker_deps(
     settings: &Settings,
@@ -157,6 +181,11 @@ pub async fn start_daemon(
     };
     let period = schedule_period(&settings.sync.schedule)?;
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
+    let audit = tokio::spawn(crate::audit_log::run(
+        audit_deps(&settings, deps.pool.clone(), deps.client.clone())?,
+        settings.audit_log.poll_interval,
+        shutdown.clone(),
+    ));
     let worker_running = Arc::new(AtomicBool::new(true));
     let worker = tokio::spawn(supervise_worker(
         worker_deps,
@@ -228,6 +257,9 @@ pub async fn start_daemon(
         }
         if worker.await.is_err() {
             tracing::warn!("the request worker ended abnormally");
+        }
+        if audit.await.is_err() {
+            tracing::warn!("the audit-log poll ended abnormally");
         }
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "scheduler did not stop cleanly");

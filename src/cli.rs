@@ -37,8 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// The daemon: migrations, scheduled sync, request worker, health and metrics.
     Run,
-    /// One full walk of the project list now; prints a summary.
-    Sync,
+    /// One pass now of every enabled resource (or the one named); prints a summary per resource.
+    Sync(SyncArgs),
     /// Processes the request queue until nothing is due, then exits.
     Requests,
     /// Applies database migrations.
@@ -51,6 +51,22 @@ pub enum Command {
     #[cfg(feature = "dev-tools")]
     /// Emulator, local Postgres and daemon in one command, for a first look.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// The one resource to sync; without it, every enabled one in turn.
+    #[arg(value_enum)]
+    pub resource: Option<SyncResource>,
+}
+
+/// What `sync` can be asked to sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncResource {
+    /// A full walk of the project list.
+    Projects,
+    /// One catch-up of the organization's audit log.
+    AuditLog,
 }
 
 #[cfg(feature = "dev-tools")]
@@ -148,6 +164,12 @@ pub struct EmulatorArgs {
     /// Share of creates that create the project but answer 500.
     #[arg(long, default_value_t = 0.0)]
     pub rate_lost: f64,
+    /// Whether the organization has audit logging on; off answers an empty log or an error.
+    #[arg(long, value_enum, default_value = "on")]
+    pub audit_logging: emulator::AuditLogging,
+    /// Milliseconds after a change before its audit-log event shows (effective_at stays true).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub audit_delay_ms: u64,
 }
 
 /// Why a command did not succeed, and so which exit code it ends with.
@@ -238,18 +260,43 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync => {
+        Command::Sync(args) => {
             let settings = load_settings(&cli)?;
             let cancel = crate::shutdown::on_signal();
-            let mut progress = TerminalProgress::new();
-            let result = crate::app::sync_once(&settings, &cancel, &mut progress).await;
-            progress.finish();
-            let summary = result.map_err(|e| match e.downcast::<ConfigError>() {
+            let to_failure = |e: anyhow::Error| match e.downcast::<ConfigError>() {
                 Ok(config) => Failure::from(config),
                 Err(other) => Failure::Runtime(other),
-            })?;
-            print_summary(&summary);
-            Ok(ExitCode::SUCCESS)
+            };
+            let mut failed = None;
+            if args.resource.is_none_or(|r| r == SyncResource::Projects) {
+                let mut progress = TerminalProgress::new();
+                let result = crate::app::sync_once(&settings, &cancel, &mut progress).await;
+                progress.finish();
+                match result {
+                    Ok(summary) => print_summary(&summary),
+                    Err(e) if args.resource.is_some() => return Err(to_failure(e)),
+                    Err(e) => failed = Some(to_failure(e)),
+                }
+            }
+            let audit_wanted = args.resource == Some(SyncResource::AuditLog)
+                || (args.resource.is_none()
+                    && settings.audit_log.enabled != crate::config::AuditLogEnabled::Off
+                    && !cancel.is_cancelled());
+            if audit_wanted {
+                match crate::app::audit_log_once(&settings).await {
+                    Ok(outcome) => print_audit_summary(&outcome),
+                    Err(e) if args.resource.is_some() => return Err(to_failure(e)),
+                    Err(e) => match failed {
+                        // The first failure is the exit's message; this one is said here.
+                        Some(_) => eprintln!("audit log: {e:#}"),
+                        None => failed = Some(to_failure(e)),
+                    },
+                }
+            }
+            match failed {
+                Some(failure) => Err(failure),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Run => {
             let settings = load_settings(&cli)?;
@@ -357,6 +404,33 @@ fn print_summary(summary: &crate::sync::WalkSummary) {
     }
 }
 
+fn print_audit_summary(outcome: &crate::audit_log::AuditOutcome) {
+    use crate::audit_log::AuditOutcome;
+    match outcome {
+        AuditOutcome::Disabled => println!("audit log: not read (audit_log.enabled = false)"),
+        AuditOutcome::LoggingOff { .. } => {
+            println!("audit log: {}", crate::audit_log::LOGGING_OFF_ADVICE)
+        }
+        AuditOutcome::Idle {
+            events_in_window, ..
+        } => println!(
+            "audit log: nothing new ({events_in_window} event(s) in the window were stored already)"
+        ),
+        AuditOutcome::Applied(s) => println!(
+            "audit log run {} succeeded in {:.2} s\n  pages       {}\n  events      {}\n  new         {}\n  inserted    {}\n  changed     {}\n  corrected   {}\n  waiting     {}",
+            s.run_id,
+            s.duration.as_secs_f64(),
+            s.pages,
+            s.events_in_window,
+            s.new_events,
+            s.projects_inserted,
+            s.projects_changed,
+            s.versions_corrected,
+            s.projects_waiting
+        ),
+    }
+}
+
 /// The process's peak resident memory, from /proc where there is one.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -392,6 +466,7 @@ pub fn emulator_setup(
         seed: args.seed,
         hang_for: Duration::from_secs(args.hang_secs),
         freedoms: emulator_freedoms(args)?,
+        audit_logging: args.audit_logging,
     };
     let rates = FaultRates {
         latency_ms: args.latency_ms,
@@ -466,6 +541,7 @@ async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
     for (endpoint, rates) in rates {
         handle.set_rates(endpoint, rates);
     }
+    handle.set_audit_delay(Duration::from_millis(args.audit_delay_ms));
     let stats = handle.stats();
     println!(
         "emulator listening on {} with {} projects; set OPENAI_BASE_URL={} (Ctrl-C stops it)",

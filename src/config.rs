@@ -50,9 +50,54 @@ pub struct Settings {
     pub requests: RequestSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub audit_log: AuditLogSettings,
     /// `APP_` variables that name no configuration key, ignored; `warn_ignored` logs them.
     #[serde(skip)]
     pub ignored_variables: Vec<String>,
+}
+
+/// The organization audit log: whether to read it, how often, how far back each poll re-reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditLogSettings {
+    pub enabled: AuditLogEnabled,
+    /// How often the daemon polls the audit log.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub poll_interval: Duration,
+    /// How far before the watermark each poll reads again, for events that show up late.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub overlap: Duration,
+}
+
+/// `audit_log.enabled`: `auto` detects whether the organization has audit logging on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLogEnabled {
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for AuditLogEnabled {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Word(String),
+        }
+        match Given::deserialize(deserializer)? {
+            Given::Flag(true) => Ok(AuditLogEnabled::On),
+            Given::Flag(false) => Ok(AuditLogEnabled::Off),
+            Given::Word(word) => match word.trim().to_ascii_lowercase().as_str() {
+                "auto" => Ok(AuditLogEnabled::Auto),
+                "true" | "on" | "yes" => Ok(AuditLogEnabled::On),
+                "false" | "off" | "no" => Ok(AuditLogEnabled::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "audit_log.enabled is {other:?}; give auto, true or false"
+                ))),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +201,10 @@ listen = "127.0.0.1:9187"
 [log]
 format = "text"
 level = "info"
+[audit_log]
+enabled = "auto"
+poll_interval = "30s"
+overlap = "1h"
 "#;
 
 impl Settings {
@@ -262,6 +311,13 @@ impl Settings {
                     humantime::format_duration(self.openai.retry_max_delay)
                 ),
                 fix: "the first retry waits the base delay and later ones double it up to the cap: give a base at most the cap, e.g. 500ms and 30s",
+            });
+        }
+        if self.audit_log.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "audit_log.poll_interval",
+                problem: "is zero".into(),
+                fix: "give how often the daemon asks the audit log for new events, e.g. \"30s\"",
             });
         }
         if self.requests.poll_interval.is_zero() {

@@ -66,7 +66,7 @@ impl Drop for Emulator {
 pub fn sync_command(db_url: &str, emulator: &Emulator) -> Command {
     let mut command = Command::new(BINARY);
     command
-        .arg("sync")
+        .args(["sync", "projects"])
         .env("DATABASE_URL", db_url)
         .env("OPENAI_BASE_URL", emulator.base_url())
         .env("OPENAI_ADMIN_KEY", KEY)

@@ -3,6 +3,7 @@
 // An error keeps the API's own words for the operator; its size is nothing next to a network call.
 #![allow(clippy::result_large_err)]
 
+mod audit_log;
 mod create;
 mod error;
 mod project;
@@ -17,6 +18,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use audit_log::{
+    AuditEvent, AuditWindow, MEMBER_EVENT_TYPES, PROJECT_ARCHIVED, PROJECT_CREATED,
+    PROJECT_EVENT_TYPES, PROJECT_UPDATED,
+};
 pub use create::{CreateOutcome, CreatedProject};
 pub use error::ApiError;
 pub use project::{

@@ -13,15 +13,18 @@ pub enum Endpoint {
     Retrieve,
     Modify,
     Archive,
+    /// `GET /organization/audit_logs`.
+    AuditLogs,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::List,
         Endpoint::Create,
         Endpoint::Retrieve,
         Endpoint::Modify,
         Endpoint::Archive,
+        Endpoint::AuditLogs,
     ];
 
     pub(super) fn slot(self) -> usize {
@@ -43,7 +46,7 @@ pub enum Fault {
     Drop,
     /// The call takes effect, then the caller sees the given failure instead of the answer.
     LostResponse { then: LostAs },
-    /// List only: the `after` cursor is ignored, so the first page comes back again.
+    /// List (and the audit log): the `after` cursor is ignored, so the first page comes back again.
     IgnoreCursor,
     /// List only: an empty page that claims `has_more`.
     EmptyPageWithMore,
@@ -98,7 +101,7 @@ pub struct FaultRates {
 /// All faults in force, consulted once per call.
 pub struct FaultPlan {
     rules: Vec<FaultRule>,
-    rates: [FaultRates; 5],
+    rates: [FaultRates; Endpoint::ALL.len()],
     rng: fastrand::Rng,
 }
 

@@ -1,5 +1,6 @@
 //! Postgres: the only module that holds SQL.
 
+mod audit_log;
 mod gauges;
 mod requests;
 mod roles;
@@ -12,6 +13,12 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use audit_log::{
+    AppliedCounts, ApplyEvents, AuditLogState, NewAuditEvent, PendingTarget, RetrievedState,
+    any_audit_event_stored, apply_retrieved_states, audit_log_state, created_by_keys,
+    finish_audit_run, note_idle_poll, own_key_ids, pending_targets, set_audit_logging,
+    store_audit_window, unstored_audit_events,
+};
 pub use gauges::{GaugeFigures, gauge_figures};
 pub use requests::{
     ClaimedRequest, Linked, StoredCandidate, claim_next_request, comparable_name,

@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection};
 use super::{RunCounts, StoreError};
 
 /// Advisory lock key shared by every process that walks ("ops_walk").
-const WALK_LOCK: i64 = 0x6f70_735f_7761_6c6b;
+pub(super) const WALK_LOCK: i64 = 0x6f70_735f_7761_6c6b;
 
 /// What applying a complete walk did.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,6 +247,8 @@ pub struct WalkSession {
     listed: i64,
     /// How long each call waits for an answer; `WALK_ANSWER_WAIT` unless a test shortens it.
     answer_wait: std::time::Duration,
+    /// Whether the apply's transaction is open.
+    applying: bool,
 }
 
 impl WalkSession {
@@ -281,6 +283,7 @@ impl WalkSession {
             observed_at: Utc::now(),
             listed: 0,
             answer_wait: WALK_ANSWER_WAIT,
+            applying: false,
         }))
     }
 
@@ -373,6 +376,8 @@ impl WalkSession {
             )
         };
         sqlx::query("begin").execute(&mut *tx).await?;
+        self.applying = true;
+        let tx = &mut self.connection;
         let (present,): (i64,) = sqlx::query_as(
             "select count(*) from openai.project_current where missing_since is null",
         )
@@ -427,9 +432,16 @@ impl WalkSession {
     pub async fn rollback(self) -> Result<(), StoreError> {
         let wait = self.answer_wait;
         let mut connection = self.connection;
+        let applying = self.applying;
         answered_within(wait, async move {
-            // Outside a transaction this only warns; the point is that none is left open.
-            let rolled_back = sqlx::query("rollback").execute(&mut connection).await;
+            let rolled_back = if applying {
+                sqlx::query("rollback")
+                    .execute(&mut connection)
+                    .await
+                    .map(|_| ())
+            } else {
+                Ok(())
+            };
             release(connection).await;
             rolled_back?;
             Ok(())

@@ -91,7 +91,7 @@ async fn a_daemon_role_that_does_not_own_the_tables_processes_requests_and_walks
         .expect("the request");
     assert_eq!(status, "created", "row security did not hide the queue");
     let (walks,): (i64,) =
-        sqlx::query_as("select count(*) from openai.sync_runs where status = 'succeeded'")
+        sqlx::query_as("select count(*) from openai.sync_runs where status = 'succeeded' and resource = 'projects'")
             .fetch_one(&db.pool)
             .await
             .expect("walks");
