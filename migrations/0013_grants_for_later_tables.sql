@@ -18,3 +18,7 @@ begin
     end if;
 end
 $$;
+
+-- A migration numbered below one already applied runs after it (sqlx applies what is missing
+-- in order): tables 0010 added after 0011 had granted everything get their grants now.
+select openai.grant_roles();

@@ -286,6 +286,37 @@ async fn a_daemon_role_without_temporary_fails_its_walk_and_leaves_no_walk_lock_
 }
 
 #[tokio::test]
+async fn tables_a_lower_numbered_migration_added_after_the_roles_migration_are_granted_on_upgrade()
+{
+    let db = migrated().await;
+    // As a database that had the roles migration before the audit log's lower-numbered one
+    // arrived: the audit tables were made after grant_roles() last ran.
+    sqlx::raw_sql(
+        "revoke all on openai.audit_events, openai.audit_log_state from openai_daemon; \
+         delete from public._sqlx_migrations where version = 13",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("as before the upgrade");
+
+    openai_project_sync::store::migrate(&db.pool)
+        .await
+        .expect("the upgrade migrates");
+
+    let (daemon_writes,): (bool,) = sqlx::query_as(
+        "select has_table_privilege('openai_daemon', 'openai.audit_events', 'SELECT, INSERT, UPDATE') \
+            and has_table_privilege('openai_daemon', 'openai.audit_log_state', 'SELECT, INSERT, UPDATE')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("privileges");
+    assert!(
+        daemon_writes,
+        "the daemon role cannot write the audit log's tables"
+    );
+}
+
+#[tokio::test]
 async fn two_logins_sharing_openai_ops_cannot_cancel_each_others_requests() {
     let db = migrated().await;
     let alice = Login::create(&db, "alice", &["openai_ops"]).await;
