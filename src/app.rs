@@ -91,11 +91,37 @@ pub fn cost_deps(settings: &Settings, deps: &SyncDeps) -> Result<CostDeps, Confi
 /// One cost pass now, for the `sync` command.
 pub async fn sync_costs(
     settings: &Settings,
-    deps: &SyncDeps,
     cancel: &CancellationToken,
 ) -> anyhow::Result<CostSummary> {
-    let deps = cost_deps(settings, deps)?;
-    Ok(costs::run_pass(&deps, Trigger::Manual, cancel).await?)
+    let walk_deps = sync_deps(settings).await?;
+    let deps = cost_deps(settings, &walk_deps)?;
+    let summary = costs::run_pass(&deps, Trigger::Manual, cancel).await;
+    walk_deps.pool.close().await;
+    Ok(summary?)
+}
+
+/// The audit-log poll's dependencies, from configuration.
+pub fn audit_deps(
+    settings: &Settings,
+    pool: sqlx::PgPool,
+    client: AdminClient,
+) -> Result<crate::audit_log::AuditDeps, ConfigError> {
+    Ok(crate::audit_log::AuditDeps {
+        pool,
+        client,
+        enabled: settings.audit_log.enabled,
+        overlap: settings.audit_log.overlap,
+    })
+}
+
+/// One audit-log catch-up now, for the `sync` command.
+pub async fn audit_log_once(settings: &Settings) -> anyhow::Result<crate::audit_log::AuditOutcome> {
+    let client = build_client(settings)?;
+    let pool = connect_and_migrate(settings).await?;
+    let deps = audit_deps(settings, pool.clone(), client)?;
+    let outcome = crate::audit_log::pass(&deps, "manual").await;
+    pool.close().await;
+    Ok(outcome?)
 }
 
 /// The request worker's dependencies, from configuration.
@@ -116,7 +142,11 @@ pub fn worker_deps(
         client,
         page_size: settings.openai.page_size,
         // Longer than any create call can take, so a live attempt never loses its request.
-        lease: settings.openai.timeout * 2 + Duration::from_secs(1),
+        lease: settings
+            .openai
+            .timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(1)),
         max_attempts: settings.requests.max_attempts,
         retry_base_delay: settings.openai.retry_base_delay,
         retry_max_delay: settings.openai.retry_max_delay,
@@ -175,6 +205,11 @@ pub async fn start_daemon(
     };
     let period = schedule_period(&settings.sync.schedule)?;
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
+    let audit = tokio::spawn(crate::audit_log::run(
+        audit_deps(&settings, deps.pool.clone(), deps.client.clone())?,
+        settings.audit_log.poll_interval,
+        shutdown.clone(),
+    ));
     let worker_running = Arc::new(AtomicBool::new(true));
     let worker = tokio::spawn(supervise_worker(
         worker_deps,
@@ -252,6 +287,9 @@ pub async fn start_daemon(
         }
         if worker.await.is_err() {
             tracing::warn!("the request worker ended abnormally");
+        }
+        if audit.await.is_err() {
+            tracing::warn!("the audit-log poll ended abnormally");
         }
         if let Some(cost_loop) = cost_loop
             && cost_loop.await.is_err()

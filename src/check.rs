@@ -46,16 +46,65 @@ pub async fn run_checks(settings: &Settings) -> Vec<CheckLine> {
     }];
     lines.push(check_database(settings).await);
     lines.push(check_api(settings).await);
+    lines.push(check_audit_log(settings).await);
     lines
 }
 
-/// A URL with any user name and password in it removed, for printing.
+/// Whether the organization's audit log answers with events; off is a failure only when
+/// `audit_log.enabled = true` asks for it.
+async fn check_audit_log(settings: &Settings) -> CheckLine {
+    use crate::config::AuditLogEnabled;
+    let name = "audit log";
+    if settings.audit_log.enabled == AuditLogEnabled::Off {
+        return CheckLine {
+            name,
+            outcome: Ok("not read (audit_log.enabled = false)".into()),
+        };
+    }
+    let required = settings.audit_log.enabled == AuditLogEnabled::On;
+    let turn_on = "an organization owner can turn audit logging on under Organization settings in the OpenAI dashboard (once on it cannot be turned off)";
+    let outcome = async {
+        let client = crate::app::build_client(settings).map_err(|e| Problem {
+            what: e.to_string(),
+            fix: "fix the API settings above".into(),
+        })?;
+        let off = |why: String| {
+            if required {
+                Err(Problem {
+                    what: format!("audit logging is off: {why}"),
+                    fix: format!("{turn_on}, or set audit_log.enabled = auto"),
+                })
+            } else {
+                Ok(format!(
+                    "off ({why}): changes are recorded when a walk sees them, without their author; {turn_on}"
+                ))
+            }
+        };
+        match client.audit_log_has_events().await {
+            Ok(true) => Ok("on: who changed a project and exactly when is read from it".to_owned()),
+            Ok(false) => off("the log holds no event".into()),
+            Err(error)
+                if matches!(error.root(), ApiError::Status { status: 400 | 403 | 404, .. }) =>
+            {
+                off(format!("the API refused: {error}"))
+            }
+            Err(error) if required => Err(explain_api_error(&error, settings)),
+            Err(error) => Ok(format!(
+                "could not tell whether it is on ({error}); the daemon checks again as it runs"
+            )),
+        }
+    }
+    .await;
+    CheckLine { name, outcome }
+}
+
+/// A URL with any user name and password in it removed, and any key in it redacted, for printing.
 fn without_credentials(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_password(None);
             let _ = parsed.set_username("");
-            parsed.to_string()
+            crate::secrets::redact_keys(parsed.as_str())
         }
         Err(_) => "(not a URL)".to_owned(),
     }

@@ -37,7 +37,7 @@ pub struct Cli {
 pub enum Command {
     /// The daemon: migrations, scheduled sync, request worker, health and metrics.
     Run,
-    /// One pass now of every enabled resource (or the one named); prints a summary of each.
+    /// One pass now of every enabled resource (or the one named); prints a summary per resource.
     Sync(SyncArgs),
     /// Processes the request queue until nothing is due, then exits.
     Requests,
@@ -55,16 +55,19 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
-    /// Only this resource: the project walk, the costs window, or the audit-log catch-up.
+    /// The one resource to sync; without it, every enabled one in turn.
     #[arg(value_enum)]
     pub resource: Option<SyncResource>,
 }
 
-/// A resource `sync` can be asked for by name.
+/// What `sync` can be asked to sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncResource {
+    /// A full walk of the project list.
     Projects,
+    /// One cost pass: the lookback window, and any backfill still due.
     Costs,
+    /// One catch-up of the organization's audit log.
     AuditLog,
 }
 
@@ -169,6 +172,12 @@ pub struct EmulatorArgs {
     /// Share of creates that create the project but answer 500.
     #[arg(long, default_value_t = 0.0)]
     pub rate_lost: f64,
+    /// Whether the organization has audit logging on; off answers an empty log or an error.
+    #[arg(long, value_enum, default_value = "on")]
+    pub audit_logging: emulator::AuditLogging,
+    /// Milliseconds after a change before its audit-log event shows (effective_at stays true).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub audit_delay_ms: u64,
 }
 
 /// Why a command did not succeed, and so which exit code it ends with.
@@ -324,61 +333,52 @@ fn config_or_runtime(error: anyhow::Error) -> Failure {
     }
 }
 
-/// `sync [resource]`: the project walk, then the cost pass (when enabled), or the one named.
+/// `sync [resource]`: the project walk, the cost pass and the audit-log catch-up (each when
+/// enabled), or the one named.
 async fn sync(cli: &Cli, resource: Option<SyncResource>) -> Result<ExitCode, Failure> {
-    if resource == Some(SyncResource::AuditLog) {
-        return Err(Failure::Usage(
-            "this build does not sync the audit log yet; run `sync projects` or `sync costs`"
-                .into(),
-        ));
-    }
     let settings = load_settings(cli)?;
     let cancel = crate::shutdown::on_signal();
-    let deps = crate::app::sync_deps(&settings)
-        .await
-        .map_err(config_or_runtime)?;
-    let walk = resource.is_none_or(|r| r == SyncResource::Projects);
-    let costs = match resource {
-        None => settings.costs.enabled,
-        Some(r) => r == SyncResource::Costs,
+    let named = resource.is_some();
+    let mut failed: Option<Failure> = None;
+    // The first failure is the exit's message; later ones are said as they happen.
+    let note = |failed: &mut Option<Failure>, what: &str, error: anyhow::Error| match failed {
+        Some(_) => eprintln!("{what}: {error:#}"),
+        None => *failed = Some(config_or_runtime(error)),
     };
-    let mut failed = false;
-    if walk {
+    if resource.is_none_or(|r| r == SyncResource::Projects) {
         let mut progress = TerminalProgress::new();
-        let result = crate::sync::walk_and_apply(
-            &deps,
-            crate::sync::Trigger::Manual,
-            &cancel,
-            &mut progress,
-        )
-        .await;
+        let result = crate::app::sync_once(&settings, &cancel, &mut progress).await;
         progress.finish();
         match result {
             Ok(summary) => print_summary(&summary),
-            Err(error) => {
-                eprintln!("error: {error}");
-                failed = true;
-            }
+            Err(e) if named => return Err(config_or_runtime(e)),
+            Err(e) => note(&mut failed, "projects", e),
         }
     }
-    if costs && !cancel.is_cancelled() {
-        match crate::app::sync_costs(&settings, &deps, &cancel).await {
+    let costs_wanted = resource == Some(SyncResource::Costs)
+        || (resource.is_none() && settings.costs.enabled && !cancel.is_cancelled());
+    if costs_wanted {
+        match crate::app::sync_costs(&settings, &cancel).await {
             Ok(summary) => print_cost_summary(&summary),
-            Err(error) => match error.downcast::<ConfigError>() {
-                Ok(config) => return Err(Failure::from(config)),
-                Err(other) => {
-                    eprintln!("error: {other:#}");
-                    failed = true;
-                }
-            },
+            Err(e) if named => return Err(config_or_runtime(e)),
+            Err(e) => note(&mut failed, "costs", e),
         }
     }
-    deps.pool.close().await;
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let audit_wanted = resource == Some(SyncResource::AuditLog)
+        || (resource.is_none()
+            && settings.audit_log.enabled != crate::config::AuditLogEnabled::Off
+            && !cancel.is_cancelled());
+    if audit_wanted {
+        match crate::app::audit_log_once(&settings).await {
+            Ok(outcome) => print_audit_summary(&outcome),
+            Err(e) if named => return Err(config_or_runtime(e)),
+            Err(e) => note(&mut failed, "audit log", e),
+        }
+    }
+    match failed {
+        Some(failure) => Err(failure),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn print_cost_summary(summary: &crate::costs::CostSummary) {
@@ -454,6 +454,33 @@ fn print_summary(summary: &crate::sync::WalkSummary) {
     }
 }
 
+fn print_audit_summary(outcome: &crate::audit_log::AuditOutcome) {
+    use crate::audit_log::AuditOutcome;
+    match outcome {
+        AuditOutcome::Disabled => println!("audit log: not read (audit_log.enabled = false)"),
+        AuditOutcome::LoggingOff { .. } => {
+            println!("audit log: {}", crate::audit_log::LOGGING_OFF_ADVICE)
+        }
+        AuditOutcome::Idle {
+            events_in_window, ..
+        } => println!(
+            "audit log: nothing new ({events_in_window} event(s) in the window were stored already)"
+        ),
+        AuditOutcome::Applied(s) => println!(
+            "audit log run {} succeeded in {:.2} s\n  pages       {}\n  events      {}\n  new         {}\n  inserted    {}\n  changed     {}\n  corrected   {}\n  waiting     {}",
+            s.run_id,
+            s.duration.as_secs_f64(),
+            s.pages,
+            s.events_in_window,
+            s.new_events,
+            s.projects_inserted,
+            s.projects_changed,
+            s.versions_corrected,
+            s.projects_waiting
+        ),
+    }
+}
+
 /// The process's peak resident memory, from /proc where there is one.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -489,6 +516,7 @@ pub fn emulator_setup(
         seed: args.seed,
         hang_for: Duration::from_secs(args.hang_secs),
         freedoms: emulator_freedoms(args)?,
+        audit_logging: args.audit_logging,
         cost_days: args.cost_days,
     };
     let rates = FaultRates {
@@ -567,6 +595,7 @@ async fn serve_emulator(args: &EmulatorArgs) -> Result<(), Failure> {
     for (endpoint, rates) in rates {
         handle.set_rates(endpoint, rates);
     }
+    handle.set_audit_delay(Duration::from_millis(args.audit_delay_ms));
     let stats = handle.stats();
     println!(
         "emulator listening on {} with {} projects; set OPENAI_BASE_URL={} (Ctrl-C stops it)",

@@ -50,10 +50,55 @@ pub struct Settings {
     pub requests: RequestSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub audit_log: AuditLogSettings,
     pub costs: CostSettings,
     /// `APP_` variables that name no configuration key, ignored; `warn_ignored` logs them.
     #[serde(skip)]
     pub ignored_variables: Vec<String>,
+}
+
+/// The organization audit log: whether to read it, how often, how far back each poll re-reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditLogSettings {
+    pub enabled: AuditLogEnabled,
+    /// How often the daemon polls the audit log.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub poll_interval: Duration,
+    /// How far before the watermark each poll reads again, for events that show up late.
+    #[serde(deserialize_with = "duration_text::deserialize")]
+    pub overlap: Duration,
+}
+
+/// `audit_log.enabled`: `auto` detects whether the organization has audit logging on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLogEnabled {
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for AuditLogEnabled {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Word(String),
+        }
+        match Given::deserialize(deserializer)? {
+            Given::Flag(true) => Ok(AuditLogEnabled::On),
+            Given::Flag(false) => Ok(AuditLogEnabled::Off),
+            Given::Word(word) => match word.trim().to_ascii_lowercase().as_str() {
+                "auto" => Ok(AuditLogEnabled::Auto),
+                "true" | "on" | "yes" => Ok(AuditLogEnabled::On),
+                "false" | "off" | "no" => Ok(AuditLogEnabled::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "audit_log.enabled is {other:?}; give auto, true or false"
+                ))),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +212,10 @@ listen = "127.0.0.1:9187"
 [log]
 format = "text"
 level = "info"
+[audit_log]
+enabled = "auto"
+poll_interval = "30s"
+overlap = "1h"
 [costs]
 enabled = true
 schedule = "0 15 * * * *"
@@ -277,6 +326,13 @@ impl Settings {
                     humantime::format_duration(self.openai.retry_max_delay)
                 ),
                 fix: "the first retry waits the base delay and later ones double it up to the cap: give a base at most the cap, e.g. 500ms and 30s",
+            });
+        }
+        if self.audit_log.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "audit_log.poll_interval",
+                problem: "is zero".into(),
+                fix: "give how often the daemon asks the audit log for new events, e.g. \"30s\"",
             });
         }
         if self.requests.poll_interval.is_zero() {
@@ -428,12 +484,27 @@ impl Settings {
 
 /// Rewrites the `config` crate's messages so an unknown key reads as such.
 fn explain_load_error(message: &str) -> String {
+    // A parse error quotes the offending line of the file, which may hold a key or a password:
+    // the line and column it names are enough to find it.
+    let quotes_a_line = |line: &&str| {
+        line.trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start()
+            .starts_with('|')
+    };
+    let message = crate::secrets::redact_keys(
+        &message
+            .lines()
+            .filter(|line| !quotes_a_line(line))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
     if message.contains("unknown field") {
         format!(
             "{message}; remove or correct that key (keys are listed in config/default.toml; environment variables are APP_SECTION__KEY)"
         )
     } else {
-        message.to_owned()
+        message
     }
 }
 
@@ -531,20 +602,33 @@ mod duration_text {
                 "{given:?} is not a duration: give a number with a unit, e.g. \"250ms\", \"30s\", \"5m\" (a bare number means seconds)"
             ))
         };
-        match Given::deserialize(deserializer)? {
-            Given::Whole(seconds) => Ok(Duration::from_secs(seconds)),
-            Given::Fraction(seconds) => {
-                Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&seconds.to_string()))
-            }
+        let (given, duration) = match Given::deserialize(deserializer)? {
+            Given::Whole(seconds) => (seconds.to_string(), Ok(Duration::from_secs(seconds))),
+            Given::Fraction(seconds) => (
+                seconds.to_string(),
+                Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&seconds.to_string())),
+            ),
             Given::Text(text) => {
-                let text = text.trim();
-                if let Ok(seconds) = text.parse::<f64>() {
-                    return Duration::try_from_secs_f64(seconds).map_err(|_| invalid(text));
-                }
-                humantime::parse_duration(text).map_err(|_| invalid(text))
+                let text = text.trim().to_owned();
+                let duration = match text.parse::<f64>() {
+                    Ok(seconds) => Duration::try_from_secs_f64(seconds).map_err(|_| invalid(&text)),
+                    Err(_) => humantime::parse_duration(&text).map_err(|_| invalid(&text)),
+                };
+                (text, duration)
             }
+        };
+        let duration = duration?;
+        if duration > LONGEST {
+            return Err(D::Error::custom(format!(
+                "{given:?} is longer than a year: no setting needs that, and longer ones overflow \
+                 the arithmetic and the database's intervals; give e.g. \"30s\" or \"1h\""
+            )));
         }
+        Ok(duration)
     }
+
+    /// The longest duration any setting accepts.
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 }
 
 /// The smallest pool the daemon can work with: see the `database.max_connections` check.

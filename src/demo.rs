@@ -31,12 +31,13 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let (database_url, cluster) = match std::env::var("DATABASE_URL") {
         // A database of its own on that server: the one the URL names is never written.
         Ok(url) if !url.trim().is_empty() => {
+            let demo_url = with_database(&url, DEMO_DATABASE)?;
             crate::store::ensure_database(&url, DEMO_DATABASE)
                 .await
                 .context(
                     "could not create the demo's own database on the server DATABASE_URL names",
                 )?;
-            (with_database(&url, DEMO_DATABASE)?, None)
+            (demo_url, None)
         }
         _ => {
             let cluster = start_local_postgres(&options.data_dir)?;
@@ -181,11 +182,39 @@ fn start_local_postgres(data_dir: &Path) -> anyhow::Result<LocalPostgres> {
         .context("could not start the demo's Postgres")
 }
 
-/// `url` with its database replaced by `database`.
+/// `url` with its database replaced by `database`; refused when `url` names `database` itself,
+/// since the demo must never write into the database the URL names.
+///
+/// A `dbname` parameter overrides the URL's path, so it is removed along with the path.
 fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let database_of = |url: &str| {
+        url.parse::<sqlx::postgres::PgConnectOptions>()
+            .map(|options| options.get_database().map(str::to_owned))
+            .context("DATABASE_URL is not a postgres URL")
+    };
+    if database_of(url)?.as_deref() == Some(database) {
+        bail!(
+            "DATABASE_URL names the database {database}, which demo makes for itself and fills \
+             with demo projects; point DATABASE_URL at another database on that server (e.g. \
+             postgres) and demo uses {database} beside it"
+        );
+    }
     let mut parsed = reqwest::Url::parse(url).context("DATABASE_URL is not a URL")?;
     parsed.set_path(&format!("/{database}"));
-    Ok(parsed.to_string())
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(name, _)| name != "dbname")
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(kept);
+    }
+    let rewritten = parsed.to_string();
+    if database_of(&rewritten)?.as_deref() != Some(database) {
+        bail!("could not point DATABASE_URL at the demo's own database {database}");
+    }
+    Ok(rewritten)
 }
 
 fn redact_password(url: &str) -> String {
@@ -195,5 +224,54 @@ fn redact_password(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    fn database_of(url: &str) -> Option<String> {
+        url.parse::<sqlx::postgres::PgConnectOptions>()
+            .expect("a postgres URL")
+            .get_database()
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_demo_url_names_only_the_demos_database_whatever_the_given_url_says() {
+        for given in [
+            "postgres://u:pw@db.example:5432/production",
+            "postgres://u@db.example/?dbname=production",
+            "postgres://u@db.example/postgres?sslmode=disable&dbname=production",
+            "postgres://u@db.example",
+        ] {
+            let demo = with_database(given, "openai_demo").expect("rewritten");
+            assert_eq!(
+                database_of(&demo).as_deref(),
+                Some("openai_demo"),
+                "{given} -> {demo}"
+            );
+        }
+        let kept = with_database("postgres://u@h/x?sslmode=disable&dbname=x", "openai_demo")
+            .expect("rewritten");
+        assert!(
+            kept.contains("sslmode=disable") && !kept.contains("dbname"),
+            "{kept}"
+        );
+    }
+
+    #[test]
+    fn a_url_that_names_the_demos_database_already_is_refused() {
+        for given in [
+            "postgres://u@h/openai_demo",
+            "postgres://u@h/postgres?dbname=openai_demo",
+        ] {
+            let refused = with_database(given, "openai_demo").expect_err("refused");
+            assert!(
+                refused.to_string().contains("DATABASE_URL names"),
+                "{refused}"
+            );
+        }
     }
 }

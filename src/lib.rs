@@ -1,6 +1,7 @@
 //! openai-project-sync: keeps an organization's OpenAI projects in Postgres.
 
 pub mod app;
+pub mod audit_log;
 pub mod check;
 pub mod cli;
 pub mod client;

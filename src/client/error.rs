@@ -6,10 +6,12 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 /// A failed API call or walk.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// Its text never holds a key: the server's words (message, type, code, request id, a body
+/// that could not be read) may echo one, so the whole text is redacted as it is written.
+#[derive(Debug, Clone)]
 pub enum ApiError {
     /// The API answered with an error status.
-    #[error("the API answered {status}: {message}{}", describe_details(.kind, .code, .request_id))]
     Status {
         status: u16,
         message: String,
@@ -21,26 +23,56 @@ pub enum ApiError {
         should_retry: Option<bool>,
     },
     /// The request provably never reached the API (refused connection, DNS, TLS).
-    #[error("could not connect to the API: {0}")]
     Connect(String),
     /// No answer arrived within the timeout; the request may have been processed.
-    #[error("the API did not answer within {0:?}")]
     Timeout(Duration),
     /// The connection broke after the request may have been sent.
-    #[error("the connection to the API broke: {0}")]
     Transport(String),
     /// A success status with a body that is not the documented shape.
-    #[error("the API's answer could not be read: {message} (request id {request_id:?})")]
     Decode {
         message: String,
         request_id: Option<String>,
     },
     /// A retried call failed on every attempt.
-    #[error("gave up after {attempts} attempts: {last}")]
     GaveUp { attempts: u32, last: Box<ApiError> },
     /// The list pagination contradicted itself; going on would loop or stop early.
-    #[error("pagination broke on page {page}: {problem}")]
     Pagination { page: u64, problem: String },
+}
+
+impl std::error::Error for ApiError {}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            ApiError::Status {
+                status,
+                message,
+                kind,
+                code,
+                request_id,
+                ..
+            } => format!(
+                "the API answered {status}: {message}{}",
+                describe_details(kind, code, request_id)
+            ),
+            ApiError::Connect(detail) => format!("could not connect to the API: {detail}"),
+            ApiError::Timeout(after) => format!("the API did not answer within {after:?}"),
+            ApiError::Transport(detail) => format!("the connection to the API broke: {detail}"),
+            ApiError::Decode {
+                message,
+                request_id,
+            } => {
+                format!("the API's answer could not be read: {message} (request id {request_id:?})")
+            }
+            ApiError::GaveUp { attempts, last } => {
+                format!("gave up after {attempts} attempts: {last}")
+            }
+            ApiError::Pagination { page, problem } => {
+                format!("pagination broke on page {page}: {problem}")
+            }
+        };
+        f.write_str(&crate::secrets::redact_keys(&text))
+    }
 }
 
 fn describe_details(
@@ -136,6 +168,50 @@ impl ApiError {
         match self {
             ApiError::GaveUp { last, .. } => last.root(),
             other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+
+    use super::ApiError;
+
+    #[test]
+    fn no_key_the_server_echoes_anywhere_reaches_the_text() {
+        let body =
+            br#"{"error":{"message":"Incorrect API key provided: %22sk-admin-%2A%2A%2A%2Awxyz%22",
+            "type":"sk-admin-type","code":"sk-admin-code","param":"sk-admin-param"}}"#;
+        let refused = ApiError::from_response(
+            StatusCode::UNAUTHORIZED,
+            body,
+            Some("req_sk-x sk-admin-in-the-request-id".into()),
+            None,
+            None,
+        );
+        let unparsable = ApiError::from_response(
+            StatusCode::BAD_GATEWAY,
+            b"<html>Bearer\nsk-admin-abcdefgh</html>",
+            None,
+            None,
+            None,
+        );
+        let serde_echo = serde_json::from_str::<bool>(r#""sk-admin-abcdefgh""#)
+            .expect_err("a string is no bool");
+        let decode = ApiError::Decode {
+            message: serde_echo.to_string(),
+            request_id: Some("sk-admin-id".into()),
+        };
+        let gave_up = ApiError::GaveUp {
+            attempts: 2,
+            last: Box::new(ApiError::Transport("url http://x/?k=sk-admin-q".into())),
+        };
+        for error in [refused, unparsable, decode, gave_up] {
+            let text = error.to_string();
+            assert!(!text.contains("sk-admin"), "{text}");
+            assert!(!text.contains("wxyz"), "{text}");
+            assert!(text.contains("[redacted key]"), "{text}");
         }
     }
 }

@@ -3,6 +3,7 @@
 // An error keeps the API's own words for the operator; its size is nothing next to a network call.
 #![allow(clippy::result_large_err)]
 
+mod audit_log;
 mod costs;
 mod create;
 mod error;
@@ -18,6 +19,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use audit_log::{
+    AuditEvent, AuditWindow, MEMBER_EVENT_TYPES, PROJECT_ARCHIVED, PROJECT_CREATED,
+    PROJECT_EVENT_TYPES, PROJECT_UPDATED,
+};
 pub use costs::{
     CostBucket, CostPage, CostQuery, CostResult, CostWalk, DAY_SECONDS, ExactNumber,
     MAX_COST_LIMIT, Text,
@@ -55,7 +60,10 @@ pub struct AdminClient {
 impl std::fmt::Debug for AdminClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminClient")
-            .field("base_url", &self.base_url.as_str())
+            .field(
+                "base_url",
+                &self.without_credentials(self.base_url.as_str()),
+            )
             .field("auth", &"[REDACTED]")
             .field("timeout", &self.timeout)
             .finish()
@@ -333,7 +341,8 @@ impl AdminClient {
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> ApiError {
-        let detail = error_chain(error);
+        // reqwest's messages quote the URL, with whatever user name and password it holds.
+        let detail = self.without_credentials(&error_chain(error));
         if error.is_connect() {
             ApiError::Connect(detail)
         } else if error.is_timeout() {
@@ -341,6 +350,19 @@ impl AdminClient {
         } else {
             ApiError::Transport(detail)
         }
+    }
+}
+
+impl AdminClient {
+    /// `text` with the base URL's user name and password taken out wherever it quotes them.
+    fn without_credentials(&self, text: &str) -> String {
+        let user = self.base_url.username();
+        let userinfo = match self.base_url.password() {
+            Some(password) => format!("{user}:{password}@"),
+            None if !user.is_empty() => format!("{user}@"),
+            None => return text.to_owned(),
+        };
+        text.replace(&userinfo, "")
     }
 }
 

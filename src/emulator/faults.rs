@@ -13,16 +13,20 @@ pub enum Endpoint {
     Retrieve,
     Modify,
     Archive,
+    /// `GET /organization/audit_logs`.
+    AuditLogs,
+    /// `GET /organization/costs`.
     Costs,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::List,
         Endpoint::Create,
         Endpoint::Retrieve,
         Endpoint::Modify,
         Endpoint::Archive,
+        Endpoint::AuditLogs,
         Endpoint::Costs,
     ];
 
@@ -45,7 +49,7 @@ pub enum Fault {
     Drop,
     /// The call takes effect, then the caller sees the given failure instead of the answer.
     LostResponse { then: LostAs },
-    /// List only: the `after` cursor is ignored, so the first page comes back again.
+    /// List (and the audit log): the `after` cursor is ignored, so the first page comes back again.
     IgnoreCursor,
     /// List and costs only: an empty page that claims `has_more` (costs: with no `next_page`).
     EmptyPageWithMore,

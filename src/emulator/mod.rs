@@ -3,6 +3,7 @@
 //! It speaks the wire format with types of its own and takes the freedoms the spec leaves a
 //! server (see `Freedoms`), so a client that leans on one server's habits fails here first.
 
+mod audit_log;
 mod costs;
 mod faults;
 mod freedoms;
@@ -17,13 +18,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
+pub use audit_log::{
+    ADMIN_KEY_OWNER_EMAIL, AuditLogging, DEFAULT_PROJECT_ID, DEFAULT_SESSION_EMAIL, key_tracking_id,
+};
 pub use costs::{EmulatedCost, Restatement};
 pub use faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
 pub use freedoms::{CostAmountForm, Freedoms, GeographyAnswer, HOSTILE_PAGE_CAP, ListOrder};
@@ -47,6 +51,8 @@ pub struct EmulatorConfig {
     pub hang_for: Duration,
     /// The freedoms the server takes from the start; `set_freedoms` changes them later.
     pub freedoms: Freedoms,
+    /// Whether the organization has audit logging on from the start.
+    pub audit_logging: AuditLogging,
     /// Days of cost history before today; earlier days answer `results: []`.
     pub cost_days: u32,
 }
@@ -60,6 +66,7 @@ impl Default for EmulatorConfig {
             seed: 1,
             hang_for: Duration::from_secs(600),
             freedoms: Freedoms::default(),
+            audit_logging: AuditLogging::On,
             cost_days: DEFAULT_COST_DAYS,
         }
     }
@@ -81,6 +88,8 @@ pub struct EmulatorStats {
     pub modify_calls: u64,
     /// Archive calls received, refused ones included.
     pub archive_calls: u64,
+    /// Audit-log list calls received, refused ones included.
+    pub audit_log_calls: u64,
     /// Costs calls received, refused ones included.
     pub cost_calls: u64,
     /// Projects that landed through API creates, late ones included once they land.
@@ -123,6 +132,7 @@ impl Shared {
             retrieve_calls: count(Endpoint::Retrieve),
             modify_calls: count(Endpoint::Modify),
             archive_calls: count(Endpoint::Archive),
+            audit_log_calls: count(Endpoint::AuditLogs),
             cost_calls: count(Endpoint::Costs),
             projects_created: self.projects_created.load(Ordering::Relaxed),
             projects: self.store().len() as u64,
@@ -153,6 +163,7 @@ pub async fn start(listen: SocketAddr, config: EmulatorConfig) -> std::io::Resul
         config.archived_ratio,
         config.seed,
         config.freedoms,
+        audit_log::AuditLog::new(config.admin_key.expose_secret(), config.audit_logging),
     );
     let shared = Arc::new(Shared {
         admin_key: config.admin_key,
@@ -333,5 +344,62 @@ impl EmulatorHandle {
     /// Every cost result served now for the days in `[from, until)` (unix seconds).
     pub fn cost_rows(&self, from: i64, until: i64) -> Vec<EmulatedCost> {
         costs::cost_rows(&self.shared, from, until)
+    }
+
+    /// Renames a project in the dashboard as the person with `email`.
+    pub fn rename_as(&self, id: &str, name: &str, email: &str) -> Option<EmulatedProject> {
+        self.shared.store().as_person(email).rename(id, name)
+    }
+
+    /// Archives a project in the dashboard as the person with `email`.
+    pub fn archive_as(&self, id: &str, email: &str) -> Option<EmulatedProject> {
+        self.shared.store().as_person(email).archive(id)
+    }
+
+    /// Creates a project in the dashboard as the person with `email`.
+    pub fn create_as(&self, name: &str, email: &str) -> EmulatedProject {
+        let mut store = self.shared.store();
+        let residency = store.freedoms().default_residency.clone();
+        store.as_person(email).create(name, None, residency)
+    }
+
+    /// Turns the organization's audit logging on or off (off: an empty log, or an error).
+    pub fn set_audit_logging(&self, logging: AuditLogging) {
+        self.shared.store().audit.set_logging(logging);
+    }
+
+    /// Makes events recorded from now on show in the audit log only `delay` after they
+    /// happened; their `effective_at` stays the true time.
+    pub fn set_audit_delay(&self, delay: Duration) {
+        self.shared.store().audit.set_delay(delay);
+    }
+
+    /// Every event recorded so far, shown yet or not, in recording order.
+    pub fn audit_events(&self) -> Vec<Value> {
+        self.shared.store().audit.all()
+    }
+
+    /// The tracking id the audit log shows for the emulator's admin key.
+    pub fn admin_key_id(&self) -> String {
+        self.shared.store().audit.admin_key_id().to_owned()
+    }
+
+    /// Records an event of `kind` about `resource_id` at `effective_at` (unix seconds) as done
+    /// by the person with `email`, with the payload given: late, odd or out-of-order events.
+    pub fn record_audit_event(
+        &self,
+        kind: &str,
+        effective_at: i64,
+        resource_id: Option<&str>,
+        email: &str,
+        payload: Value,
+    ) {
+        self.shared.store().audit.record_raw(
+            kind,
+            effective_at,
+            resource_id,
+            &audit_log::AuditActor::session(email),
+            payload,
+        );
     }
 }

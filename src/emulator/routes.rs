@@ -15,6 +15,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::audit_log::{AuditAnswer, AuditLogging, AuditQuery};
 use super::faults::{Endpoint, Fault, FaultRates, FaultRule, LostAs};
 use super::freedoms::{Freedoms, ListOrder};
 use super::wire::{self, Rendering};
@@ -25,6 +26,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/organization/projects", get(list).post(create))
         .route("/organization/projects/{id}", get(retrieve).post(modify))
         .route("/organization/projects/{id}/archive", post(archive))
+        .route("/organization/audit_logs", get(list_audit_logs))
         .route("/organization/costs", get(super::costs::list_costs));
     let control = Router::new()
         .route("/stats", get(stats))
@@ -35,7 +37,8 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/projects", post(create_behind_back))
         .route("/churn", post(churn))
         .route("/costs/restate", post(super::costs::restate))
-        .route("/projects/{id}", post(change_behind_back));
+        .route("/projects/{id}", post(change_behind_back))
+        .route("/audit_log", get(audit_events).post(set_audit_log));
     Router::new()
         .nest("/v1", api)
         .nest("/_emulator", control)
@@ -151,6 +154,9 @@ fn masked(key: &str) -> String {
 fn endpoint_of(method: &axum::http::Method, path: &str) -> Option<Endpoint> {
     if path == "/v1/organization/costs" {
         return Some(Endpoint::Costs);
+    }
+    if path == "/v1/organization/audit_logs" && method == axum::http::Method::GET {
+        return Some(Endpoint::AuditLogs);
     }
     let rest = path.strip_prefix("/v1/organization/projects")?;
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
@@ -453,7 +459,9 @@ async fn create_to_completion(
     }
     let json = {
         let mut store = shared.store();
-        let project = store.create(&name, body.external_key_id, residency);
+        let project = store
+            .as_admin_key()
+            .create(&name, body.external_key_id, residency);
         project.to_json(Rendering::of(store.freedoms()))
     };
     shared.projects_created.fetch_add(1, Ordering::Relaxed);
@@ -513,10 +521,10 @@ async fn modify(
             )),
             Some(_) => {
                 if let Some(name) = body.name {
-                    store.rename(&id, &name);
+                    store.as_admin_key().rename(&id, &name);
                 }
                 if let Some(key) = body.external_key_id {
-                    store.update(&id, |p| p.external_key_id = Some(key));
+                    store.as_admin_key().set_external_key(&id, key);
                 }
                 store
                     .get_json(&id)
@@ -543,6 +551,7 @@ async fn archive(
     let archived = {
         let mut store = shared.store();
         store
+            .as_admin_key()
             .archive(&id)
             .and_then(|_| store.get_json(&id).map(str::to_owned))
     };
@@ -593,7 +602,7 @@ async fn set_rates(
 ) -> Response {
     let Ok(endpoint) = serde_json::from_value::<Endpoint>(Value::String(endpoint)) else {
         return invalid(
-            "Unknown endpoint; use list, create, retrieve, modify, archive or costs.",
+            "Unknown endpoint; use list, create, retrieve, modify, archive, audit_logs or costs.",
             None,
             None,
         );
@@ -636,6 +645,9 @@ async fn set_freedoms(State(shared): State<Arc<Shared>>, body: axum::body::Bytes
 #[derive(Deserialize)]
 struct BehindBackCreate {
     name: String,
+    /// Who makes the change in the dashboard, as the audit log records it.
+    #[serde(default)]
+    actor_email: Option<String>,
     #[serde(default)]
     external_key_id: Option<String>,
     #[serde(default)]
@@ -651,6 +663,9 @@ async fn create_behind_back(
         let residency = body
             .residency
             .or_else(|| store.freedoms().default_residency.clone());
+        if let Some(email) = &body.actor_email {
+            store.as_person(email);
+        }
         let project = store.create(&body.name, body.external_key_id, residency);
         project.to_json(Rendering::of(store.freedoms()))
     };
@@ -661,6 +676,9 @@ async fn create_behind_back(
 struct BehindBackChange {
     #[serde(default)]
     name: Option<String>,
+    /// Who makes the change in the dashboard, as the audit log records it.
+    #[serde(default)]
+    actor_email: Option<String>,
     #[serde(default)]
     archive: bool,
     #[serde(default)]
@@ -679,9 +697,15 @@ async fn change_behind_back(
         return no_such_project(&id);
     }
     if let Some(name) = body.name {
+        if let Some(email) = &body.actor_email {
+            store.as_person(email);
+        }
         store.rename(&id, &name);
     }
     if body.archive {
+        if let Some(email) = &body.actor_email {
+            store.as_person(email);
+        }
         store.archive(&id);
     }
     for (key, value) in body.fields {
@@ -692,4 +716,89 @@ async fn change_behind_back(
     }
     let json = store.get_json(&id).map_or("null", |j| j).to_owned();
     json_body(json)
+}
+
+async fn list_audit_logs(
+    State(shared): State<Arc<Shared>>,
+    Extension(kill): Extension<ConnectionKill>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let fault = intercept(&shared, Endpoint::AuditLogs, &kill).await;
+    if let Some(early) = answered_early(&shared, &fault) {
+        return early;
+    }
+    let mut query = match AuditQuery::parse(&pairs) {
+        Ok(query) => query,
+        Err(refusal) => return invalid(&refusal.message, Some(&refusal.param), None),
+    };
+    if fault == Some(Fault::IgnoreCursor) {
+        query.after = None;
+    }
+    let answer = {
+        let store = shared.store();
+        if fault == Some(Fault::EmptyPageWithMore) {
+            return json_body(
+                "{\"object\":\"list\",\"data\":[],\"first_id\":null,\"last_id\":null,\"has_more\":true}"
+                    .to_owned(),
+            );
+        }
+        let freedoms = store.freedoms();
+        store.audit.list(
+            &query,
+            freedoms.page_size(query.limit),
+            freedoms.order == ListOrder::OldestFirst,
+            std::time::Instant::now(),
+        )
+    };
+    match answer {
+        AuditAnswer::Page(body) => deliver(&shared, fault, &kill, json_body(body)).await,
+        AuditAnswer::LoggingOff => api_error(
+            StatusCode::FORBIDDEN,
+            "Audit logging is not enabled for this organization. An organization owner can turn it on under Organization settings; once on, it cannot be turned off.",
+            "invalid_request_error",
+            None,
+            Some("audit_logging_disabled"),
+        ),
+        AuditAnswer::UnknownCursor(after) => invalid(
+            &format!("Invalid 'after': no audit log event with id '{after}'."),
+            Some("after"),
+            None,
+        ),
+    }
+}
+
+async fn audit_events(State(shared): State<Arc<Shared>>) -> Json<Vec<Value>> {
+    Json(shared.store().audit.all())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditLogControl {
+    #[serde(default)]
+    logging: Option<AuditLogging>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+}
+
+/// Turns audit logging on or off and sets how late events show; fields left out stay as they are.
+async fn set_audit_log(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let control: AuditLogControl = match serde_json::from_slice(&body) {
+        Ok(control) => control,
+        Err(e) => return invalid(&format!("Invalid audit log control: {e}."), None, None),
+    };
+    let mut store = shared.store();
+    if let Some(logging) = control.logging {
+        store.audit.set_logging(logging);
+    }
+    if let Some(delay) = control.delay_ms {
+        store
+            .audit
+            .set_delay(std::time::Duration::from_millis(delay));
+    }
+    Json(json!({
+        "logging": store.audit.logging(),
+        "delay_ms": u64::try_from(store.audit.delay().as_millis()).unwrap_or(u64::MAX),
+        "admin_key_id": store.audit.admin_key_id(),
+    }))
+    .into_response()
 }

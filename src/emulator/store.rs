@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::audit_log::{AuditActor, AuditLog, ProjectChange};
 use super::freedoms::{Freedoms, ListOrder};
 use super::wire::{self, EmulatedProject, PROJECT_OBJECT, Rendering};
 
@@ -37,6 +38,10 @@ pub struct ProjectStore {
     rng: fastrand::Rng,
     last_created_at: i64,
     freedoms: Freedoms,
+    /// The organization's audit log, written with every change under the same lock.
+    pub audit: AuditLog,
+    /// Who the next change is made by; `None` is a person in the dashboard ("behind the back").
+    next_actor: Option<AuditActor>,
 }
 
 /// Seconds since the epoch at which generated histories start (2023-11-14).
@@ -71,6 +76,7 @@ impl ProjectStore {
         archived_ratio: f64,
         seed: u64,
         freedoms: Freedoms,
+        audit: AuditLog,
     ) -> ProjectStore {
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut store = ProjectStore {
@@ -84,6 +90,8 @@ impl ProjectStore {
             rng: fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15),
             last_created_at: SEED_EPOCH,
             freedoms,
+            audit,
+            next_actor: None,
         };
         let mut created_at = SEED_EPOCH - (count as i64) * 600;
         for n in 0..count {
@@ -141,6 +149,34 @@ impl ProjectStore {
         let key = (self.arbitrary_rank(i), i);
         self.by_rank
             .binary_search_by_key(&key, |&j| (self.arbitrary_rank(j), j))
+    }
+
+    /// Makes the next change one made through the API with the admin key.
+    pub fn as_admin_key(&mut self) -> &mut ProjectStore {
+        self.next_actor = Some(self.audit.admin_key_actor());
+        self
+    }
+
+    /// Makes the next change one made in the dashboard by the person with `email`.
+    pub fn as_person(&mut self, email: &str) -> &mut ProjectStore {
+        self.next_actor = Some(AuditActor::session(email));
+        self
+    }
+
+    /// Records a change to project `i` in the audit log, by whoever the next actor is.
+    fn audit(&mut self, i: usize, change: ProjectChange, effective_at: i64) {
+        let actor = self
+            .next_actor
+            .take()
+            .unwrap_or_else(|| AuditActor::session(super::audit_log::DEFAULT_SESSION_EMAIL));
+        let project = &self.projects[i];
+        self.audit.record(
+            &project.id,
+            project.name.as_deref(),
+            &change,
+            &actor,
+            effective_at,
+        );
     }
 
     /// The freedoms the server takes now.
@@ -283,6 +319,8 @@ impl ProjectStore {
         if let Err(at) = self.rank_position(i) {
             self.by_rank.insert(at, i);
         }
+        let name = project.name.clone().unwrap_or_default();
+        self.audit(i, ProjectChange::Created { name }, now);
         project
     }
 
@@ -302,17 +340,51 @@ impl ProjectStore {
     /// Renames a project, the name stored the server's way.
     pub fn rename(&mut self, id: &str, name: &str) -> Option<EmulatedProject> {
         let stored = self.freedoms.stored_name(name);
-        self.update(id, |p| p.name = Some(stored))
+        let title = stored.clone();
+        let Some(renamed) = self.update(id, |p| p.name = Some(stored)) else {
+            self.next_actor = None;
+            return None;
+        };
+        if let Some(&i) = self.index.get(id) {
+            self.audit(
+                i,
+                ProjectChange::Renamed { title },
+                chrono::Utc::now().timestamp(),
+            );
+        }
+        Some(renamed)
     }
 
-    /// Archives a project; archiving twice changes nothing.
+    /// Changes a project's encryption key; the audit log's payload does not say what changed.
+    pub fn set_external_key(&mut self, id: &str, key: String) -> Option<EmulatedProject> {
+        let Some(changed) = self.update(id, |p| p.external_key_id = Some(key)) else {
+            self.next_actor = None;
+            return None;
+        };
+        if let Some(&i) = self.index.get(id) {
+            self.audit(i, ProjectChange::Updated, chrono::Utc::now().timestamp());
+        }
+        Some(changed)
+    }
+
+    /// Archives a project; archiving twice changes nothing and records nothing.
     pub fn archive(&mut self, id: &str) -> Option<EmulatedProject> {
-        self.update(id, |p| {
+        let now = chrono::Utc::now().timestamp();
+        let was_archived = self.get(id).is_some_and(EmulatedProject::is_archived);
+        let Some(archived) = self.update(id, |p| {
             if !p.is_archived() {
                 p.status = Some("archived".into());
-                p.archived_at = Some(chrono::Utc::now().timestamp());
+                p.archived_at = Some(now);
             }
-        })
+        }) else {
+            self.next_actor = None;
+            return None;
+        };
+        match self.index.get(id) {
+            Some(&i) if !was_archived => self.audit(i, ProjectChange::Archived, now),
+            _ => self.next_actor = None,
+        }
+        Some(archived)
     }
 
     /// Sets a field the product does not model, as a newer API version might add.

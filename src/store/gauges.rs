@@ -20,8 +20,12 @@ pub struct GaugeFigures {
 pub async fn gauge_figures(pool: &PgPool) -> Result<GaugeFigures, StoreError> {
     let mut tx = pool.begin().await?;
     let seconds_since_last_success = sqlx::query_as(
-        "select resource, extract(epoch from now() - max(started_at))::float8 \
-         from openai.sync_runs where status = 'succeeded' group by resource order by resource",
+        // An idle audit-log poll writes no run, only its watermark row: it counts as a success too.
+        "select resource, extract(epoch from now() - max(at))::float8 from ( \
+            select resource, started_at as at from openai.sync_runs where status = 'succeeded' \
+            union all \
+            select 'audit_log', polled_at from openai.audit_log_state where polled_at is not null \
+         ) s group by resource order by resource",
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -1,5 +1,6 @@
 //! Postgres: the only module that holds SQL.
 
+mod audit_log;
 mod costs;
 mod gauges;
 mod requests;
@@ -13,6 +14,12 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use audit_log::{
+    AppliedCounts, ApplyEvents, AuditLogState, NewAuditEvent, PendingTarget, RetrievedState,
+    any_audit_event_stored, apply_retrieved_states, audit_log_state, created_by_keys,
+    finish_audit_run, note_idle_poll, own_key_ids, pending_targets, set_audit_logging,
+    store_audit_window, unstored_audit_events,
+};
 pub use costs::{
     CostApplied, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost, finish_cost_run,
 };
@@ -46,6 +53,24 @@ pub enum StoreError {
     Sql(sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// Postgres did not answer a walk's call in time; its connection is taken as dead.
+    #[error(
+        "Postgres did not answer the walk within {0:?}; its connection is taken as dead (a server \
+         that vanished or a network that drops packets) and nothing was applied"
+    )]
+    NoAnswer(std::time::Duration),
+    /// Migrations are pending and the connected role may not apply them.
+    #[error(
+        "{pending} migration(s) of this version are not applied yet (the newest is {newest}), and role \
+         {role} may not apply them ({reason}); run `openai-project-sync migrate` as the owner of \
+         the openai schema, then start this one again"
+    )]
+    MigrationsPending {
+        pending: usize,
+        newest: i64,
+        role: String,
+        reason: String,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -124,8 +149,41 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     if migrations_applied(pool, &migrator).await {
         return Ok(());
     }
-    migrator.run(pool).await?;
-    Ok(())
+    let Err(error) = migrator.run(pool).await else {
+        return Ok(());
+    };
+    let denied = match &error {
+        sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(e))
+        | sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(e), _) => {
+            e.code().as_deref() == Some("42501")
+        }
+        _ => false,
+    };
+    if !denied {
+        return Err(error.into());
+    }
+    // Without the list of applied migrations there is no telling what is pending.
+    let Ok(applied) =
+        sqlx::query_scalar::<_, i64>("select version from public._sqlx_migrations where success")
+            .fetch_all(pool)
+            .await
+    else {
+        return Err(error.into());
+    };
+    let pending: Vec<i64> = migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|version| !applied.contains(version))
+        .collect();
+    let (role,): (String,) = sqlx::query_as("select current_user::text")
+        .fetch_one(pool)
+        .await?;
+    Err(StoreError::MigrationsPending {
+        pending: pending.len(),
+        newest: pending.iter().copied().max().unwrap_or_default(),
+        role,
+        reason: error.to_string(),
+    })
 }
 
 /// Whether every migration is applied, unchanged; `false` whenever that cannot be read.

@@ -35,6 +35,11 @@ const TABLE_RIGHTS: &[(&str, &str, &str)] = &[
         "SELECT, INSERT, UPDATE",
         "recording each pass",
     ),
+    (
+        "public._sqlx_migrations",
+        "SELECT",
+        "starting without migrating when every migration is applied",
+    ),
 ];
 
 /// The connected role's name, and every right it lacks to claim requests, write outcomes and

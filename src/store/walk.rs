@@ -12,7 +12,7 @@ use sqlx::{Connection, PgConnection};
 use super::{RunCounts, StoreError};
 
 /// Advisory lock key shared by every process that walks ("ops_walk").
-const WALK_LOCK: i64 = 0x6f70_735f_7761_6c6b;
+pub(super) const WALK_LOCK: i64 = 0x6f70_735f_7761_6c6b;
 
 /// What applying a complete walk did.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +202,22 @@ const WALK_STATEMENT_TIMEOUT: &str = "5min";
 /// is ever cut off by this, its locks and snapshot released.
 const WALK_IDLE_IN_TRANSACTION_TIMEOUT: &str = "1min";
 
+/// Longest the walk waits for Postgres to answer one call — opening, staging a batch, the
+/// whole apply, abandoning — before it takes the connection as dead. The server's timeouts and
+/// keepalives end the server's side of a broken connection; only this ends the walk's side,
+/// which would otherwise wait for an answer forever and hold up every later walk.
+pub const WALK_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// `call`, or `NoAnswer` when it takes longer than `wait`.
+async fn answered_within<T>(
+    wait: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(wait, call)
+        .await
+        .unwrap_or(Err(StoreError::NoAnswer(wait)))
+}
+
 /// The walk connection's options: `options` with statement and idle-in-transaction timeouts,
 /// and TCP keepalives so the server ends the walk of a client that vanished.
 #[doc(hidden)]
@@ -229,6 +245,10 @@ pub struct WalkSession {
     observed_at: DateTime<Utc>,
     /// Listings staged so far, counting repeats; the next listing's position.
     listed: i64,
+    /// How long each call waits for an answer; `WALK_ANSWER_WAIT` unless a test shortens it.
+    answer_wait: std::time::Duration,
+    /// Whether the apply's transaction is open.
+    applying: bool,
 }
 
 impl WalkSession {
@@ -237,6 +257,12 @@ impl WalkSession {
     /// The lock lives on this connection, not a pooled one, so it cannot outlive the walk
     /// inside a recycled connection, and dies with the process.
     pub async fn open(options: &PgConnectOptions) -> Result<Option<WalkSession>, StoreError> {
+        answered_within(WALK_ANSWER_WAIT, Self::connect_and_lock(options)).await
+    }
+
+    async fn connect_and_lock(
+        options: &PgConnectOptions,
+    ) -> Result<Option<WalkSession>, StoreError> {
         let mut connection = PgConnection::connect_with(&walk_connect_options(options)).await?;
         let (locked,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
             .bind(WALK_LOCK)
@@ -246,28 +272,25 @@ impl WalkSession {
             let _ = connection.close().await;
             return Ok(None);
         }
-        // The apply touches few rows of large tables by index; compiling such a statement
-        // costs more than running it.
-        sqlx::query("set jit = off")
-            .execute(&mut connection)
-            .await?;
-        sqlx::query(include_str!("walk/create_staging.sql"))
-            .execute(&mut connection)
-            .await?;
-        sqlx::query(
-            "create temp table walk_batch (\
-                seq bigint, project_id text, raw jsonb, raw_digest bigint, key bigint, old_name text, \
-                old_status text, missing_since timestamptz, name text, status text, created_at timestamptz, \
-                archived_at timestamptz, external_key_id text, residency text)",
-        )
-        .execute(&mut connection)
-        .await?;
+        // Preparing can fail (a role without TEMPORARY on the database): the lock goes with it.
+        if let Err(error) = prepare(&mut connection).await {
+            release(connection).await;
+            return Err(error);
+        }
         Ok(Some(WalkSession {
             connection,
             run_id: 0,
             observed_at: Utc::now(),
             listed: 0,
+            answer_wait: WALK_ANSWER_WAIT,
+            applying: false,
         }))
+    }
+
+    /// Shortens how long each later call waits for Postgres to answer.
+    #[doc(hidden)]
+    pub fn wait_for_answers_at_most(&mut self, wait: std::time::Duration) {
+        self.answer_wait = wait;
     }
 
     /// Names the run this walk records, and when it started.
@@ -284,13 +307,13 @@ impl WalkSession {
     /// batch replaces its earlier listing, so a change reverted during the walk is no change.
     pub async fn stage(&mut self, listings: &[Listing<'_>]) -> Result<usize, StoreError> {
         let batch = LastListings::of(listings, self.listed);
-        sqlx::query(include_str!("walk/stage_listings.sql"))
+        let staging = sqlx::query(include_str!("walk/stage_listings.sql"))
             .bind(&batch.ids)
             .bind(&batch.digests)
             .bind(&batch.raws)
             .bind(&batch.positions)
-            .execute(&mut self.connection)
-            .await?;
+            .execute(&mut self.connection);
+        answered_within(self.answer_wait, async { Ok(staging.await?) }).await?;
         self.listed += i64::try_from(listings.len()).unwrap_or(i64::MAX);
         Ok(batch.ids.len())
     }
@@ -301,7 +324,18 @@ impl WalkSession {
     /// A project counts by its last listing, once. The sanity guard refuses (and rolls back
     /// everything) when the walk would mark more than `1 - min_seen_ratio` of the projects
     /// present before it as missing.
-    pub async fn commit(
+    ///
+    /// Past `WALK_ANSWER_WAIT` without an answer the connection is dropped, which abandons the
+    /// transaction, and the walk fails.
+    pub async fn commit(self, pages: i32, min_seen_ratio: f64) -> Result<ApplyOutcome, StoreError> {
+        answered_within(
+            self.answer_wait,
+            self.apply_and_commit(pages, min_seen_ratio),
+        )
+        .await
+    }
+
+    async fn apply_and_commit(
         mut self,
         pages: i32,
         min_seen_ratio: f64,
@@ -313,8 +347,10 @@ impl WalkSession {
         let applied = self.apply(pages, min_seen_ratio).await;
         match applied {
             Ok(ApplyOutcome::Applied(counts)) => {
-                sqlx::query("commit").execute(&mut self.connection).await?;
+                // A commit can fail too (a deferred check); the lock is released either way.
+                let committed = sqlx::query("commit").execute(&mut self.connection).await;
                 release(self.connection).await;
+                committed?;
                 Ok(ApplyOutcome::Applied(counts))
             }
             Ok(refused) => {
@@ -340,6 +376,8 @@ impl WalkSession {
             )
         };
         sqlx::query("begin").execute(&mut *tx).await?;
+        self.applying = true;
+        let tx = &mut self.connection;
         let (present,): (i64,) = sqlx::query_as(
             "select count(*) from openai.project_current where missing_since is null",
         )
@@ -388,13 +426,27 @@ impl WalkSession {
     }
 
     /// Abandons the walk: nothing it staged is applied, and the lock is released.
+    ///
+    /// Past `WALK_ANSWER_WAIT` without an answer the connection is dropped, which ends the
+    /// server's side too once it notices.
     pub async fn rollback(self) -> Result<(), StoreError> {
+        let wait = self.answer_wait;
         let mut connection = self.connection;
-        // Outside a transaction this only warns; the point is that none is left open.
-        let rolled_back = sqlx::query("rollback").execute(&mut connection).await;
-        release(connection).await;
-        rolled_back?;
-        Ok(())
+        let applying = self.applying;
+        answered_within(wait, async move {
+            let rolled_back = if applying {
+                sqlx::query("rollback")
+                    .execute(&mut connection)
+                    .await
+                    .map(|_| ())
+            } else {
+                Ok(())
+            };
+            release(connection).await;
+            rolled_back?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -448,6 +500,27 @@ async fn collect_changes(
     .fetch_one(&mut *tx)
     .await?;
     Ok(counts)
+}
+
+/// Prepares a locked walk connection: its settings and its staging tables.
+async fn prepare(connection: &mut PgConnection) -> Result<(), StoreError> {
+    // The apply touches few rows of large tables by index; compiling such a statement
+    // costs more than running it.
+    sqlx::query("set jit = off")
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(include_str!("walk/create_staging.sql"))
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(
+        "create temp table walk_batch (\
+            seq bigint, project_id text, raw jsonb, raw_digest bigint, key bigint, old_name text, \
+            old_status text, missing_since timestamptz, name text, status text, created_at timestamptz, \
+            archived_at timestamptz, external_key_id text, residency text)",
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 /// Releases the walk lock, then closes the connection.

@@ -1,6 +1,7 @@
 //! The request worker: claims due requests, creates each project at most once, and settles
 //! ambiguous outcomes by looking at the project list, never by trying again blindly.
 
+mod audit_settle;
 mod candidates;
 mod listener;
 mod reconcile;

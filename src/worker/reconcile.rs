@@ -35,11 +35,27 @@ pub async fn settle_unknown(
 ) -> Result<(), WorkerError> {
     let unknown = store::unknown_requests(&deps.pool).await?;
     let mut unsettled = Vec::new();
+    let own_keys = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        store::own_key_ids(&deps.pool).await?
+    };
     for request in unknown {
         let Some(since) = candidates_since(&request) else {
             continue;
         };
         let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
+        if super::audit_settle::settle_from_audit_log(
+            deps,
+            &request,
+            since - skew,
+            &own_keys,
+            report,
+        )
+        .await?
+        {
+            continue;
+        }
         let stored = store::stored_candidates(&deps.pool, &request.name, since - skew).await?;
         let candidates: Vec<Candidate> = stored
             .into_iter()

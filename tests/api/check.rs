@@ -132,7 +132,7 @@ async fn an_api_refusal_echoing_a_masked_key_leaves_no_key_in_tables_or_logs() {
     let db = TestDb::new().await;
     let emulator = start_emulator(3).await;
     let base = emulator.base_url();
-    let wrong = "sk-admin-wrong-placeholder-0042";
+    let wrong = "sk-admin-wrong-placeholder-QZXW";
     let env = [
         ("DATABASE_URL", db.url.as_str()),
         ("OPENAI_BASE_URL", base.as_str()),
@@ -179,7 +179,7 @@ async fn an_api_refusal_echoing_a_masked_key_leaves_no_key_in_tables_or_logs() {
     ] {
         assert!(!text.contains("sk-"), "{what} holds a key:\n{text}");
         assert!(
-            !text.contains("0042"),
+            !text.contains("QZXW"),
             "{what} holds the key's end:\n{text}"
         );
     }

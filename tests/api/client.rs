@@ -713,3 +713,31 @@ async fn absurd_retry_after_headers_on_a_list_page_are_survived_without_a_long_w
     assert_eq!(emulator.stats().list_calls, 3 + 4);
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn credentials_in_the_base_url_appear_in_no_error_and_no_debug_output() {
+    // Nothing listens on the discard port of loopback: the call fails to connect.
+    let client = client_with(
+        "http://proxy-user:s3cret-pass@127.0.0.1:9/v1",
+        TEST_KEY,
+        Duration::from_secs(2),
+    );
+
+    let error = client
+        .list_page(&ListParams {
+            limit: 1,
+            after: None,
+            include_archived: true,
+        })
+        .await
+        .expect_err("nothing answers");
+
+    for text in [
+        error.to_string(),
+        format!("{error:?}"),
+        format!("{client:?}"),
+    ] {
+        assert!(!text.contains("s3cret-pass"), "{text}");
+        assert!(!text.contains("proxy-user"), "{text}");
+    }
+}

@@ -292,6 +292,61 @@ fn each_unusable_value_is_refused_naming_its_key() {
 }
 
 #[test]
+fn durations_that_are_negative_not_numbers_or_too_long_to_compute_with_are_refused() {
+    let cases = [
+        ("APP_OPENAI__TIMEOUT", "1e19", "openai.timeout"),
+        ("APP_OPENAI__TIMEOUT", "600000000000y", "openai.timeout"),
+        (
+            "APP_REQUESTS__RECONCILE_GRACE",
+            "1e15",
+            "requests.reconcile_grace",
+        ),
+        (
+            "APP_OPENAI__RETRY_MAX_DELAY",
+            "2y",
+            "openai.retry_max_delay",
+        ),
+        (
+            "APP_REQUESTS__POLL_INTERVAL",
+            "-5s",
+            "requests.poll_interval",
+        ),
+        (
+            "APP_REQUESTS__POLL_INTERVAL",
+            "-5",
+            "requests.poll_interval",
+        ),
+        (
+            "APP_REQUESTS__POLL_INTERVAL",
+            "NaN",
+            "requests.poll_interval",
+        ),
+        (
+            "APP_REQUESTS__POLL_INTERVAL",
+            "inf",
+            "requests.poll_interval",
+        ),
+    ];
+    for (variable, value, key) in cases {
+        let message = invalid_message(&[(variable, value)]);
+        assert!(message.contains(key), "{variable}={value}: {message}");
+    }
+    let settings = load(
+        &temp_dir("long-durations"),
+        None,
+        &[
+            ("APP_OPENAI__TIMEOUT", "1e3"),
+            ("APP_REQUESTS__RECONCILE_GRACE", "365d"),
+        ],
+    )
+    .expect("a year at most is accepted");
+    assert_eq!(
+        settings.openai.timeout,
+        std::time::Duration::from_secs(1000)
+    );
+}
+
+#[test]
 fn durations_are_parsed_once_into_typed_settings() {
     let settings = load(
         &temp_dir("durations"),
@@ -341,6 +396,30 @@ fn app_variables_naming_no_key_are_ignored_but_unknown_keys_in_files_are_errors(
         in_file.to_string().contains("pagesize") && in_file.to_string().contains("unknown field"),
         "{in_file}"
     );
+}
+
+#[test]
+fn a_configuration_file_that_does_not_parse_is_refused_without_echoing_its_lines() {
+    let dir = temp_dir("unparsable");
+    for (name, text) in [
+        (
+            "unquoted.toml",
+            "[openai]\nadmin_key = sk-admin-CANARY-placeholder\n",
+        ),
+        (
+            "other-key.toml",
+            "[database]\nurl = postgres://u:CANARY@h/db\n",
+        ),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).expect("write");
+
+        let refused = load(&dir, Some(&file), &[]).expect_err("refused");
+
+        let message = refused.to_string();
+        assert!(!message.contains("CANARY"), "{name}: {message}");
+        assert!(message.contains(name), "{name} names the file: {message}");
+    }
 }
 
 #[test]

@@ -884,7 +884,7 @@ async fn the_same_seed_gives_the_same_costs() {
 }
 
 #[tokio::test]
-async fn sync_costs_runs_one_pass_and_sync_audit_log_is_refused_with_exit_2() {
+async fn sync_costs_runs_one_pass_and_sync_runs_one_after_the_walk_unless_disabled() {
     let f = fixture(3).await;
     let base = f.emulator.base_url();
     let from = date(today() - 3 * DAY).to_string();
@@ -897,7 +897,9 @@ async fn sync_costs_runs_one_pass_and_sync_audit_log_is_refused_with_exit_2() {
     ];
     let costs_only = run_binary_async(&["sync", "costs"], &env).await;
     let both = run_binary_async(&["sync"], &env).await;
-    let audit = run_binary_async(&["sync", "audit-log"], &env).await;
+    let mut disabled_env = env.to_vec();
+    disabled_env.push(("APP_COSTS__ENABLED", "false"));
+    let disabled = run_binary_async(&["sync"], &disabled_env).await;
     let (walks, passes, days): (i64, i64, i32) = sqlx::query_as(
         "select count(*) filter (where resource = 'projects'), count(*) filter (where resource = 'costs'), \
                 coalesce(sum(days_read) filter (where resource = 'costs'), 0)::int from openai.sync_runs where status = 'succeeded'",
@@ -919,9 +921,13 @@ async fn sync_costs_runs_one_pass_and_sync_audit_log_is_refused_with_exit_2() {
             .is_some_and(|w| text.find("cost pass").is_some_and(|c| w < c)),
         "walk, then costs: {text}"
     );
-    assert_eq!(audit.status.code(), Some(2), "{}", output_text(&audit));
-    assert!(output_text(&audit).contains("audit log"));
-    assert_eq!((walks, passes), (1, 2));
+    let text = output_text(&disabled);
+    assert_eq!(disabled.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("sync run") && !text.contains("cost pass"),
+        "{text}"
+    );
+    assert_eq!((walks, passes), (2, 2));
     assert_eq!(days, 4 + 2, "four days, then the two of the window again");
 }
 

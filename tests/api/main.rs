@@ -1,5 +1,6 @@
 //! The one integration-test binary: real Postgres, the emulator, the real binary.
 
+mod audit_log;
 mod check;
 mod client;
 mod config;

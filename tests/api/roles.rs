@@ -139,6 +139,10 @@ async fn check_names_the_grant_a_daemon_role_is_missing() {
                 "grant select, insert, update on openai.project_current to {}",
                 bare.name
             ))
+            && text.contains(&format!(
+                "grant select on public._sqlx_migrations to {}",
+                bare.name
+            ))
             && text.contains("row security"),
         "{text}"
     );
@@ -186,6 +190,136 @@ async fn a_role_that_lost_or_never_had_its_grants_gets_them_from_grant_roles_ide
     );
     assert_eq!(after, Ok(()));
     analyst.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_table_a_later_migration_adds_is_writable_by_the_daemon_role_and_readable_by_analysts() {
+    let db = migrated().await;
+    // As a later migration would, run by the role that ran the earlier ones.
+    sqlx::query(
+        "create table openai.added_later (id bigint generated always as identity, note text)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a later table");
+    let (daemon_writes, daemon_uses_sequence, analyst_reads): (bool, bool, bool) = sqlx::query_as(
+        "select has_table_privilege('openai_daemon', 'openai.added_later', 'SELECT, INSERT, UPDATE'), \
+                has_sequence_privilege('openai_daemon', \
+                    pg_get_serial_sequence('openai.added_later', 'id'), 'USAGE'), \
+                has_table_privilege('openai_analyst', 'openai.added_later', 'SELECT')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("privileges");
+
+    assert!(
+        daemon_writes,
+        "the daemon role cannot write a table added later"
+    );
+    assert!(
+        daemon_uses_sequence,
+        "the daemon role cannot use its sequence"
+    );
+    assert!(analyst_reads, "analysts cannot read a table added later");
+}
+
+#[tokio::test]
+async fn a_daemon_role_that_cannot_apply_a_pending_migration_says_who_must_run_migrate() {
+    let db = migrated().await;
+    let daemon = Login::create(&db, "upgraded", &["openai_daemon"]).await;
+    // As if this version brought a migration the schema's owner has not applied yet.
+    sqlx::query(
+        "delete from public._sqlx_migrations \
+         where version = (select max(version) from public._sqlx_migrations)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("forget the newest migration");
+    let pool = sqlx::PgPool::connect(&db.url_as(&daemon.name))
+        .await
+        .expect("the daemon logs in");
+
+    let refused = openai_project_sync::store::migrate(&pool)
+        .await
+        .expect_err("the daemon role cannot migrate")
+        .to_string();
+    pool.close().await;
+
+    assert!(
+        refused.contains("1 migration(s)")
+            && refused.contains(&daemon.name)
+            && refused.contains("`openai-project-sync migrate` as the owner"),
+        "{refused}"
+    );
+    daemon.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_daemon_role_without_temporary_fails_its_walk_and_leaves_no_walk_lock_behind() {
+    let db = migrated().await;
+    let daemon = Login::create(&db, "notemp", &["openai_daemon"]).await;
+    let (database,): (String,) = sqlx::query_as("select current_database()::text")
+        .fetch_one(&db.pool)
+        .await
+        .expect("name");
+    sqlx::query(&format!(
+        "revoke temporary on database {database} from public"
+    ))
+    .execute(&db.pool)
+    .await
+    .expect("revoke temporary");
+    let options: sqlx::postgres::PgConnectOptions =
+        db.url_as(&daemon.name).parse().expect("URL parses");
+
+    let opened = openai_project_sync::store::WalkSession::open(&options).await;
+    let (locks,): (i64,) = sqlx::query_as(
+        "select count(*) from pg_locks where locktype = 'advisory' and granted \
+         and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("locks");
+
+    assert!(
+        opened
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("permission denied")),
+        "{:?}",
+        opened.as_ref().map(|_| "opened")
+    );
+    assert_eq!(locks, 0, "the walk lock outlived the failed start");
+    daemon.drop_now().await;
+}
+
+#[tokio::test]
+async fn tables_a_lower_numbered_migration_added_after_the_roles_migration_are_granted_on_upgrade()
+{
+    let db = migrated().await;
+    // As a database that had the roles migration before the audit log's lower-numbered one
+    // arrived: the audit tables were made after grant_roles() last ran.
+    sqlx::raw_sql(
+        "revoke all on openai.audit_events, openai.audit_log_state from openai_daemon; \
+         delete from public._sqlx_migrations where version = 13",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("as before the upgrade");
+
+    openai_project_sync::store::migrate(&db.pool)
+        .await
+        .expect("the upgrade migrates");
+
+    let (daemon_writes,): (bool,) = sqlx::query_as(
+        "select has_table_privilege('openai_daemon', 'openai.audit_events', 'SELECT, INSERT, UPDATE') \
+            and has_table_privilege('openai_daemon', 'openai.audit_log_state', 'SELECT, INSERT, UPDATE')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("privileges");
+    assert!(
+        daemon_writes,
+        "the daemon role cannot write the audit log's tables"
+    );
 }
 
 #[tokio::test]

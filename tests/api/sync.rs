@@ -1603,3 +1603,175 @@ async fn a_created_project_whose_walk_rolled_back_still_stops_a_second_request_o
         "{clash:?}"
     );
 }
+
+/// A TCP relay to the test's Postgres that can stop relaying without closing either side, as
+/// a server that vanished behind a network that drops packets looks to the walk.
+struct FreezableRelay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn freezable_relay(db: &TestDb) -> FreezableRelay {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = reqwest::Url::parse(&db.url).expect("the test URL parses");
+    let target = format!(
+        "{}:{}",
+        upstream.host_str().expect("a host"),
+        upstream.port().unwrap_or(5432)
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the relay");
+    let port = listener.local_addr().expect("relay address").port();
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay_frozen = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                ),
+                (Box::new(server_read), Box::new(client_write)),
+            ] {
+                let frozen = relay_frozen.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    while let Ok(read) = from.read(&mut buffer).await {
+                        if read == 0 {
+                            break;
+                        }
+                        if frozen.load(Ordering::SeqCst) {
+                            // Keep both sockets open and never relay again.
+                            std::future::pending::<()>().await;
+                        }
+                        if to.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    FreezableRelay { port, frozen }
+}
+
+#[tokio::test]
+async fn a_walk_whose_database_stops_answering_fails_instead_of_waiting_forever() {
+    let f = fixture(0).await;
+    let relay = freezable_relay(&f.db).await;
+    let through_relay = f.deps.connect.clone().host("127.0.0.1").port(relay.port);
+    let mut session = store::WalkSession::open(&through_relay)
+        .await
+        .expect("open through the relay")
+        .expect("lock is free");
+    session.wait_for_answers_at_most(Duration::from_secs(2));
+    apply(&mut session, &[listed("proj_before", "Before", true)]).await;
+
+    relay
+        .frozen
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let raw = project_text("proj_after", "After", true);
+    let listings = [store::Listing {
+        project_id: "proj_after",
+        raw: &raw,
+        digest: store::content_digest(&raw),
+    }];
+    let staged = tokio::time::timeout(Duration::from_secs(30), session.stage(&listings))
+        .await
+        .expect("staging gives up instead of waiting forever");
+    let abandoned = tokio::time::timeout(Duration::from_secs(30), session.rollback())
+        .await
+        .expect("abandoning the walk does not wait forever either");
+
+    assert!(
+        staged
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("did not answer")),
+        "{staged:?}"
+    );
+    assert!(abandoned.is_err(), "{abandoned:?}");
+    let (stored,): (i64,) = sqlx::query_as("select count(*) from openai.project_current")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0, "nothing was applied");
+}
+
+#[tokio::test]
+async fn an_apply_whose_database_stops_answering_fails_instead_of_waiting_forever() {
+    let f = fixture(0).await;
+    let relay = freezable_relay(&f.db).await;
+    let through_relay = f.deps.connect.clone().host("127.0.0.1").port(relay.port);
+    let mut session = store::WalkSession::open(&through_relay)
+        .await
+        .expect("open through the relay")
+        .expect("lock is free");
+    let (run_id, started) = store::start_run(&f.db.pool, store::Resource::Projects, "manual")
+        .await
+        .expect("run");
+    session.record_as(run_id, started);
+    session.wait_for_answers_at_most(Duration::from_secs(2));
+    apply(&mut session, &[listed("proj_staged", "Staged", true)]).await;
+
+    relay
+        .frozen
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let applied = tokio::time::timeout(Duration::from_secs(30), session.commit(1, 0.5))
+        .await
+        .expect("the apply gives up instead of waiting forever");
+
+    assert!(
+        applied
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("did not answer")),
+        "{applied:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_walk_whose_commit_is_refused_applies_nothing_and_releases_the_walk_lock_at_once() {
+    let f = fixture(0).await;
+    // A check a DBA added, deferred to the commit, refuses every walk that succeeds.
+    sqlx::raw_sql(
+        "create function public.refuse_walks() returns trigger language plpgsql as $$ \
+         begin raise exception 'walks are refused today'; end $$; \
+         create constraint trigger refuse_walks after update on openai.sync_runs \
+         deferrable initially deferred for each row \
+         when (new.status = 'succeeded') execute function public.refuse_walks();",
+    )
+    .execute(&f.db.pool)
+    .await
+    .expect("a deferred check");
+    let mut session = open_walk(&f).await;
+    apply(&mut session, &[listed("proj_refused", "Refused", true)]).await;
+
+    let refused = session.commit(1, 0.5).await;
+    let (locks,): (i64,) = sqlx::query_as(
+        "select count(*) from pg_locks where locktype = 'advisory' and granted \
+         and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("locks");
+
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("walks are refused today")),
+        "{refused:?}"
+    );
+    assert_eq!(locks, 0, "the walk lock outlived the refused commit");
+    let (stored,): (i64,) = sqlx::query_as("select count(*) from openai.project_current")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0, "nothing was applied");
+}

@@ -1,0 +1,843 @@
+//! Who changed a project and exactly when, from the organization's audit log: events applied
+//! to history with their time and author, corrections of what walks saw, and an organization
+//! without audit logging.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use openai_project_sync::audit_log::{self, AuditDeps, AuditOutcome};
+use openai_project_sync::config::AuditLogEnabled;
+use openai_project_sync::emulator::{
+    AuditLogging, DEFAULT_PROJECT_ID, EmulatorConfig, EmulatorHandle, Endpoint, Fault, FaultRule,
+    Freedoms, ListOrder,
+};
+use openai_project_sync::store;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    TEST_KEY, TestDb, client_for, eventually, output_text, row_identities, run_binary_async,
+    start_emulator_with, sync, sync_deps,
+};
+
+struct Org {
+    db: TestDb,
+    emulator: EmulatorHandle,
+    deps: AuditDeps,
+}
+
+async fn org_with(projects: usize, logging: AuditLogging, enabled: AuditLogEnabled) -> Org {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let emulator = start_emulator_with(EmulatorConfig {
+        admin_key: TEST_KEY.into(),
+        projects,
+        archived_ratio: 0.0,
+        seed: 13,
+        audit_logging: logging,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let deps = AuditDeps {
+        pool: db.pool.clone(),
+        client: client_for(&emulator),
+        enabled,
+        overlap: Duration::from_secs(3600),
+    };
+    Org { db, emulator, deps }
+}
+
+async fn org(projects: usize) -> Org {
+    org_with(projects, AuditLogging::On, AuditLogEnabled::Auto).await
+}
+
+/// One walk, so that the organization's projects are known.
+async fn walk(org: &Org) -> openai_project_sync::sync::WalkSummary {
+    sync(&sync_deps(&org.db, client_for(&org.emulator), 100)).await
+}
+
+async fn pass(org: &Org) -> AuditOutcome {
+    audit_log::pass(&org.deps, "manual")
+        .await
+        .expect("the audit-log pass succeeds")
+}
+
+fn active_ids(emulator: &EmulatorHandle) -> Vec<String> {
+    emulator
+        .projects()
+        .into_iter()
+        .filter(|p| !p.is_archived())
+        .map(|p| p.id)
+        .collect()
+}
+
+/// The event the emulator recorded last of `kind` about `project_id`.
+fn event_of(emulator: &EmulatorHandle, kind: &str, project_id: &str) -> Value {
+    emulator
+        .audit_events()
+        .into_iter()
+        .rev()
+        .find(|e| e["type"] == kind && e[kind]["id"] == project_id)
+        .unwrap_or_else(|| panic!("the emulator recorded a {kind} for {project_id}"))
+}
+
+fn time_of(event: &Value) -> DateTime<Utc> {
+    DateTime::from_timestamp(event["effective_at"].as_i64().expect("effective_at"), 0)
+        .expect("a time")
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Change {
+    change: String,
+    changed_at: DateTime<Utc>,
+    new_name: Option<String>,
+    changed_by: Option<String>,
+    time_source: String,
+}
+
+/// The latest change of a project, as analysts read it.
+async fn last_change(db: &TestDb, project_id: &str) -> Change {
+    sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 order by changed_at desc limit 1",
+    )
+    .bind(project_id)
+    .fetch_one(&db.pool)
+    .await
+    .expect("a change")
+}
+
+async fn watermark(db: &TestDb) -> Option<DateTime<Utc>> {
+    store::audit_log_state(&db.pool)
+        .await
+        .expect("state")
+        .watermark
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    n
+}
+
+#[tokio::test]
+async fn a_rename_an_archive_and_a_create_appear_with_the_events_time_and_author_before_any_walk() {
+    let org = org(6).await;
+    walk(&org).await;
+    let ids = active_ids(&org.emulator);
+    let (renamed, archived) = (&ids[0], &ids[1]);
+    org.emulator
+        .rename_as(renamed, "Renamed in the dashboard", "ana@example.com")
+        .expect("renamed");
+    // Through the API with the admin key: filed under the default project.
+    org.deps
+        .client
+        .archive_project(archived)
+        .await
+        .expect("archived");
+    let created = org
+        .emulator
+        .create_as("Made in the dashboard", "bo@example.com");
+
+    let AuditOutcome::Applied(summary) = pass(&org).await else {
+        panic!("the pass applies events");
+    };
+
+    assert_eq!(summary.projects_inserted, 1, "{summary:?}");
+    assert_eq!(summary.projects_changed, 2, "{summary:?}");
+    let rename = last_change(&org.db, renamed).await;
+    assert_eq!(
+        rename,
+        Change {
+            change: "renamed".into(),
+            changed_at: time_of(&event_of(&org.emulator, "project.updated", renamed)),
+            new_name: Some("Renamed in the dashboard".into()),
+            changed_by: Some("ana@example.com".into()),
+            time_source: "audit_log".into(),
+        }
+    );
+    let archive_event = event_of(&org.emulator, "project.archived", archived);
+    assert_eq!(
+        archive_event["project"]["id"], DEFAULT_PROJECT_ID,
+        "admin-key actions are filed under the default project"
+    );
+    let archive = last_change(&org.db, archived).await;
+    assert_eq!(archive.change, "archived");
+    assert_eq!(archive.changed_at, time_of(&archive_event));
+    let key_id = org.emulator.admin_key_id();
+    assert!(
+        archive
+            .changed_by
+            .as_deref()
+            .is_some_and(|by| by.starts_with(&key_id)),
+        "the key's id and owner: {archive:?}"
+    );
+    let create = last_change(&org.db, &created.id).await;
+    assert_eq!(create.change, "created");
+    assert_eq!(
+        create.changed_at,
+        time_of(&event_of(&org.emulator, "project.created", &created.id))
+    );
+    assert_eq!(create.changed_by.as_deref(), Some("bo@example.com"));
+    assert_eq!(
+        count(
+            &org.db,
+            "select count(*) from openai.audit_events where type not like 'project.%'"
+        )
+        .await,
+        0,
+        "events of types not asked for are not stored"
+    );
+
+    // The walk after them finds nothing to do.
+    let before = row_identities(&org.db.pool, None).await;
+    let after_walk = walk(&org).await;
+    assert_eq!(
+        (after_walk.counts.inserted, after_walk.counts.changed),
+        (0, 0),
+        "{:?}",
+        after_walk.counts
+    );
+    assert_eq!(
+        row_identities(&org.db.pool, None).await,
+        before,
+        "0 rows written"
+    );
+}
+
+#[tokio::test]
+async fn a_change_first_seen_by_a_walk_is_corrected_to_the_events_time_and_author() {
+    let org = org(4).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    // The event shows up only later, with its true time.
+    org.emulator.set_audit_delay(Duration::from_millis(1_500));
+    org.emulator
+        .rename_as(&id, "Seen by a walk first", "cy@example.com")
+        .expect("renamed");
+    assert!(
+        matches!(pass(&org).await, AuditOutcome::Idle { .. }),
+        "the event is not visible yet"
+    );
+    walk(&org).await;
+    let observed = last_change(&org.db, &id).await;
+    assert_eq!(observed.time_source, "observed");
+    assert_eq!(observed.changed_by, None);
+    let event_at = time_of(&event_of(&org.emulator, "project.updated", &id));
+    assert!(observed.changed_at > event_at);
+
+    eventually("the late event corrects the walk's version", || async {
+        audit_log::pass(&org.deps, "manual").await.expect("a pass");
+        last_change(&org.db, &id).await.time_source == "audit_log"
+    })
+    .await;
+
+    assert_eq!(
+        last_change(&org.db, &id).await,
+        Change {
+            change: "renamed".into(),
+            changed_at: event_at,
+            new_name: Some("Seen by a walk first".into()),
+            changed_by: Some("cy@example.com".into()),
+            time_source: "audit_log".into(),
+        }
+    );
+    let (ends_at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
+        "select valid_to from openai.project_versions where project_id = $1 and change = 'created'",
+    )
+    .bind(&id)
+    .fetch_one(&org.db.pool)
+    .await
+    .expect("the first version");
+    assert_eq!(
+        ends_at,
+        Some(event_at),
+        "the version before ends where it begins"
+    );
+    let before = row_identities(&org.db.pool, None).await;
+    let again = walk(&org).await;
+    assert_eq!(again.counts.changed, 0);
+    assert_eq!(row_identities(&org.db.pool, None).await, before);
+}
+
+#[tokio::test]
+async fn duplicate_late_and_out_of_order_events_are_harmless() {
+    let org = org(4).await;
+    // Pages of one event in the oldest-first order: every event on a page of its own.
+    org.emulator.set_freedoms(Freedoms {
+        short_pages: Some(1),
+        order: ListOrder::OldestFirst,
+        ..Freedoms::default()
+    });
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "First", "dee@example.com")
+        .expect("renamed");
+    org.emulator
+        .rename_as(&id, "Second", "eve@example.com")
+        .expect("renamed");
+    pass(&org).await;
+    let applied = last_change(&org.db, &id).await;
+    assert_eq!(applied.new_name.as_deref(), Some("Second"));
+    assert_eq!(applied.changed_by.as_deref(), Some("eve@example.com"));
+    let history = row_identities(&org.db.pool, Some(&id)).await;
+
+    // The overlap reads the same events again: duplicates.
+    assert!(matches!(pass(&org).await, AuditOutcome::Idle { .. }));
+    // An event that arrives late and out of order: older than what was applied.
+    let older = applied.changed_at.timestamp() - 600;
+    org.emulator.record_audit_event(
+        "project.updated",
+        older,
+        Some(&id),
+        "late@example.com",
+        json!({"id": id, "changes_requested": {"title": "An old name"}}),
+    );
+    org.emulator.record_audit_event(
+        "project.updated",
+        older,
+        Some(&id),
+        "late@example.com",
+        json!({"id": id, "changes_requested": {"title": "An old name"}}),
+    );
+    pass(&org).await;
+    pass(&org).await;
+
+    assert_eq!(
+        row_identities(&org.db.pool, Some(&id)).await,
+        history,
+        "late, repeated and out-of-order events change nothing"
+    );
+    assert_eq!(last_change(&org.db, &id).await, applied);
+}
+
+#[tokio::test]
+async fn an_idle_poll_costs_one_call_and_writes_no_row_but_its_watermark() {
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Once", "fay@example.com")
+        .expect("renamed");
+    pass(&org).await;
+    let runs = count(&org.db, "select count(*) from openai.sync_runs").await;
+    let rows = row_identities(&org.db.pool, None).await;
+    let events = count(&org.db, "select count(*) from openai.audit_events").await;
+    let state = store::audit_log_state(&org.db.pool).await.expect("state");
+    let calls = org.emulator.stats();
+
+    assert!(matches!(pass(&org).await, AuditOutcome::Idle { .. }));
+
+    let after = org.emulator.stats();
+    assert_eq!(after.audit_log_calls, calls.audit_log_calls + 1, "one call");
+    assert_eq!(after.retrieve_calls, calls.retrieve_calls);
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.sync_runs").await,
+        runs
+    );
+    assert_eq!(row_identities(&org.db.pool, None).await, rows);
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.audit_events").await,
+        events
+    );
+    let idle = store::audit_log_state(&org.db.pool).await.expect("state");
+    assert_eq!(idle.watermark, state.watermark);
+    assert!(
+        idle.polled_at > state.polled_at,
+        "the watermark row is written"
+    );
+}
+
+#[tokio::test]
+async fn the_watermark_does_not_advance_past_a_window_that_failed_half_way() {
+    let org = org(4).await;
+    walk(&org).await;
+    org.emulator.set_freedoms(Freedoms {
+        short_pages: Some(1),
+        ..Freedoms::default()
+    });
+    let ids = active_ids(&org.emulator);
+    for (n, id) in ids.iter().take(3).enumerate() {
+        org.emulator
+            .rename_as(id, &format!("Window {n}"), "gus@example.com")
+            .expect("renamed");
+    }
+    // The first page comes, every later one fails.
+    org.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::AuditLogs,
+        skip: 1,
+        times: None,
+        fault: Fault::ServerError { status: 500 },
+    });
+
+    let failed = audit_log::pass(&org.deps, "manual").await;
+
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(watermark(&org.db).await, None);
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.audit_events").await,
+        0,
+        "nothing of a broken window is stored"
+    );
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.sync_runs where resource = 'audit_log' and status = 'failed'").await,
+        1
+    );
+    assert_eq!(last_change(&org.db, &ids[0]).await.change, "created");
+
+    org.emulator.clear_faults();
+    pass(&org).await;
+    let newest = org
+        .emulator
+        .audit_events()
+        .iter()
+        .filter(|e| e["type"] == "project.updated")
+        .map(time_of)
+        .max();
+    assert_eq!(watermark(&org.db).await, newest);
+    for id in ids.iter().take(3) {
+        assert_eq!(
+            last_change(&org.db, id).await.changed_by.as_deref(),
+            Some("gus@example.com")
+        );
+    }
+}
+
+#[tokio::test]
+async fn audit_logging_off_is_detected_reported_once_and_the_walks_go_on() {
+    for logging in [AuditLogging::OffEmpty, AuditLogging::OffError] {
+        let org = org_with(3, logging, AuditLogEnabled::Auto).await;
+        walk(&org).await;
+        org.emulator
+            .rename_as(&active_ids(&org.emulator)[0], "Unlogged", "hal@example.com")
+            .expect("renamed");
+
+        assert_eq!(
+            pass(&org).await,
+            AuditOutcome::LoggingOff { newly: true },
+            "{logging:?}"
+        );
+        let calls = org.emulator.stats().audit_log_calls;
+        assert_eq!(pass(&org).await, AuditOutcome::LoggingOff { newly: false });
+        assert_eq!(
+            org.emulator.stats().audit_log_calls,
+            calls,
+            "{logging:?}: not asked again at once"
+        );
+        let state = store::audit_log_state(&org.db.pool).await.expect("state");
+        assert_eq!(state.logging, "off");
+
+        let walked = walk(&org).await;
+        assert_eq!(
+            walked.counts.changed, 1,
+            "{logging:?}: the walk records the rename"
+        );
+    }
+
+    // As an operator sees it: `sync` says so in plain words and succeeds; `check` too.
+    let org = org_with(3, AuditLogging::OffError, AuditLogEnabled::Auto).await;
+    let base = org.emulator.base_url();
+    let env = [
+        ("DATABASE_URL", org.db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+    let output = run_binary_async(&["sync"], &env).await;
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("new         3"), "{text}");
+    assert!(
+        text.contains("audit log is off") && text.contains("Organization settings"),
+        "{text}"
+    );
+    let output = run_binary_async(&["check"], &env).await;
+    let text = output_text(&output);
+    assert!(text.contains("ok    audit log: off"), "{text}");
+    let on = org_with(1, AuditLogging::On, AuditLogEnabled::Auto).await;
+    let base = on.emulator.base_url();
+    let output = run_binary_async(
+        &["check"],
+        &[
+            ("DATABASE_URL", on.db.url.as_str()),
+            ("OPENAI_BASE_URL", base.as_str()),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ],
+    )
+    .await;
+    let text = output_text(&output);
+    assert!(text.contains("ok    audit log: on"), "{text}");
+}
+
+#[tokio::test]
+async fn sync_audit_log_runs_one_catch_up_by_hand() {
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "By hand", "ida@example.com")
+        .expect("renamed");
+    let base = org.emulator.base_url();
+    let env = [
+        ("DATABASE_URL", org.db.url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+    let lists = org.emulator.stats().list_calls;
+
+    let output = run_binary_async(&["sync", "audit-log"], &env).await;
+
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("audit log run") && text.contains("changed     1"),
+        "{text}"
+    );
+    assert_eq!(org.emulator.stats().list_calls, lists, "no walk");
+    assert_eq!(
+        last_change(&org.db, &id).await.changed_by.as_deref(),
+        Some("ida@example.com")
+    );
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.sync_runs where resource = 'audit_log' and status = 'succeeded'").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_request_is_settled_from_its_project_created_event() {
+    use crate::requests::{outcome, queue, request, tick};
+
+    let q = queue(5).await;
+    let deps = AuditDeps {
+        pool: q.db.pool.clone(),
+        client: client_for(&q.emulator),
+        enabled: AuditLogEnabled::Auto,
+        overlap: Duration::from_secs(3600),
+    };
+    // A create whose answer came back: its event tells the daemon which key is its own.
+    let known = request(&q.db.pool, "Answered create").await;
+    tick(&q).await;
+    assert_eq!(outcome(&q.db.pool, known).await.0, "created");
+    // The next create lands, but its answer is lost.
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::LostResponse {
+            then: openai_project_sync::emulator::LostAs::ServerError,
+        },
+    });
+    let lost = request(&q.db.pool, "Lost and found").await;
+    tick(&q).await;
+    assert_eq!(outcome(&q.db.pool, lost).await.0, "unknown");
+    // Meanwhile a person makes a project of the same name: a list walk could not tell which is whose.
+    let theirs = q
+        .emulator
+        .create_as("Lost and found", "someone@example.com");
+    audit_log::pass(&deps, "manual").await.expect("a pass");
+
+    let report = tick(&q).await;
+
+    let ours = q
+        .emulator
+        .audit_events()
+        .into_iter()
+        .find(|e| {
+            e["type"] == "project.created"
+                && e["actor"]["type"] == "api_key"
+                && e["project.created"]["data"]["name"] == "Lost and found"
+        })
+        .expect("the daemon's create is in the log");
+    let (status, project_id, error) = outcome(&q.db.pool, lost).await;
+    assert_eq!(status, "created", "{error:?}");
+    assert_eq!(
+        project_id.as_deref(),
+        ours["project.created"]["id"].as_str()
+    );
+    assert_ne!(project_id.as_deref(), Some(theirs.id.as_str()));
+    assert_eq!(report.adopted, 1);
+    assert_eq!(report.walks, 0, "settled before any list walk");
+    assert_eq!(q.emulator.stats().create_calls, 2, "never created twice");
+}
+
+fn daemon_settings(db: &TestDb, base_url: &str) -> openai_project_sync::config::Settings {
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("OPENAI_BASE_URL", base_url),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ("APP_SYNC__SCHEDULE", "0 0 0 1 1 *"),
+        ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+        ("APP_AUDIT_LOG__POLL_INTERVAL", "200ms"),
+    ];
+    openai_project_sync::config::Settings::load(&openai_project_sync::config::Sources {
+        config_dir: Some(std::env::temp_dir().join("ops-no-config-here")),
+        file: None,
+        env: Some(
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+    })
+    .expect("valid settings")
+}
+
+#[tokio::test]
+async fn the_daemon_polls_the_audit_log_every_poll_interval() {
+    let org = org(3).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        daemon_settings(&org.db, &org.emulator.base_url()),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    eventually("the startup walk", || async {
+        count(&org.db, "select count(*) from openai.project_current").await == 3
+    })
+    .await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Polled", "jo@example.com")
+        .expect("renamed");
+
+    eventually("the rename is in history with its author", || async {
+        last_change(&org.db, &id).await.changed_by.as_deref() == Some("jo@example.com")
+    })
+    .await;
+    let walks = count(
+        &org.db,
+        "select count(*) from openai.sync_runs where resource = 'projects'",
+    )
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http_addr))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    shutdown.cancel();
+    assert!(
+        metrics.contains("openai_project_sync_seconds_since_last_success{resource=\"audit_log\"}"),
+        "{metrics}"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(10), daemon.finished).await;
+    assert_eq!(walks, 1, "only the startup walk ran");
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[test]
+fn audit_log_settings_take_auto_true_false_and_durations() {
+    use openai_project_sync::config::{Settings, Sources};
+    let load = |vars: &[(&str, &str)]| {
+        Settings::load(&Sources {
+            config_dir: Some(std::env::temp_dir().join("ops-no-config-here")),
+            file: None,
+            env: Some(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        })
+    };
+    let defaults = load(&[]).expect("defaults");
+    assert_eq!(defaults.audit_log.enabled, AuditLogEnabled::Auto);
+    assert_eq!(defaults.audit_log.poll_interval, Duration::from_secs(30));
+    assert_eq!(defaults.audit_log.overlap, Duration::from_secs(3600));
+    for (given, wanted) in [
+        ("true", AuditLogEnabled::On),
+        ("false", AuditLogEnabled::Off),
+        ("auto", AuditLogEnabled::Auto),
+    ] {
+        let settings = load(&[("APP_AUDIT_LOG__ENABLED", given)]).expect("valid");
+        assert_eq!(settings.audit_log.enabled, wanted, "{given}");
+    }
+    let refused = load(&[("APP_AUDIT_LOG__ENABLED", "sometimes")]).expect_err("refused");
+    assert!(
+        refused.to_string().contains("auto, true or false"),
+        "{refused}"
+    );
+    let refused = load(&[("APP_AUDIT_LOG__POLL_INTERVAL", "0s")]).expect_err("refused");
+    assert!(
+        refused.to_string().contains("audit_log.poll_interval"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn the_emulated_audit_log_filters_pages_newest_first_and_can_be_late_or_off() {
+    let org = org(3).await;
+    let http = reqwest::Client::new();
+    let base = org.emulator.base_url();
+    let get = |query: &str| {
+        let request = http
+            .get(format!("{base}/organization/audit_logs?{query}"))
+            .bearer_auth(TEST_KEY);
+        async move {
+            let response = request.send().await.expect("an answer");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let ids = active_ids(&org.emulator);
+    org.emulator
+        .rename_as(&ids[0], "One", "kim@example.com")
+        .expect("renamed");
+    org.emulator
+        .rename_as(&ids[1], "Two", "kim@example.com")
+        .expect("renamed");
+    org.emulator.record_audit_event(
+        "project.updated",
+        1_000,
+        Some(&ids[2]),
+        "old@example.com",
+        json!({"id": ids[2], "changes_requested": {"title": "Ancient"}}),
+    );
+
+    let (_, all) = get("event_types[]=project.updated&limit=100").await;
+    let times: Vec<i64> = all["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| e["effective_at"].as_i64().expect("time"))
+        .collect();
+    assert_eq!(times.len(), 3);
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    let (_, recent) = get("event_types[]=project.updated&effective_at[gte]=2000").await;
+    assert_eq!(recent["data"].as_array().map(Vec::len), Some(2));
+    let (_, unbracketed) = get("event_types=project.updated&limit=100").await;
+    assert!(
+        unbracketed["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .any(|e| e["type"] == "login.succeeded"),
+        "an unknown filter is ignored: {unbracketed}"
+    );
+    let (_, first) = get("event_types[]=project.updated&limit=1").await;
+    assert_eq!(first["has_more"], true);
+    let after = first["last_id"].as_str().expect("a cursor").to_owned();
+    let (_, second) = get(&format!(
+        "event_types[]=project.updated&limit=1&after={after}"
+    ))
+    .await;
+    assert_ne!(second["data"][0]["id"], first["data"][0]["id"]);
+    let event = &second["data"][0];
+    assert_eq!(
+        event["project"]["id"], event["project.updated"]["id"],
+        "a session's event is filed under its project: {event}"
+    );
+
+    // Late: visible only after the delay, with its true time.
+    org.emulator.set_audit_delay(Duration::from_secs(3600));
+    org.emulator
+        .rename_as(&ids[0], "Late", "kim@example.com")
+        .expect("renamed");
+    let (_, now) = get("event_types[]=project.updated&limit=100").await;
+    assert_eq!(now["data"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        org.emulator.audit_events().len(),
+        5,
+        "recorded all the same"
+    );
+
+    org.emulator.set_audit_logging(AuditLogging::OffError);
+    let (status, body) = get("limit=1").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "audit_logging_disabled");
+    org.emulator.set_audit_logging(AuditLogging::OffEmpty);
+    let (status, body) = get("limit=1").await;
+    assert_eq!(
+        (status, body["data"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+}
+
+#[tokio::test]
+async fn a_correction_never_moves_a_version_to_or_before_the_previous_versions_start() {
+    let org = org(3).await;
+    org.emulator.set_audit_logging(AuditLogging::OffEmpty);
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator.rename(&id, "Middle").expect("renamed");
+    walk(&org).await;
+    org.emulator.rename(&id, "Last").expect("renamed");
+    walk(&org).await;
+    let (middle_from,): (DateTime<Utc>,) = sqlx::query_as(
+        "select valid_from from openai.project_versions where project_id = $1 and name = 'Middle'",
+    )
+    .bind(&id)
+    .fetch_one(&org.db.pool)
+    .await
+    .expect("the middle version");
+    // An event for the last name that claims a time before the middle version began.
+    org.emulator.set_audit_logging(AuditLogging::On);
+    org.emulator.record_audit_event(
+        "project.updated",
+        middle_from.timestamp() - 60,
+        Some(&id),
+        "odd@example.com",
+        json!({"id": id, "changes_requested": {"title": "Last"}}),
+    );
+
+    pass(&org).await;
+
+    let last = last_change(&org.db, &id).await;
+    assert_eq!(last.new_name.as_deref(), Some("Last"));
+    assert!(
+        last.changed_at > middle_from,
+        "{last:?} starts after {middle_from}"
+    );
+    let versions = count(
+        &org.db,
+        &format!("select count(*) from openai.project_versions where project_id = '{id}'"),
+    )
+    .await;
+    assert_eq!(versions, 3);
+}
+
+#[tokio::test]
+async fn events_wait_while_a_walk_holds_the_lock_and_apply_at_the_next_poll() {
+    use sqlx::Connection;
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "After the walk", "lu@example.com")
+        .expect("renamed");
+    // A walk in progress holds the walk lock on a connection of its own.
+    let mut walker = sqlx::PgConnection::connect(&org.db.url)
+        .await
+        .expect("connect");
+    sqlx::query("select pg_advisory_lock(8030044989463555179)")
+        .execute(&mut walker)
+        .await
+        .expect("the walk lock");
+
+    let AuditOutcome::Applied(waiting) = pass(&org).await else {
+        panic!("the events are stored");
+    };
+    assert_eq!(waiting.projects_waiting, 1, "{waiting:?}");
+    assert_eq!(
+        last_change(&org.db, &id).await.change,
+        "created",
+        "nothing applied under a walk"
+    );
+
+    sqlx::query("select pg_advisory_unlock(8030044989463555179)")
+        .execute(&mut walker)
+        .await
+        .expect("the walk ends");
+    let AuditOutcome::Applied(applied) = pass(&org).await else {
+        panic!("the waiting events apply");
+    };
+    assert_eq!((applied.new_events, applied.projects_changed), (0, 1));
+    assert_eq!(
+        last_change(&org.db, &id).await.changed_by.as_deref(),
+        Some("lu@example.com")
+    );
+}
