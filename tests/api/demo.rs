@@ -13,10 +13,9 @@ use crate::helpers::eventually;
 async fn demo_starts_its_own_postgres_syncs_prints_how_to_connect_and_stops_on_ctrl_c() {
     let data_dir = std::env::temp_dir().join(format!("ops-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_openai-project-sync"));
-    command
-        .args([
-            "demo",
+    let data_arg = data_dir.to_string_lossy().to_string();
+    let (demo, printed) = spawn_demo(
+        &[
             "--projects",
             "300",
             "--schedule",
@@ -24,24 +23,10 @@ async fn demo_starts_its_own_postgres_syncs_prints_how_to_connect_and_stops_on_c
             "--churn-secs",
             "1",
             "--data-dir",
-        ])
-        .arg(&data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for var in ["DATABASE_URL", "OPENAI_ADMIN_KEY", "OPENAI_BASE_URL"] {
-        command.env_remove(var);
-    }
-    let mut demo = command.spawn().expect("start the demo");
-    let printed = Arc::new(Mutex::new(String::new()));
-    let sink = printed.clone();
-    let stdout = demo.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let mut text = sink.lock().expect("lock");
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
+            &data_arg,
+        ],
+        &[],
+    );
     let text = || printed.lock().expect("lock").clone();
 
     eventually("the demo prints how to connect", || async {
@@ -78,27 +63,8 @@ async fn demo_starts_its_own_postgres_syncs_prints_how_to_connect_and_stops_on_c
         .await
         .expect("count");
     drop(connection);
-    let interrupted = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
-        .status()
-        .expect("kill");
-    let status = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = demo.try_wait() {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = demo.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .expect("waiter");
+    let status = interrupt(demo).await;
 
-    assert!(interrupted.success());
     assert!(projects >= 300, "{projects}");
     for query in [
         "openai.projects group by status",
