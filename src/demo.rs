@@ -63,18 +63,20 @@ async fn run_with_database(
     local: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let emulator = emulator::start(
-        loopback(8787),
-        EmulatorConfig {
-            admin_key: DEMO_KEY.into(),
-            projects: options.projects,
-            archived_ratio: 0.2,
-            seed: 1,
-            ..EmulatorConfig::default()
-        },
-    )
-    .await
-    .context("could not start the emulator")?;
+    let config = EmulatorConfig {
+        admin_key: DEMO_KEY.into(),
+        projects: options.projects,
+        archived_ratio: 0.2,
+        seed: 1,
+        ..EmulatorConfig::default()
+    };
+    // The usual port when it is free; another demo may take it first, then any free one.
+    let emulator = match emulator::start(loopback(8787), config.clone()).await {
+        Ok(emulator) => emulator,
+        Err(_) => emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+            .await
+            .context("could not start the emulator")?,
+    };
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     env.extend(
         [
@@ -85,7 +87,8 @@ async fn run_with_database(
             ("APP_OPENAI__BASE_URL", emulator.base_url()),
             ("APP_OPENAI__ADMIN_KEY", DEMO_KEY.to_owned()),
             ("APP_SYNC__SCHEDULE", options.schedule.clone()),
-            ("APP_HTTP__LISTEN", loopback(9187).to_string()),
+            // Any free port, printed below: a fixed one could be taken by the time it is bound.
+            ("APP_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     );
