@@ -157,6 +157,8 @@ async fn sigterm_during_a_walk_stops_the_daemon_and_leaves_no_partial_state() {
             ("OPENAI_BASE_URL", &base),
             ("OPENAI_ADMIN_KEY", TEST_KEY),
             ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+            // A platform-injected variable naming no key: warned about, never fatal.
+            ("APP_SERVICE_HOST", "10.0.0.7"),
         ],
     );
     let pid = daemon.id().to_string();
@@ -173,6 +175,12 @@ async fn sigterm_during_a_walk_stops_the_daemon_and_leaves_no_partial_state() {
 
     assert!(signalled.success());
     assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("APP_SERVICE_HOST")
+            && output.contains("ignored")
+            && !output.contains("10.0.0.7"),
+        "the stray variable is warned about by name:\n{output}"
+    );
     let (projects,): (i64,) = sqlx::query_as("select count(*) from openai.project_current")
         .fetch_one(&db.pool)
         .await
