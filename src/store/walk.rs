@@ -671,7 +671,7 @@ async fn mark_vanished(
     sqlx::query(
         "update openai.project_current c set missing_since = $1, \
             last_seen_at = greatest(c.last_seen_at, coalesce( \
-                (select max(started_at) from openai.sync_runs where status = 'succeeded'), c.last_seen_at)) \
+                (select max(started_at) from openai.sync_runs where status = 'succeeded' and resource = 'projects'), c.last_seen_at)) \
          from walk_vanished x where c.key = x.key",
     )
     .bind(observed_at)

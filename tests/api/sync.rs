@@ -477,6 +477,39 @@ async fn a_vanished_project_is_marked_never_deleted_and_reappears_correctly() {
 }
 
 #[tokio::test]
+async fn a_vanished_projects_last_sighting_is_the_last_walk_not_another_resources_pass() {
+    let f = fixture(20).await;
+    let seen = sync(&f.deps).await;
+    let id = f.emulator.projects()[3].id.clone();
+    // A cost pass that succeeded after the walk that last listed the project.
+    sqlx::query(
+        "insert into openai.sync_runs (resource, trigger, status, started_at, finished_at) \
+         values ('costs', 'schedule', 'succeeded', now(), now())",
+    )
+    .execute(&f.db.pool)
+    .await
+    .expect("a cost pass");
+
+    f.emulator.set_hidden(&id, true);
+    sync(&f.deps).await;
+
+    let (last_seen, walk_started): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "select c.last_seen_at, r.started_at from openai.project_current c, openai.sync_runs r \
+             where c.project_id = $1 and r.id = $2",
+        )
+        .bind(&id)
+        .bind(seen.run_id)
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("the vanished project");
+    assert_eq!(
+        last_seen, walk_started,
+        "last seen by the walk that listed it"
+    );
+}
+
+#[tokio::test]
 async fn the_database_refuses_overlapping_empty_and_second_open_versions() {
     let f = fixture(3).await;
     sync(&f.deps).await;
