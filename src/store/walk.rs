@@ -218,6 +218,9 @@ async fn answered_within<T>(
         .unwrap_or(Err(StoreError::NoAnswer(wait)))
 }
 
+/// Memory the walk's connection may give its temporary tables, taken only as they fill.
+const WALK_TEMP_BUFFERS: &str = "128MB";
+
 /// The walk connection's options: `options` with statement and idle-in-transaction timeouts,
 /// and TCP keepalives so the server ends the walk of a client that vanished.
 #[doc(hidden)]
@@ -228,6 +231,9 @@ pub fn walk_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
             "idle_in_transaction_session_timeout",
             WALK_IDLE_IN_TRANSACTION_TIMEOUT,
         ),
+        // The staging table holds every listing of the walk (some 35 MB for 100,000 projects);
+        // kept in the session's memory it is never written out and read back.
+        ("temp_buffers", WALK_TEMP_BUFFERS),
         ("tcp_keepalives_idle", "60"),
         ("tcp_keepalives_interval", "10"),
         ("tcp_keepalives_count", "6"),
