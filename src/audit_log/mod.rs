@@ -112,6 +112,7 @@ async fn pass_inner(
     if deps.enabled == AuditLogEnabled::Off {
         return Ok(AuditOutcome::Disabled);
     }
+    let poll_began = Utc::now();
     let state = store::audit_log_state(&deps.pool).await?;
     let auto = deps.enabled == AuditLogEnabled::Auto;
     if auto && state.logging == "off" {
@@ -123,7 +124,7 @@ async fn pass_inner(
         }
     }
     let overlap = chrono::Duration::from_std(deps.overlap).unwrap_or(chrono::Duration::hours(1));
-    let since = state.watermark.unwrap_or_else(Utc::now) - overlap;
+    let since = state.watermark.unwrap_or(poll_began) - overlap;
     let types: Vec<&str> = PROJECT_EVENT_TYPES
         .iter()
         .chain(MEMBER_EVENT_TYPES.iter())
@@ -168,12 +169,15 @@ async fn pass_inner(
     if state.logging == "off" {
         tracing::info!("the organization's audit log answers again; reading it");
     }
+    // An event dated after this poll began (a server clock ahead, or a bad date) must not carry
+    // the watermark past changes still to come: the watermark never passes the poll's own time.
     let newest = window
         .events
         .iter()
         .map(|e| e.effective_at)
         .max()
-        .and_then(|at| DateTime::from_timestamp(at, 0));
+        .and_then(|at| DateTime::from_timestamp(at, 0))
+        .map(|at| at.min(poll_began));
     let ids: Vec<&str> = window.events.iter().map(|e| e.id.as_str()).collect();
     let unstored = store::unstored_audit_events(&deps.pool, &ids).await?;
     let pending = store::pending_targets(&deps.pool).await?;

@@ -841,3 +841,35 @@ async fn events_wait_while_a_walk_holds_the_lock_and_apply_at_the_next_poll() {
         Some("lu@example.com")
     );
 }
+
+#[tokio::test]
+async fn an_event_dated_in_the_future_does_not_push_the_watermark_past_later_changes() {
+    let org = org(3).await;
+    walk(&org).await;
+    // A server whose clock runs a day ahead for one event (or a hostile one) dates it tomorrow.
+    let tomorrow = Utc::now().timestamp() + 86_400;
+    org.emulator.record_audit_event(
+        "user.added",
+        tomorrow,
+        Some("user-skewed"),
+        "skew@example.com",
+        json!({"id": "user-skewed", "data": {"role": "reader"}}),
+    );
+    pass(&org).await;
+    let mark = watermark(&org.db).await.expect("a watermark");
+    assert!(
+        mark <= Utc::now(),
+        "the watermark {mark} is never later than the poll that stored it"
+    );
+
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "After the skew", "hal@example.com")
+        .expect("renamed");
+    pass(&org).await;
+
+    let applied = last_change(&org.db, &id).await;
+    assert_eq!(applied.new_name.as_deref(), Some("After the skew"));
+    assert_eq!(applied.changed_by.as_deref(), Some("hal@example.com"));
+    assert_eq!(applied.time_source, "audit_log");
+}
