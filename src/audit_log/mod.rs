@@ -130,7 +130,7 @@ async fn pass_inner(
         .chain(MEMBER_EVENT_TYPES.iter())
         .copied()
         .collect();
-    let window = match deps
+    let mut window = match deps
         .client
         .audit_log_window(since.timestamp(), &types)
         .await
@@ -144,6 +144,18 @@ async fn pass_inner(
             return Err(AuditError::Api(error));
         }
     };
+    // An event dated outside the calendar's range cannot be stored: left out, or every poll
+    // would find it new again and no poll would ever be idle.
+    let readable = window.events.len();
+    window
+        .events
+        .retain(|e| DateTime::from_timestamp(e.effective_at, 0).is_some());
+    if window.events.len() < readable {
+        tracing::warn!(
+            left_out = readable - window.events.len(),
+            "the audit log sent events dated outside any storable time; they were left out"
+        );
+    }
     if window.unasked > 0 {
         tracing::warn!(
             unasked = window.unasked,

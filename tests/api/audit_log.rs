@@ -873,3 +873,35 @@ async fn an_event_dated_in_the_future_does_not_push_the_watermark_past_later_cha
     assert_eq!(applied.changed_by.as_deref(), Some("hal@example.com"));
     assert_eq!(applied.time_source, "audit_log");
 }
+
+#[tokio::test]
+async fn an_event_dated_outside_any_storable_time_is_left_out_and_the_next_poll_is_idle() {
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Beside the odd date", "ivy@example.com")
+        .expect("renamed");
+    // Thirty million years from now: a number, but no time a calendar or Postgres holds.
+    org.emulator.record_audit_event(
+        "user.added",
+        1_000_000_000_000_000,
+        Some("user-odd"),
+        "odd@example.com",
+        json!({"id": "user-odd", "data": {"role": "reader"}}),
+    );
+    pass(&org).await;
+    assert_eq!(
+        last_change(&org.db, &id).await.changed_by.as_deref(),
+        Some("ivy@example.com")
+    );
+    assert!(watermark(&org.db).await.is_some(), "the watermark advances");
+    let runs = count(&org.db, "select count(*) from openai.sync_runs").await;
+
+    assert!(matches!(pass(&org).await, AuditOutcome::Idle { .. }));
+    assert_eq!(
+        count(&org.db, "select count(*) from openai.sync_runs").await,
+        runs,
+        "an idle poll starts no run"
+    );
+}
