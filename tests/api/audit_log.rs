@@ -905,3 +905,44 @@ async fn an_event_dated_outside_any_storable_time_is_left_out_and_the_next_poll_
         "an idle poll starts no run"
     );
 }
+
+#[tokio::test]
+async fn a_project_event_dated_in_the_future_never_dates_a_version_after_now() {
+    let org = org(4).await;
+    walk(&org).await;
+    let ids = active_ids(&org.emulator);
+    let tomorrow = Utc::now().timestamp() + 86_400;
+    // Applied from the events: the true rename, and a copy of it a skewed clock dates tomorrow.
+    org.emulator
+        .rename_as(&ids[0], "Renamed today", "jo@example.com")
+        .expect("renamed");
+    org.emulator.record_audit_event(
+        "project.updated",
+        tomorrow,
+        Some(&ids[0]),
+        "skew@example.com",
+        json!({"id": ids[0], "changes_requested": {"title": "Renamed today"}}),
+    );
+    // Seen by a walk first, then corrected: only a future-dated event describes it.
+    org.emulator
+        .rename(&ids[1], "Walked today")
+        .expect("renamed");
+    walk(&org).await;
+    org.emulator.record_audit_event(
+        "project.updated",
+        tomorrow,
+        Some(&ids[1]),
+        "skew@example.com",
+        json!({"id": ids[1], "changes_requested": {"title": "Walked today"}}),
+    );
+    pass(&org).await;
+    let now = Utc::now();
+
+    let applied = last_change(&org.db, &ids[0]).await;
+    assert_eq!(applied.new_name.as_deref(), Some("Renamed today"));
+    assert!(applied.changed_at <= now, "{applied:?}");
+    assert_eq!(applied.changed_by.as_deref(), Some("jo@example.com"));
+    let walked = last_change(&org.db, &ids[1]).await;
+    assert_eq!(walked.new_name.as_deref(), Some("Walked today"));
+    assert!(walked.changed_at <= now, "{walked:?}");
+}

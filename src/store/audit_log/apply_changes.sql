@@ -2,7 +2,7 @@
 -- walk's history rules, with the start an audit event gives: an archive starts at `archived_at`;
 -- another change at the latest event's `effective_at` when that event describes it (a
 -- `project.updated` whose title, if any, is the new name) and is later than the open version's
--- start; otherwise when observed (`$1`). Never before the version it replaces. A rename seen
+-- start and not after now; otherwise when observed (`$1`). Never before the version it replaces. A rename seen
 -- with an archive is two versions, as in a walk.
 -- $1 now, $2 run, $3 ids, $4 raw texts, $5 digests, $6 latest event times, $7 latest event
 -- types, $8 requested titles, $9 authors of the latest events.
@@ -34,7 +34,7 @@ with input as (
         select b.status = 'archived' and b.old_status is distinct from 'archived' as archiving
     ) a
     cross join lateral (
-        select b.event_at > v.valid_from
+        select b.event_at > v.valid_from and b.event_at <= $1
                and ((b.event_type = 'project.archived' and a.archiving)
                     or (b.event_type = 'project.updated' and not a.archiving
                         and (b.event_title is null

@@ -1,7 +1,8 @@
 -- Moves the start of a walk-observed change to the time its audit event gives, and records its
 -- author: the project's stored state is already what the API says now, its open version was
 -- opened by a walk (`observed`), and the latest event describes it (a `project.updated` whose
--- title, if any, is the version's name) and came after the previous version began. The start moves to `effective_at`, never to or before
+-- title, if any, is the version's name), came after the previous version began, and is not
+-- dated after now. The start moves to `effective_at`, never to or before
 -- the previous version's start; the previous version's end moves with it. The row that shrinks
 -- is written first, so the exclusion constraint never sees an overlap, and both rows are one
 -- statement, so the gap check sees the history whole.
@@ -27,7 +28,7 @@ with input as (
         order by p.valid_from desc limit 1
     ) prev
     where x.event_type = 'project.updated'
-      and x.event_at > prev.valid_from
+      and x.event_at > prev.valid_from and x.event_at <= now()
       and v.change in ('renamed', 'updated', 'unarchived', 'reappeared')
       and coalesce(v.time_source, 'observed') = 'observed'
       and (x.event_title is null

@@ -1,5 +1,6 @@
 -- Each project with project events not yet applied: its latest project event of all stored
--- (latest by `effective_at`, then create < update < archive, then id), the other project events
+-- (latest by `effective_at` not after now, a future-dated one only when there is no other,
+-- then create < update < archive, then id), the other project events
 -- of that same second (times are whole seconds: their order is unknown), the authors of its
 -- create and archive events, and the ids of its events to apply.
 with pending as (
@@ -34,7 +35,7 @@ cross join lateral (
     select e.effective_at, e.type, e.raw, e.changed_by from openai.audit_events e
     where e.target_id = p.target_id
       and e.type in ('project.created', 'project.updated', 'project.archived')
-    order by e.effective_at desc,
+    order by e.effective_at <= now() desc, e.effective_at desc,
              case e.type when 'project.archived' then 3 when 'project.updated' then 2 else 1 end desc,
              e.id desc
     limit 1
