@@ -114,7 +114,10 @@ async fn pass_inner(
     }
     let poll_began = Utc::now();
     let state = store::audit_log_state(&deps.pool).await?;
-    let auto = deps.enabled == AuditLogEnabled::Auto;
+    // Once the log has given events, audit logging is on for good (it cannot be turned off): a
+    // refusal then is a failure to report, not an organization without audit logging.
+    let auto = deps.enabled == AuditLogEnabled::Auto
+        && !(state.logging == "on" && store::any_audit_event_stored(&deps.pool).await?);
     if auto && state.logging == "off" {
         let checked = state
             .logging_checked_at

@@ -946,3 +946,35 @@ async fn a_project_event_dated_in_the_future_never_dates_a_version_after_now() {
     assert_eq!(walked.new_name.as_deref(), Some("Walked today"));
     assert!(walked.changed_at <= now, "{walked:?}");
 }
+
+#[tokio::test]
+async fn a_refusal_from_a_log_that_gave_events_is_a_failed_poll_not_logging_off() {
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Logged", "kim@example.com")
+        .expect("renamed");
+    pass(&org).await;
+    // Audit logging cannot be turned off once on: a refusal now is the server failing.
+    org.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::AuditLogs,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::ServerError { status: 403 },
+    });
+
+    let refused = audit_log::pass(&org.deps, "manual").await;
+
+    assert!(refused.is_err(), "{refused:?}");
+    let state = store::audit_log_state(&org.db.pool).await.expect("state");
+    assert_eq!(state.logging, "on");
+    org.emulator
+        .rename_as(&id, "Logged again", "kim@example.com")
+        .expect("renamed");
+    assert!(matches!(pass(&org).await, AuditOutcome::Applied(_)));
+    assert_eq!(
+        last_change(&org.db, &id).await.new_name.as_deref(),
+        Some("Logged again")
+    );
+}
