@@ -8,7 +8,7 @@ use openai_project_sync::emulator::{EmulatorConfig, Endpoint, FaultRates};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    TEST_KEY, TestDb, eventually, spawn_binary, start_emulator_with, wait_for_exit,
+    TEST_KEY, TestDb, eventually, spawn_binary, start_emulator, start_emulator_with, wait_for_exit,
 };
 
 fn settings(db: &TestDb, base_url: &str, schedule: &str) -> Settings {
@@ -52,12 +52,7 @@ async fn get(url: &str) -> (u16, String) {
 #[tokio::test]
 async fn the_daemon_syncs_at_start_and_on_schedule_serves_probes_and_metrics_and_stops_cleanly() {
     let db = TestDb::new().await;
-    let emulator = start_emulator_with(EmulatorConfig {
-        admin_key: TEST_KEY.into(),
-        projects: 150,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = start_emulator(150).await;
     let shutdown = CancellationToken::new();
 
     let daemon = openai_project_sync::app::start_daemon(
@@ -136,12 +131,7 @@ async fn readiness_fails_until_a_sync_has_succeeded() {
 #[tokio::test]
 async fn sigterm_during_a_walk_stops_the_daemon_and_leaves_no_partial_state() {
     let db = TestDb::new().await;
-    let emulator = start_emulator_with(EmulatorConfig {
-        admin_key: TEST_KEY.into(),
-        projects: 1_250,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = start_emulator(1_250).await;
     emulator.set_rates(
         Endpoint::List,
         FaultRates {
@@ -206,12 +196,7 @@ async fn sigterm_during_a_walk_stops_the_daemon_and_leaves_no_partial_state() {
 #[tokio::test]
 async fn a_second_sync_while_one_runs_says_so_and_exits_1() {
     let db = TestDb::new().await;
-    let emulator = start_emulator_with(EmulatorConfig {
-        admin_key: TEST_KEY.into(),
-        projects: 1_000,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = start_emulator(1_000).await;
     emulator.set_rates(
         Endpoint::List,
         FaultRates {
@@ -412,12 +397,7 @@ async fn a_status_that_disappeared_is_gone_from_the_next_scrape_and_the_queue_ag
 #[tokio::test]
 async fn each_failed_walk_the_daemon_survives_is_logged_once_with_what_happens_next() {
     let db = TestDb::new().await;
-    let emulator = start_emulator_with(EmulatorConfig {
-        admin_key: TEST_KEY.into(),
-        projects: 30,
-        ..EmulatorConfig::default()
-    })
-    .await;
+    let emulator = start_emulator(30).await;
     emulator.push_fault(openai_project_sync::emulator::FaultRule {
         endpoint: Endpoint::List,
         skip: 0,
