@@ -2,7 +2,8 @@
 //! of pages in a temporary table as it arrives, and applies a complete walk in one short
 //! transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -251,6 +252,11 @@ pub struct WalkSession {
     observed_at: DateTime<Utc>,
     /// Listings staged so far, counting repeats; the next listing's position.
     listed: i64,
+    /// A hash of each id staged so far, to notice an id listed again in a later batch.
+    staged_ids: HashSet<u64>,
+    hasher: RandomState,
+    /// Ids (possibly) staged in more than one batch: only their last listing is applied.
+    relisted: Vec<String>,
     /// How long each call waits for an answer; `WALK_ANSWER_WAIT` unless a test shortens it.
     answer_wait: std::time::Duration,
     /// Whether the apply's transaction is open.
@@ -288,6 +294,9 @@ impl WalkSession {
             run_id: 0,
             observed_at: Utc::now(),
             listed: 0,
+            staged_ids: HashSet::new(),
+            hasher: RandomState::new(),
+            relisted: Vec::new(),
             answer_wait: WALK_ANSWER_WAIT,
             applying: false,
         }))
@@ -313,6 +322,12 @@ impl WalkSession {
     /// batch replaces its earlier listing, so a change reverted during the walk is no change.
     pub async fn stage(&mut self, listings: &[Listing<'_>]) -> Result<usize, StoreError> {
         let batch = LastListings::of(listings, self.listed);
+        for id in &batch.ids {
+            // Two ids of one hash only cost the second a needless look at the apply.
+            if !self.staged_ids.insert(self.hasher.hash_one(id)) {
+                self.relisted.push((*id).to_owned());
+            }
+        }
         let staging = sqlx::query(include_str!("walk/stage_listings.sql"))
             .bind(&batch.ids)
             .bind(&batch.digests)
@@ -346,6 +361,9 @@ impl WalkSession {
         pages: i32,
         min_seen_ratio: f64,
     ) -> Result<ApplyOutcome, StoreError> {
+        if !self.relisted.is_empty() {
+            drop_earlier_listings(&mut self.connection, &self.relisted).await?;
+        }
         // The statements below join the whole staging table: give the planner its real size.
         sqlx::query("analyze walk_staged")
             .execute(&mut self.connection)
@@ -389,9 +407,21 @@ impl WalkSession {
         )
         .fetch_one(&mut *tx)
         .await?;
+        sqlx::query(include_str!("walk/classify.sql"))
+            .execute(&mut *tx)
+            .await?;
+        step("classify");
         let inserted = insert_new(tx, self.run_id, self.observed_at).await?;
         step("insert new");
-        let (changed, reappeared) = collect_changes(tx, self.observed_at).await?;
+        let (seen,): (i64,) = sqlx::query_as("select count(*) from walk_staged")
+            .fetch_one(&mut *tx)
+            .await?;
+        // When every listing was new there is nothing stored to compare it with.
+        let (changed, reappeared) = if inserted < seen {
+            collect_changes(tx, self.observed_at).await?
+        } else {
+            (0, 0)
+        };
         step("collect changes");
         if changed + reappeared > 0 {
             apply_changes(tx, self.run_id, self.observed_at).await?;
@@ -414,9 +444,6 @@ impl WalkSession {
             mark_vanished(tx, self.run_id, self.observed_at).await?;
         }
         step("vanished");
-        let (seen,): (i64,) = sqlx::query_as("select count(*) from walk_staged")
-            .fetch_one(&mut *tx)
-            .await?;
         let figure = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
         let counts = RunCounts {
             pages,
@@ -456,8 +483,9 @@ impl WalkSession {
     }
 }
 
-/// Inserts the staged projects that are not stored yet, with their first versions; returns
-/// how many. One the request worker stored since it was staged is compared like any other.
+/// Inserts the classified projects that were not stored, with their first versions; returns
+/// how many. One the request worker stored meanwhile is classified as stored instead, so it is
+/// compared like any other.
 async fn insert_new(
     tx: &mut PgConnection,
     run_id: i64,
@@ -476,14 +504,32 @@ async fn insert_new(
     .await?;
     if !stored_since.is_empty() {
         sqlx::query(
-            "update walk_staged s set key = c.key from openai.project_current c \
-             where s.project_id = any($1) and c.project_id = s.project_id",
+            "update walk_classified x set key = c.key, first_seen_at = c.first_seen_at \
+             from openai.project_current c \
+             where x.project_id = any($1) and x.seq is not null and c.project_id = x.project_id",
         )
         .bind(&stored_since)
         .execute(&mut *tx)
         .await?;
     }
     Ok(inserted)
+}
+
+/// Removes every staged listing of `ids` but the last, so each id counts once, as last listed.
+async fn drop_earlier_listings(
+    connection: &mut PgConnection,
+    ids: &[String],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "delete from walk_staged s using ( \
+            select project_id, max(seq) as last_seq from walk_staged \
+            where project_id = any($1) group by project_id) l \
+         where s.project_id = l.project_id and s.seq < l.last_seq",
+    )
+    .bind(ids)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 /// Collects the staged projects that changed or reappeared into `walk_batch`; returns
@@ -513,6 +559,11 @@ async fn prepare(connection: &mut PgConnection) -> Result<(), StoreError> {
     // The apply touches few rows of large tables by index; compiling such a statement
     // costs more than running it.
     sqlx::query("set jit = off")
+        .execute(&mut *connection)
+        .await?;
+    // The classification hashes the stored projects' ids and digests (some 10 MB for 100,000
+    // projects): in memory, in one batch.
+    sqlx::query("set work_mem = '64MB'")
         .execute(&mut *connection)
         .await?;
     sqlx::query(include_str!("walk/create_staging.sql"))
@@ -622,22 +673,21 @@ async fn apply_changes(
     Ok(())
 }
 
-/// Collects into `walk_vanished` the present projects this complete walk did not list, and
-/// counts them.
+/// Collects into `walk_vanished` the present projects this complete walk did not list (as
+/// classified), and counts them.
 async fn find_vanished(
     tx: &mut PgConnection,
     observed_at: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    // `commit` analyzed walk_staged: this joins it with the whole table. A project the request
-    // queue created in the last hour may not be listed yet (lists can lag a create): not seeing
-    // it is no sign that it vanished.
+    // The classification holds every present project the walk did not list. A project the
+    // request queue created in the last hour may not be listed yet (lists can lag a create):
+    // not seeing it is no sign that it vanished.
     sqlx::query(
         "create temp table walk_vanished on commit drop as \
-         select c.key from openai.project_current c \
-         where c.missing_since is null and c.first_seen_at < $1 \
-           and not exists (select 1 from walk_staged s where s.project_id = c.project_id) \
+         select x.key from walk_classified x \
+         where x.seq is null and x.first_seen_at < $1 \
            and not exists (select 1 from openai.project_requests r \
-                           where r.project_id = c.project_id and r.finished_at > $1 - interval '1 hour')",
+                           where r.project_id = x.project_id and r.finished_at > $1 - interval '1 hour')",
     )
     .bind(observed_at)
     .execute(&mut *tx)

@@ -1,15 +1,13 @@
--- The walk's staging table, on its own connection: one row per listed project id, the last
--- listing of it winning. Pages land here as they arrive, outside any transaction; nothing a
--- reader can see changes until the apply.
---   seq       the listing's position in the walk
---   raw_text  the API's JSON for the project, exactly as received
---   key       the project's key when it was already stored at staging (keys are never removed)
---   raw       the parsed JSON, when the project looked new or changed at staging
+-- The walk's staging table, on its own connection: one row per listing received, appended as
+-- pages arrive, outside any transaction, with no index to maintain and nothing looked up. An id
+-- listed again later in the walk has its earlier rows removed before the apply, so the last
+-- listing of each id counts. Nothing a reader can see changes until the apply.
+--   seq     the listing's position in the walk
+--   digest  `content_digest` of the API's JSON text for the project, exactly as received
+--   raw     that JSON, parsed while the next page is on its way
 create temp table walk_staged (
     seq bigint not null,
-    project_id text primary key,
+    project_id text not null,
     digest bigint not null,
-    raw_text text not null,
-    key bigint,
-    raw jsonb
+    raw jsonb not null
 )

@@ -1,8 +1,8 @@
--- Inserts every staged project that is not stored yet and opens its first versions; $1 is the
--- walk's observation time, $2 its run. Returns how many were inserted, and the ids that turned
--- out to be stored after all (the request worker may have recorded one since it was staged).
+-- Inserts every classified listing of a project that was not stored and opens its first
+-- versions; $1 is the walk's observation time, $2 its run. An id the request worker stored
+-- since the classification is skipped (`on conflict`) and returned, to be compared instead.
 with unknown as materialized (
-    select s.project_id, s.digest, coalesce(s.raw, s.raw_text::jsonb) as raw
-    from walk_staged s
-    where s.key is null
+    select x.project_id, x.digest, x.raw
+    from walk_classified x
+    where x.seq is not null and x.key is null
 ),
