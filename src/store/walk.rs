@@ -364,8 +364,9 @@ impl WalkSession {
         if !self.relisted.is_empty() {
             drop_earlier_listings(&mut self.connection, &self.relisted).await?;
         }
-        // The statements below join the whole staging table: give the planner its real size.
-        sqlx::query("analyze walk_staged")
+        // The classification joins the whole staging table on its ids: give the planner their
+        // real number (the parsed listings need no statistics).
+        sqlx::query("analyze walk_staged (project_id)")
             .execute(&mut self.connection)
             .await?;
         let applied = self.apply(pages, min_seen_ratio).await;
@@ -402,6 +403,11 @@ impl WalkSession {
         sqlx::query("begin").execute(&mut *tx).await?;
         self.applying = true;
         let tx = &mut self.connection;
+        // A walk lost to a crash right after its commit is recorded nowhere, its run row
+        // included, and the next walk applies the same listings: no need to wait for the flush.
+        sqlx::query("set local synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         let (present,): (i64,) = sqlx::query_as(
             "select count(*) from openai.project_current where missing_since is null",
         )
