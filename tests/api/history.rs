@@ -160,3 +160,39 @@ async fn moving_a_version_to_another_project_a_version_under_another_key_before_
         assert_eq!(code, "23000", "{what}: {message}");
     }
 }
+
+#[tokio::test]
+async fn a_version_added_before_a_projects_first_is_accepted_only_when_it_ends_where_the_first_begins()
+ {
+    let db = synced(5).await;
+    let (id,): (String,) =
+        sqlx::query_as("select project_id from openai.project_current order by key limit 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("a project");
+    let before_first = |starts: &str, ends: &str| {
+        format!(
+            "insert into openai.project_versions \
+                (project_key, project_id, name, status, created_at, raw, change, valid_from, valid_to) \
+             select project_key, project_id, 'Earlier', status, created_at, raw, 'created', \
+                    valid_from - interval '{starts}', valid_from - interval '{ends}' \
+             from openai.project_versions where project_id = '{id}' order by valid_from limit 1"
+        )
+    };
+
+    let (code, message) = refused(&db, &before_first("2 days", "1 day")).await;
+    assert_eq!(code, "23000", "a day missing before the first: {message}");
+    assert!(message.contains("would have a gap"), "{message}");
+
+    sqlx::query(&before_first("1 day", "0 days"))
+        .execute(&db.pool)
+        .await
+        .expect("a version ending where the first begins leaves no gap");
+    let (versions,): (i64,) =
+        sqlx::query_as("select count(*) from openai.project_versions where project_id = $1")
+            .bind(&id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(versions, 2);
+}
