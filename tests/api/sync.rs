@@ -1486,6 +1486,92 @@ async fn a_change_written_after_its_page_was_staged_is_compared_again_at_the_app
     assert_history_is_contiguous(&f.db.pool).await;
 }
 
+/// Records a project as the request worker does after creating it, in a transaction left open:
+/// nobody sees the project until it commits, but its id is taken.
+async fn worker_storing(
+    pool: &PgPool,
+    id: &str,
+    name: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let raw = project_text(id, name, true);
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query(
+        "with fresh as ( \
+            insert into openai.project_current \
+                (project_id, name, status, created_at, raw, raw_digest, first_seen_at, last_seen_at) \
+            select $1, $2, 'active', to_timestamp(1700000000), $3::jsonb, $4, now(), now() \
+            returning key, project_id, name, status, created_at, raw \
+         ) \
+         insert into openai.project_versions \
+            (project_key, project_id, name, status, created_at, raw, change, valid_from) \
+         select key, project_id, name, status, created_at, raw, 'created', created_at from fresh",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(&raw)
+    .bind(store::content_digest(&raw))
+    .execute(&mut *tx)
+    .await
+    .expect("the worker's insert");
+    tx
+}
+
+#[tokio::test]
+async fn a_listing_of_a_project_the_worker_stored_during_the_apply_is_applied_like_any_other() {
+    let f = fixture(0).await;
+    let mut session = open_walk(&f).await;
+    apply(&mut session, &[listed("proj_stays", "Unchanged", true)]).await;
+    commit(session, 1).await;
+
+    let mut session = open_walk(&f).await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_stays", "Unchanged", true),
+            listed("proj_raced", "Renamed since it was created", true),
+        ],
+    )
+    .await;
+    // The worker records the project it created; the apply classifies the listing as new, then
+    // waits on the worker's insert of the same id, which commits before the walk's insert ends.
+    let worker = worker_storing(&f.db.pool, "proj_raced", "As created").await;
+    let applying = tokio::spawn(async move { session.commit(1, 0.5).await });
+    eventually("the walk's insert waits on the worker's", || async {
+        let (waiting,): (bool,) = sqlx::query_as(
+            "select exists (select 1 from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock')",
+        )
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("activity");
+        waiting
+    })
+    .await;
+    worker.commit().await.expect("the worker commits");
+    let outcome = applying
+        .await
+        .expect("the apply task")
+        .expect("the walk applies");
+    let store::ApplyOutcome::Applied(counts) = outcome else {
+        panic!("{outcome:?}")
+    };
+
+    assert_eq!(
+        (counts.seen, counts.inserted),
+        (2, 0),
+        "the project is stored once, by the worker"
+    );
+    assert_eq!(
+        current(&f.db.pool)
+            .await
+            .get("proj_raced")
+            .map(|r| r.0.clone()),
+        Some(Some("Renamed since it was created".to_owned())),
+        "the complete walk's listing is compared and applied, even with no other change in the walk"
+    );
+    assert_history_is_contiguous(&f.db.pool).await;
+}
+
 /// A project created upstream under `name`, its request `creating` (id 1), and a slow walk that
 /// has already staged the page holding the project: the walk's transaction holds its row.
 struct CreatedDuringAWalk {
