@@ -423,13 +423,15 @@ impl WalkSession {
             .fetch_one(&mut *tx)
             .await?;
         // When every listing was new there is nothing stored to compare it with.
-        let (changed, reappeared) = if inserted < seen {
+        let (collected, changed, reappeared) = if inserted < seen {
             collect_changes(tx, self.observed_at).await?
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
         step("collect changes");
-        if changed + reappeared > 0 {
+        // Everything collected is applied, a project the request worker stored meanwhile
+        // included, though it is not counted as changed.
+        if collected > 0 {
             apply_changes(tx, self.run_id, self.observed_at).await?;
             step("apply changes");
         }
@@ -539,17 +541,17 @@ async fn drop_earlier_listings(
 }
 
 /// Collects the staged projects that changed or reappeared into `walk_batch`; returns
-/// (changed, reappeared).
+/// (collected, changed, reappeared).
 async fn collect_changes(
     tx: &mut PgConnection,
     observed_at: DateTime<Utc>,
-) -> Result<(i64, i64), StoreError> {
+) -> Result<(i64, i64, i64), StoreError> {
     sqlx::query(include_str!("walk/collect_changes.sql"))
         .execute(&mut *tx)
         .await?;
     // A project the request worker stored after this walk began counts as new, not changed.
     let counts = sqlx::query_as(
-        "select count(*) filter (where b.missing_since is null and c.first_seen_at < $1), \
+        "select count(*), count(*) filter (where b.missing_since is null and c.first_seen_at < $1), \
                 count(*) filter (where b.missing_since is not null) \
          from walk_batch b cross join lateral ( \
             select first_seen_at from openai.project_current where key = b.key limit 1) c",

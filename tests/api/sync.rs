@@ -1598,11 +1598,11 @@ async fn created_during_a_walk(f: &Fixture, name: &str) -> CreatedDuringAWalk {
         .wait_for(|&p| p >= 1)
         .await
         .expect("the walk stages pages");
-    let raw = serde_json::json!({
-        "id": project.id, "object": "organization.project", "name": project.name,
-        "created_at": project.created_at, "status": "active"
-    })
-    .to_string();
+    // What the worker records: the API's own JSON for the project, as its create answered.
+    let raw = client_for(&f.emulator)
+        .retrieve_project_raw(&project.id)
+        .await
+        .expect("the project as the API writes it");
     CreatedDuringAWalk {
         project,
         attempt_id,
