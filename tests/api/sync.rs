@@ -1572,6 +1572,62 @@ async fn a_listing_of_a_project_the_worker_stored_during_the_apply_is_applied_li
     assert_history_is_contiguous(&f.db.pool).await;
 }
 
+#[tokio::test]
+async fn terminating_the_walks_connection_during_its_apply_applies_nothing_and_frees_the_lock() {
+    let f = fixture(0).await;
+    let mut session = open_walk(&f).await;
+    apply(&mut session, &[listed("proj_kept", "Kept", true)]).await;
+    commit(session, 1).await;
+    let before = row_identities(&f.db.pool, None).await;
+
+    let mut session = open_walk(&f).await;
+    apply(
+        &mut session,
+        &[
+            listed("proj_kept", "Renamed by the cut walk", true),
+            listed("proj_new", "New in the cut walk", true),
+            listed("proj_raced", "Listed", true),
+        ],
+    )
+    .await;
+    // The apply has classified and is inserting when it waits on the worker's insert.
+    let worker = worker_storing(&f.db.pool, "proj_raced", "As created").await;
+    let applying = tokio::spawn(async move { session.commit(1, 0.5).await });
+    eventually("the walk's insert waits on the worker's", || async {
+        let (waiting,): (bool,) = sqlx::query_as(
+            "select exists (select 1 from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock')",
+        )
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("activity");
+        waiting
+    })
+    .await;
+    let (terminated,): (i64,) = sqlx::query_as(
+        "select count(pg_terminate_backend(pid)) from pg_locks \
+         where locktype = 'advisory' and granted \
+           and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("terminate the walk's backend");
+    assert_eq!(terminated, 1);
+    let outcome = applying.await.expect("the apply task");
+    worker.rollback().await.expect("the worker gives up");
+
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert_eq!(
+        row_identities(&f.db.pool, None).await,
+        before,
+        "nothing of the cut apply was written"
+    );
+    let next = store::WalkSession::open(&f.deps.connect)
+        .await
+        .expect("open");
+    assert!(next.is_some(), "the walk lock died with the connection");
+}
+
 /// A project created upstream under `name`, its request `creating` (id 1), and a slow walk that
 /// has already staged the page holding the project: the walk's transaction holds its row.
 struct CreatedDuringAWalk {
