@@ -403,8 +403,9 @@ impl WalkSession {
         sqlx::query("begin").execute(&mut *tx).await?;
         self.applying = true;
         let tx = &mut self.connection;
-        // A walk lost to a crash right after its commit is recorded nowhere, its run row
-        // included, and the next walk applies the same listings: no need to wait for the flush.
+        // A walk lost to a crash right after its commit loses nothing the next walk does not
+        // apply again (its run row, written before, is then marked failed): no need to wait for
+        // the flush. Every later commit flushes the log up to its own point, this one's included.
         sqlx::query("set local synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
