@@ -98,14 +98,14 @@ fn number_text(raw: &RawValue) -> Result<Option<&str>, String> {
     Ok(Some(number))
 }
 
-/// A piece of a page's text: a span of the body as received, or owned when the JSON escaped it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A piece of a page's text: a span of the body as received, or one of the page's unescaped
+/// strings when the JSON escaped it. Twelve bytes, so a page's results cost little beside its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Text {
     Null,
-    Span { from: usize, to: usize },
-    Owned(Box<str>),
+    Span { from: u32, to: u32 },
+    Unescaped(u32),
 }
-
 /// One query of the Costs API: a fixed window so `next_page` tokens stay valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CostQuery {
@@ -146,6 +146,8 @@ pub struct CostBucket {
 #[derive(Debug, Clone)]
 pub struct CostPage {
     body: bytes::Bytes,
+    /// The strings the JSON wrote with escapes, unescaped.
+    unescaped: Vec<Box<str>>,
     pub buckets: Vec<CostBucket>,
     /// Results left out because they carried no amount (never stored as 0).
     pub without_amount: u64,
@@ -156,35 +158,71 @@ pub struct CostPage {
 
 impl CostPage {
     /// The text `text` stands for, `None` for null.
-    pub fn text<'a>(&'a self, text: &'a Text) -> Option<&'a str> {
-        match text {
+    pub fn text(&self, text: &Text) -> Option<&str> {
+        match *text {
             Text::Null => None,
             Text::Span { from, to } => self
                 .body
-                .get(*from..*to)
+                .get(usize::try_from(from).ok()?..usize::try_from(to).ok()?)
                 .and_then(|bytes| std::str::from_utf8(bytes).ok()),
-            Text::Owned(owned) => Some(owned),
+            Text::Unescaped(n) => self.unescaped.get(usize::try_from(n).ok()?).map(|s| &**s),
+        }
+    }
+
+    /// How many results the page holds.
+    pub fn results(&self) -> usize {
+        self.buckets.iter().map(|b| b.results.len()).sum()
+    }
+}
+
+/// Turns a page's fields into `Text`: spans of its body where the JSON wrote them plainly.
+struct Texts<'b> {
+    body: &'b [u8],
+    unescaped: Vec<Box<str>>,
+}
+
+impl Texts<'_> {
+    /// Where `piece`, a slice of the body, lies in it; kept aside if it is not one.
+    fn of(&mut self, piece: &str) -> Text {
+        let span = piece
+            .as_ptr()
+            .addr()
+            .checked_sub(self.body.as_ptr().addr())
+            .and_then(|from| Some((from, from.checked_add(piece.len())?)))
+            .filter(|&(_, to)| to <= self.body.len())
+            .and_then(|(from, to)| Some((u32::try_from(from).ok()?, u32::try_from(to).ok()?)));
+        match span {
+            Some((from, to)) => Text::Span { from, to },
+            None => self.keep(piece.into()),
+        }
+    }
+
+    fn keep(&mut self, owned: Box<str>) -> Text {
+        match u32::try_from(self.unescaped.len()) {
+            Ok(n) => {
+                self.unescaped.push(owned);
+                Text::Unescaped(n)
+            }
+            // Four billion escaped strings on one page: never; say nothing rather than a guess.
+            Err(_) => Text::Null,
+        }
+    }
+
+    /// A string field: a span when the JSON wrote it plainly, unescaped when it did not.
+    fn string(&mut self, value: Option<Str<'_>>) -> Text {
+        match value.map(|s| s.0) {
+            None => Text::Null,
+            Some(Cow::Borrowed(piece)) => self.of(piece),
+            Some(Cow::Owned(owned)) => self.keep(owned.into_boxed_str()),
         }
     }
 }
 
-/// Where `piece`, a slice of `body`, lies in it.
-fn span_of(body: &[u8], piece: &str) -> Option<Text> {
-    let from = piece.as_ptr().addr().checked_sub(body.as_ptr().addr())?;
-    let to = from.checked_add(piece.len())?;
-    (to <= body.len()).then_some(Text::Span { from, to })
-}
-
-/// A string field as a span of the body when the JSON wrote it plainly, owned when escaped.
-fn text_of(body: &[u8], value: Option<Cow<'_, str>>) -> Text {
-    match value {
-        None => Text::Null,
-        Some(Cow::Borrowed(piece)) => {
-            span_of(body, piece).unwrap_or_else(|| Text::Owned(piece.into()))
-        }
-        Some(Cow::Owned(owned)) => Text::Owned(owned.into_boxed_str()),
-    }
-}
+/// A JSON string, borrowed from the body unless it has escapes. (Serde borrows a `Cow` only
+/// when it is the field's whole type, not inside an `Option`: hence the wrapper.)
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize)]
 struct PageBody<'a> {
@@ -206,15 +244,15 @@ struct BucketBody<'a> {
 #[derive(Deserialize)]
 struct ResultFields<'a> {
     #[serde(borrow, default)]
-    project_id: Option<Cow<'a, str>>,
+    project_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    line_item: Option<Cow<'a, str>>,
+    line_item: Option<Str<'a>>,
     #[serde(borrow, default)]
     amount: Option<AmountFields<'a>>,
     #[serde(borrow, default)]
     quantity: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    quantity_unit: Option<Cow<'a, str>>,
+    quantity_unit: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -222,7 +260,7 @@ struct AmountFields<'a> {
     #[serde(borrow, default)]
     value: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    currency: Option<Cow<'a, str>>,
+    currency: Option<Str<'a>>,
 }
 
 impl AdminClient {
@@ -314,6 +352,10 @@ impl CostWalk {
         let parsed: PageBody<'_> = serde_json::from_slice(&body)
             .map_err(|e| decode(format!("the costs page is not the documented shape: {e}")))?;
         let from = self.cursor;
+        let mut texts = Texts {
+            body: &body,
+            unescaped: Vec::new(),
+        };
         let mut buckets = Vec::with_capacity(parsed.data.len());
         let mut without_amount = 0u64;
         for bucket in parsed.data {
@@ -358,17 +400,14 @@ impl CostWalk {
                         .map_err(|e| decode(format!("a cost quantity is not a number: {e}")))?,
                     None => None,
                 };
-                let number = |text: Option<&str>| {
-                    text.map_or(Text::Null, |t| text_of(&body, Some(Cow::Borrowed(t))))
-                };
                 results.push(CostResult {
-                    project_id: text_of(&body, fields.project_id),
-                    line_item: text_of(&body, fields.line_item),
-                    amount: number(Some(amount)),
-                    currency: text_of(&body, currency),
-                    quantity: number(quantity),
-                    quantity_unit: text_of(&body, fields.quantity_unit),
-                    raw: text_of(&body, Some(Cow::Borrowed(raw.get()))),
+                    project_id: texts.string(fields.project_id),
+                    line_item: texts.string(fields.line_item),
+                    amount: texts.of(amount),
+                    currency: texts.string(currency),
+                    quantity: quantity.map_or(Text::Null, |q| texts.of(q)),
+                    quantity_unit: texts.string(fields.quantity_unit),
+                    raw: texts.of(raw.get()),
                 });
             }
             buckets.push(CostBucket {
@@ -377,11 +416,13 @@ impl CostWalk {
                 results,
             });
         }
+        let unescaped = texts.unescaped;
         if !parsed.has_more {
             self.done = true;
             self.cursor = self.query.end_time;
             return Ok(CostPage {
                 body,
+                unescaped,
                 buckets,
                 without_amount,
                 covers: (from, self.query.end_time),
@@ -400,6 +441,7 @@ impl CostWalk {
         self.next_page = Some(token);
         Ok(CostPage {
             body,
+            unescaped,
             buckets,
             without_amount,
             covers: (from, self.cursor),

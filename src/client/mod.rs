@@ -38,6 +38,9 @@ pub use walk::ProjectWalk;
 /// The value of the `User-Agent` header on every call.
 pub const USER_AGENT_VALUE: &str = concat!("openai-project-sync/", env!("CARGO_PKG_VERSION"));
 
+/// The most a `content-length` reserves before the body arrives; a longer body still arrives whole.
+const MAX_BODY_RESERVE: usize = 64 << 20;
+
 /// How to reach the API.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -318,10 +321,7 @@ impl AdminClient {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let body = self.read_body(response).await?;
         if status == StatusCode::OK || status.is_success() {
             return Ok(Answer {
                 status,
@@ -338,6 +338,25 @@ impl AdminClient {
         );
         tracing::debug!(error = %error, "API call answered with an error");
         Err(error)
+    }
+
+    /// Reads a whole body into one buffer sized by its `content-length`: each chunk is copied
+    /// in as it arrives and let go, so a body is held once, not as chunks and then a copy.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<bytes::Bytes, ApiError> {
+        let expected = response
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+            .min(MAX_BODY_RESERVE);
+        let mut body = Vec::with_capacity(expected);
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(&e))?
+        {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(bytes::Bytes::from(body))
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> ApiError {
