@@ -13,7 +13,8 @@ use tracing::Instrument;
 
 use crate::client::{AdminClient, ApiError, CostPage, CostQuery, DAY_SECONDS, MAX_COST_LIMIT};
 use crate::store::{
-    self, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost, Resource, StoreError,
+    self, Backfilled, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost, Resource,
+    StoreError,
 };
 use crate::sync::Trigger;
 
@@ -303,20 +304,21 @@ async fn run_segments(
                             "cost results without an amount were skipped, not stored as 0"
                         );
                     }
-                    if phase == Phase::Window && !in_window {
+                    if phase == Phase::Backfill {
+                        session.begin().await?;
+                        let days =
+                            backfill_page(session, &page, run_id, observed_at, counts, *backfilled_days)
+                                .await?;
+                        session.commit().await?;
+                        counts.days_read += days;
+                        *backfilled_days += days;
+                        continue;
+                    }
+                    if !in_window {
                         session.begin().await?;
                         in_window = true;
                     }
-                    if phase == Phase::Backfill {
-                        session.begin().await?;
-                    }
-                    let days = stage_page(session, &page).await?;
-                    counts.days_read += days;
-                    if phase == Phase::Backfill {
-                        apply(session, run_id, observed_at, counts, *backfilled_days).await?;
-                        session.commit().await?;
-                        *backfilled_days += days;
-                    }
+                    counts.days_read += stage_page(session, &page).await?;
                 }
                 Some(Fetched::SegmentEnd(Phase::Window)) => {
                     if !in_window {
@@ -360,13 +362,7 @@ async fn apply(
     let applied = session
         .apply_staged(run_id, observed_at)
         .await
-        .map_err(|e| match e {
-            CostApplyError::Duplicate(cause) => CostError::Duplicate {
-                backfilled_days,
-                cause,
-            },
-            CostApplyError::Store(e) => CostError::Store(e),
-        })?;
+        .map_err(|e| apply_error(e, backfilled_days))?;
     for day in &applied.kept_days {
         tracing::warn!(
             day = %day.date_naive(),
@@ -377,39 +373,91 @@ async fn apply(
     Ok(())
 }
 
+fn apply_error(error: CostApplyError, backfilled_days: i64) -> CostError {
+    match error {
+        CostApplyError::Duplicate(cause) => CostError::Duplicate {
+            backfilled_days,
+            cause,
+        },
+        CostApplyError::Store(e) => CostError::Store(e),
+    }
+}
+
+/// Writes a page of days never read, in the open transaction: inserted as it came, or
+/// staged and applied when something is stored for its days after all. Returns its days.
+async fn backfill_page(
+    session: &mut CostSession,
+    page: &CostPage,
+    run_id: i64,
+    observed_at: DateTime<Utc>,
+    counts: &mut CostCounts,
+    backfilled_days: i64,
+) -> Result<i64, CostError> {
+    let days = page_days(page);
+    let inserted = session
+        .insert_unread(page_rows(page), &days, run_id, observed_at)
+        .await
+        .map_err(|e| apply_error(e, backfilled_days))?;
+    match inserted {
+        Backfilled::Inserted(rows) => counts.inserted += rows,
+        Backfilled::Compare => {
+            tracing::info!(
+                from = %at(page.covers.0).date_naive(),
+                until = %at(page.covers.1).date_naive(),
+                "days never read already have cost rows (or a figure too long to copy); comparing them"
+            );
+            stage_page(session, page).await?;
+            apply(session, run_id, observed_at, counts, backfilled_days).await?;
+        }
+    }
+    Ok(i64::try_from(days.len()).unwrap_or(i64::MAX))
+}
+
+/// The days a page answers for, each a UTC midnight.
+fn page_days(page: &CostPage) -> Vec<DateTime<Utc>> {
+    (page.covers.0..page.covers.1)
+        .step_by(usize::try_from(DAY_SECONDS).unwrap_or(1))
+        .map(at)
+        .collect()
+}
+
+/// A page's results as rows borrowed from it. (A result whose text cannot be read back from
+/// its page cannot exist: such a one would be left out rather than stored as a guess.)
+fn page_rows(page: &CostPage) -> impl Iterator<Item = CostRow<'_>> + Clone {
+    page.buckets.iter().flat_map(move |bucket| {
+        let (start, end) = (at(bucket.start_time), at(bucket.end_time));
+        bucket.results.iter().filter_map(move |result| {
+            Some(CostRow {
+                bucket_start: start,
+                bucket_end: end,
+                project_id: page.text(&result.project_id),
+                line_item: page.text(&result.line_item),
+                currency: page.text(&result.currency),
+                amount: page.text(&result.amount)?,
+                quantity: page.text(&result.quantity),
+                quantity_unit: page.text(&result.quantity_unit),
+                raw: page.text(&result.raw)?,
+            })
+        })
+    })
+}
+
 /// Stages a page's results and the days it answered for; returns how many days that is.
 async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, StoreError> {
-    let mut rows = Vec::with_capacity(page.buckets.iter().map(|b| b.results.len()).sum());
+    let rows: Vec<CostRow<'_>> = page_rows(page).collect();
+    if rows.len() != page.results() {
+        tracing::error!(
+            skipped = page.results() - rows.len(),
+            "cost results whose text could not be read back from their page were skipped"
+        );
+    }
     let mut days = Vec::new();
     let mut buckets = page.buckets.iter().peekable();
     let mut day = page.covers.0;
     while day < page.covers.1 {
-        let mut results = 0i32;
-        if let Some(bucket) = buckets.next_if(|b| b.start_time == day) {
-            let (start, end) = (at(bucket.start_time), at(bucket.end_time));
-            for result in &bucket.results {
-                let (Some(amount), Some(raw)) = (page.text(&result.amount), page.text(&result.raw))
-                else {
-                    // Spans of the body it was read from: this cannot happen; never store a guess.
-                    tracing::error!(
-                        "a cost result's text could not be read back from its page; skipped"
-                    );
-                    continue;
-                };
-                rows.push(CostRow {
-                    bucket_start: start,
-                    bucket_end: end,
-                    project_id: page.text(&result.project_id),
-                    line_item: page.text(&result.line_item),
-                    currency: page.text(&result.currency),
-                    amount,
-                    quantity: page.text(&result.quantity),
-                    quantity_unit: page.text(&result.quantity_unit),
-                    raw,
-                });
-            }
-            results = i32::try_from(bucket.results.len()).unwrap_or(i32::MAX);
-        }
+        let results = buckets
+            .next_if(|b| b.start_time == day)
+            .map_or(0, |b| i32::try_from(b.results.len()).unwrap_or(i32::MAX));
         days.push((at(day), results));
         day += DAY_SECONDS;
     }

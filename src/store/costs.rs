@@ -8,6 +8,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 use super::StoreError;
 use super::walk::walk_connect_options;
 
+mod binary;
+
 /// Advisory lock key shared by every process that runs cost passes ("ops_cost"); not the walk's.
 const COST_LOCK: i64 = 0x6f70_735f_636f_7374;
 
@@ -78,6 +80,22 @@ pub struct DuplicateCost {
     pub line_item: Option<String>,
     pub currency: Option<String>,
 }
+
+/// How a page of days never read went in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backfilled {
+    /// Every row was inserted as it came and the days recorded as read.
+    Inserted(i64),
+    /// Rows are stored for some of these days already, or a figure is longer than a binary
+    /// `numeric` carries: nothing was written; stage the page and apply it instead.
+    Compare,
+}
+
+/// Columns of `openai.costs` a backfill writes, in the order of `copy_unread.sql`.
+const COPY_COLUMNS: i16 = 13;
+
+/// Bytes of `COPY` data gathered before they are sent.
+const COPY_CHUNK: usize = 128 * 1024;
 
 /// Why applying staged days failed.
 #[derive(Debug, thiserror::Error)]
@@ -281,6 +299,91 @@ impl CostSession {
         Ok(())
     }
 
+    /// Inserts a page of days never read (`days`, each a UTC midnight) straight into
+    /// `openai.costs` with a binary `COPY`, inside the open transaction, and records the days
+    /// as read. Nothing to compare, revise or remove: unless something is stored for one of
+    /// these days after all, then nothing is written and the page is to be staged and applied
+    /// (`Backfilled::Compare`), as it is when a figure is too long for a binary `numeric`.
+    ///
+    /// A key listed twice is refused with its key before anything is written; the table's
+    /// unique constraint refuses any other.
+    pub async fn insert_unread<'r, I>(
+        &mut self,
+        rows: I,
+        days: &[DateTime<Utc>],
+        run_id: i64,
+        observed_at: DateTime<Utc>,
+    ) -> Result<Backfilled, CostApplyError>
+    where
+        I: Iterator<Item = CostRow<'r>> + Clone,
+    {
+        let (Some(&from), Some(&last)) = (days.iter().min(), days.iter().max()) else {
+            return Ok(Backfilled::Inserted(0));
+        };
+        if let Some(duplicate) = first_duplicate(rows.clone()) {
+            return Err(CostApplyError::Duplicate(duplicate));
+        }
+        let fits = rows.clone().all(|row| {
+            binary::numeric_fits(row.amount) && row.quantity.is_none_or(binary::numeric_fits)
+        });
+        let until = last + chrono::TimeDelta::days(1);
+        let c = &mut self.connection;
+        let (touched,): (bool,) = sqlx::query_as(include_str!("costs/touched.sql"))
+            .bind(from)
+            .bind(until)
+            .fetch_one(&mut *c)
+            .await?;
+        if touched || !fits {
+            return Ok(Backfilled::Compare);
+        }
+        let mut copy = c.copy_in_raw(include_str!("costs/copy_unread.sql")).await?;
+        let mut buffer = Vec::with_capacity(COPY_CHUNK + 4096);
+        buffer.extend_from_slice(binary::HEADER);
+        for row in rows {
+            let mut out = binary::Row::start(&mut buffer, COPY_COLUMNS);
+            out.time(row.bucket_start);
+            out.time(row.bucket_end);
+            out.text(row.project_id);
+            out.text(row.line_item);
+            out.text(row.currency);
+            let numbers = out.numeric(row.amount) && out.numeric_or_null(row.quantity);
+            if !numbers {
+                // Checked above: cannot happen; never send a row cut short.
+                copy.abort("a cost figure could not be written").await?;
+                return Ok(Backfilled::Compare);
+            }
+            out.text(row.quantity_unit);
+            out.jsonb(row.raw);
+            out.time(observed_at);
+            out.time(observed_at);
+            out.bigint(run_id);
+            out.bigint(run_id);
+            if buffer.len() >= COPY_CHUNK {
+                if let Err(e) = copy.send(buffer.as_slice()).await {
+                    let _ = copy.abort("sending the rows failed").await;
+                    return Err(e.into());
+                }
+                buffer.clear();
+            }
+        }
+        buffer.extend_from_slice(binary::TRAILER);
+        if let Err(e) = copy.send(buffer.as_slice()).await {
+            let _ = copy.abort("sending the rows failed").await;
+            return Err(e.into());
+        }
+        drop(buffer);
+        let inserted = copy.finish().await?;
+        sqlx::query(include_str!("costs/read_days.sql"))
+            .bind(days)
+            .bind(observed_at)
+            .bind(run_id)
+            .execute(&mut self.connection)
+            .await?;
+        Ok(Backfilled::Inserted(
+            i64::try_from(inserted).unwrap_or(i64::MAX),
+        ))
+    }
+
     /// Makes every staged day equal to what the API said, inside the open transaction; commit
     /// next (which empties the staging tables) before staging more.
     ///
@@ -301,9 +404,25 @@ impl CostSession {
             .bind(until)
             .fetch_one(&mut *c)
             .await?;
+        type Key = (
+            DateTime<Utc>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         if !touched {
-            // Days never read (a backfill): nothing to compare, revise or remove. A key listed
-            // twice is refused by the table's unique constraint.
+            // Days never read: nothing to compare, revise or remove; only a key listed twice.
+            let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
+                .fetch_optional(&mut *c)
+                .await?;
+            if let Some((bucket_start, project_id, line_item, currency)) = duplicate {
+                return Err(CostApplyError::Duplicate(DuplicateCost {
+                    bucket_start,
+                    project_id,
+                    line_item,
+                    currency,
+                }));
+            }
             let inserted = sqlx::query(include_str!("costs/insert_all.sql"))
                 .bind(observed_at)
                 .bind(run_id)
@@ -330,12 +449,6 @@ impl CostSession {
         sqlx::query("set local enable_nestloop = off")
             .execute(&mut *c)
             .await?;
-        type Key = (
-            DateTime<Utc>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
         let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
             .fetch_optional(&mut *c)
             .await?;
@@ -421,6 +534,37 @@ impl CostSession {
             .await;
         let _ = self.connection.close().await;
     }
+}
+
+/// The first key `rows` list twice, if any: by hash, then comparing the rows themselves.
+fn first_duplicate<'r>(rows: impl Iterator<Item = CostRow<'r>> + Clone) -> Option<DuplicateCost> {
+    use std::hash::BuildHasher as _;
+    let key = |row: &CostRow<'r>| {
+        (
+            row.bucket_start,
+            row.project_id,
+            row.line_item,
+            row.currency,
+        )
+    };
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut seen = std::collections::HashSet::with_capacity(rows.size_hint().0);
+    for (n, row) in rows.clone().enumerate() {
+        if !seen.insert(hasher.hash_one(key(&row)))
+            && rows
+                .clone()
+                .take(n)
+                .any(|earlier| key(&earlier) == key(&row))
+        {
+            return Some(DuplicateCost {
+                bucket_start: row.bucket_start,
+                project_id: row.project_id.map(str::to_owned),
+                line_item: row.line_item.map(str::to_owned),
+                currency: row.currency.map(str::to_owned),
+            });
+        }
+    }
+    None
 }
 
 /// Records a finished cost pass: `succeeded`, or `failed` with its error, and its figures.
