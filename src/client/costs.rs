@@ -131,24 +131,27 @@ pub struct CostResult {
     pub raw: Text,
 }
 
-/// One daily bucket and its results.
-#[derive(Debug, Clone)]
+/// One daily bucket; its results are `CostPage::buckets`' second half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CostBucket {
     pub start_time: i64,
     pub end_time: i64,
-    pub results: Vec<CostResult>,
+    /// Where its results lie among the page's: from, count.
+    results: (usize, usize),
 }
 
 /// One page of a cost query, checked: whole UTC days, ascending, inside the query's window.
 ///
 /// The results' text stays in the body as received: a page holds its body once, not a copy
-/// of every field.
-#[derive(Debug, Clone)]
+/// of every field. A page read can be handed back to `CostWalk::next_page_reusing`, which
+/// reads the next one into its buffers: a pass then allocates its pages once.
+#[derive(Debug, Clone, Default)]
 pub struct CostPage {
-    body: bytes::Bytes,
+    body: Vec<u8>,
     /// The strings the JSON wrote with escapes, unescaped.
     unescaped: Vec<Box<str>>,
-    pub buckets: Vec<CostBucket>,
+    buckets: Vec<CostBucket>,
+    results: Vec<CostResult>,
     /// Results left out because they carried no amount (never stored as 0).
     pub without_amount: u64,
     /// The days this page answers for: from where the last page ended to its last bucket's
@@ -169,9 +172,21 @@ impl CostPage {
         }
     }
 
+    /// The page's buckets, ascending, each with its results.
+    pub fn buckets(&self) -> impl Iterator<Item = (&CostBucket, &[CostResult])> + Clone {
+        self.buckets.iter().map(|bucket| {
+            let (from, count) = bucket.results;
+            let results = from
+                .checked_add(count)
+                .and_then(|to| self.results.get(from..to))
+                .unwrap_or_default();
+            (bucket, results)
+        })
+    }
+
     /// How many results the page holds.
     pub fn results(&self) -> usize {
-        self.buckets.iter().map(|b| b.results.len()).sum()
+        self.results.len()
     }
 }
 
@@ -311,25 +326,40 @@ pub struct CostWalk {
 impl CostWalk {
     /// Fetches the next page, or `None` once the API said there is no more.
     pub async fn next_page(&mut self) -> Result<Option<CostPage>, ApiError> {
+        self.next_page_reusing(None).await
+    }
+
+    /// `next_page`, read into the buffers of `spare`, a page done with.
+    pub async fn next_page_reusing(
+        &mut self,
+        spare: Option<CostPage>,
+    ) -> Result<Option<CostPage>, ApiError> {
         if self.done {
             return Ok(None);
         }
         let url = self
             .client
             .costs_url(&self.query, self.next_page.as_deref());
-        let body: bytes::Bytes = self
+        let mut spare = spare.unwrap_or_default();
+        let body = std::mem::take(&mut spare.body);
+        let body = self
             .client
-            .call_retrying_raw("costs", Method::GET, url)
+            .call_retrying_raw("costs", Method::GET, url, body)
             .await?;
         self.pages += 1;
-        let page = match self.read(body) {
-            Ok(page) => page,
+        spare.body = body;
+        match self.read(spare) {
+            Ok(page) => Ok(Some(page)),
             Err(error) => {
                 self.done = true;
-                return Err(error);
+                Err(error)
             }
-        };
-        Ok(Some(page))
+        }
+    }
+
+    /// Whether the API said there is no more (or the walk failed): `next_page` answers `None`.
+    pub fn finished(&self) -> bool {
+        self.done
     }
 
     /// How many pages have been fetched so far.
@@ -344,20 +374,24 @@ impl CostWalk {
         }
     }
 
-    fn read(&mut self, body: bytes::Bytes) -> Result<CostPage, ApiError> {
+    /// Checks the page in `page.body` and lists its results, in `page`'s other buffers.
+    fn read(&mut self, mut page: CostPage) -> Result<CostPage, ApiError> {
         let decode = |message: String| ApiError::Decode {
             message,
             request_id: None,
         };
+        let body = std::mem::take(&mut page.body);
+        page.unescaped.clear();
+        page.buckets.clear();
+        page.results.clear();
+        page.without_amount = 0;
         let parsed: PageBody<'_> = serde_json::from_slice(&body)
             .map_err(|e| decode(format!("the costs page is not the documented shape: {e}")))?;
         let from = self.cursor;
         let mut texts = Texts {
             body: &body,
-            unescaped: Vec::new(),
+            unescaped: std::mem::take(&mut page.unescaped),
         };
-        let mut buckets = Vec::with_capacity(parsed.data.len());
-        let mut without_amount = 0u64;
         for bucket in parsed.data {
             if bucket.start_time < self.cursor
                 || bucket.end_time > self.query.end_time
@@ -374,7 +408,7 @@ impl CostWalk {
                 )));
             }
             self.cursor = bucket.end_time;
-            let mut results = Vec::with_capacity(bucket.results.len());
+            let first = page.results.len();
             for raw in bucket.results {
                 let fields: ResultFields<'_> = serde_json::from_str(raw.get()).map_err(|e| {
                     decode(format!("a cost result is not the documented shape: {e}"))
@@ -385,14 +419,14 @@ impl CostWalk {
                         currency,
                     }) => (value, currency),
                     _ => {
-                        without_amount += 1;
+                        page.without_amount += 1;
                         continue;
                     }
                 };
                 let Some(amount) = number_text(value)
                     .map_err(|e| decode(format!("a cost amount is not a number: {e}")))?
                 else {
-                    without_amount += 1;
+                    page.without_amount += 1;
                     continue;
                 };
                 let quantity = match fields.quantity {
@@ -400,7 +434,7 @@ impl CostWalk {
                         .map_err(|e| decode(format!("a cost quantity is not a number: {e}")))?,
                     None => None,
                 };
-                results.push(CostResult {
+                page.results.push(CostResult {
                     project_id: texts.string(fields.project_id),
                     line_item: texts.string(fields.line_item),
                     amount: texts.of(amount),
@@ -410,25 +444,22 @@ impl CostWalk {
                     raw: texts.of(raw.get()),
                 });
             }
-            buckets.push(CostBucket {
+            page.buckets.push(CostBucket {
                 start_time: bucket.start_time,
                 end_time: bucket.end_time,
-                results,
+                results: (first, page.results.len() - first),
             });
         }
-        let unescaped = texts.unescaped;
-        if !parsed.has_more {
+        page.unescaped = texts.unescaped;
+        let (has_more, next_page) = (parsed.has_more, parsed.next_page);
+        page.body = body;
+        if !has_more {
             self.done = true;
             self.cursor = self.query.end_time;
-            return Ok(CostPage {
-                body,
-                unescaped,
-                buckets,
-                without_amount,
-                covers: (from, self.query.end_time),
-            });
+            page.covers = (from, self.query.end_time);
+            return Ok(page);
         }
-        let Some(token) = parsed.next_page.filter(|t| !t.is_empty()) else {
+        let Some(token) = next_page.filter(|t| !t.is_empty()) else {
             self.done = true;
             return Err(self.broken("the API said has_more but gave no next_page".into()));
         };
@@ -439,12 +470,7 @@ impl CostWalk {
             )));
         }
         self.next_page = Some(token);
-        Ok(CostPage {
-            body,
-            unescaped,
-            buckets,
-            without_amount,
-            covers: (from, self.cursor),
-        })
+        page.covers = (from, self.cursor);
+        Ok(page)
     }
 }

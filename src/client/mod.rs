@@ -76,7 +76,7 @@ impl std::fmt::Debug for AdminClient {
 /// One successful answer: its body and the request id the API gave it.
 struct Answer {
     status: StatusCode,
-    body: bytes::Bytes,
+    body: Vec<u8>,
     request_id: Option<String>,
 }
 
@@ -217,15 +217,19 @@ impl AdminClient {
             .await
     }
 
-    /// Like `call_retrying`, returning the answer's body as received.
+    /// Like `call_retrying`, returning the answer's body as received, read into `buffer`'s
+    /// allocation (emptied first) so a caller reading page after page allocates once.
     async fn call_retrying_raw(
         &self,
         endpoint: &'static str,
         method: Method,
         url: Url,
-    ) -> Result<bytes::Bytes, ApiError> {
-        self.call_retrying_with(endpoint, method, url, None::<&()>, |answer| Ok(answer.body))
-            .await
+        buffer: Vec<u8>,
+    ) -> Result<Vec<u8>, ApiError> {
+        self.call_retrying_into(endpoint, method, url, None::<&()>, buffer, |answer| {
+            Ok(answer.body)
+        })
+        .await
     }
 
     async fn call_retrying_with<T>(
@@ -236,10 +240,31 @@ impl AdminClient {
         body: Option<&impl Serialize>,
         read: impl Fn(Answer) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
+        self.call_retrying_into(endpoint, method, url, body, Vec::new(), read)
+            .await
+    }
+
+    /// `call_retrying_with`, the first answer read into `buffer` (a retry reads into a new one).
+    async fn call_retrying_into<T>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+        buffer: Vec<u8>,
+        read: impl Fn(Answer) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let mut retry = 0;
+        let mut buffer = Some(buffer);
         loop {
             let result = self
-                .send(endpoint, method.clone(), url.clone(), body)
+                .send_into(
+                    endpoint,
+                    method.clone(),
+                    url.clone(),
+                    body,
+                    buffer.take().unwrap_or_default(),
+                )
                 .await
                 .and_then(&read);
             let error = match result {
@@ -278,6 +303,18 @@ impl AdminClient {
         url: Url,
         body: Option<&impl Serialize>,
     ) -> Result<Answer, ApiError> {
+        self.send_into(endpoint, method, url, body, Vec::new()).await
+    }
+
+    /// `send`, the answer read into `buffer`'s allocation.
+    async fn send_into(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+        buffer: Vec<u8>,
+    ) -> Result<Answer, ApiError> {
         let mut request = self
             .http
             .request(method, url)
@@ -287,7 +324,7 @@ impl AdminClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let result = self.exchange(request).await;
+        let result = self.exchange(request, buffer).await;
         let (status, error) = match &result {
             Ok(answer) => (answer.status.as_u16().to_string(), "none"),
             Err(ApiError::Status { status, .. }) => (
@@ -313,7 +350,11 @@ impl AdminClient {
         result
     }
 
-    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Answer, ApiError> {
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        buffer: Vec<u8>,
+    ) -> Result<Answer, ApiError> {
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -321,7 +362,7 @@ impl AdminClient {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = self.read_body(response).await?;
+        let body = self.read_body(response, buffer).await?;
         if status == StatusCode::OK || status.is_success() {
             return Ok(Answer {
                 status,
@@ -340,15 +381,21 @@ impl AdminClient {
         Err(error)
     }
 
-    /// Reads a whole body into one buffer sized by its `content-length`: each chunk is copied
-    /// in as it arrives and let go, so a body is held once, not as chunks and then a copy.
-    async fn read_body(&self, mut response: reqwest::Response) -> Result<bytes::Bytes, ApiError> {
+    /// Reads a whole body into `body` (emptied first), reserving its `content-length`: each
+    /// chunk is copied in as it arrives and let go, so a body is held once, not as chunks and
+    /// then a copy.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        mut body: Vec<u8>,
+    ) -> Result<Vec<u8>, ApiError> {
+        body.clear();
         let expected = response
             .content_length()
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(0)
             .min(MAX_BODY_RESERVE);
-        let mut body = Vec::with_capacity(expected);
+        body.reserve_exact(expected);
         while let Some(chunk) = response
             .chunk()
             .await
@@ -356,7 +403,7 @@ impl AdminClient {
         {
             body.extend_from_slice(&chunk);
         }
-        Ok(bytes::Bytes::from(body))
+        Ok(body)
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> ApiError {

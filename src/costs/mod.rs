@@ -285,7 +285,7 @@ async fn run_segments(
     let hint = session
         .most_rows_per_day(at(window.0.saturating_sub(14 * DAY_SECONDS)))
         .await?;
-    let (mut pages_rx, fetcher) = start_fetch(deps.client.clone(), segments, hint);
+    let (mut pages_rx, spares, fetcher) = start_fetch(deps.client.clone(), segments, hint);
     let _fetcher = AbortOnDrop(fetcher);
     let mut in_window = false;
     let result = async {
@@ -312,13 +312,15 @@ async fn run_segments(
                         session.commit().await?;
                         counts.days_read += days;
                         *backfilled_days += days;
-                        continue;
+                    } else {
+                        if !in_window {
+                            session.begin().await?;
+                            in_window = true;
+                        }
+                        counts.days_read += stage_page(session, &page).await?;
                     }
-                    if !in_window {
-                        session.begin().await?;
-                        in_window = true;
-                    }
-                    counts.days_read += stage_page(session, &page).await?;
+                    // Written: the fetcher reads a later page into its buffers.
+                    let _ = spares.try_send(page);
                 }
                 Some(Fetched::SegmentEnd(Phase::Window)) => {
                     if !in_window {
@@ -424,9 +426,9 @@ fn page_days(page: &CostPage) -> Vec<DateTime<Utc>> {
 /// A page's results as rows borrowed from it. (A result whose text cannot be read back from
 /// its page cannot exist: such a one would be left out rather than stored as a guess.)
 fn page_rows(page: &CostPage) -> impl Iterator<Item = CostRow<'_>> + Clone {
-    page.buckets.iter().flat_map(move |bucket| {
+    page.buckets().flat_map(move |(bucket, results)| {
         let (start, end) = (at(bucket.start_time), at(bucket.end_time));
-        bucket.results.iter().filter_map(move |result| {
+        results.iter().filter_map(move |result| {
             Some(CostRow {
                 bucket_start: start,
                 bucket_end: end,
@@ -444,24 +446,24 @@ fn page_rows(page: &CostPage) -> impl Iterator<Item = CostRow<'_>> + Clone {
 
 /// Stages a page's results and the days it answered for; returns how many days that is.
 async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, StoreError> {
-    let rows: Vec<CostRow<'_>> = page_rows(page).collect();
-    if rows.len() != page.results() {
+    let readable = page_rows(page).count();
+    if readable != page.results() {
         tracing::error!(
-            skipped = page.results() - rows.len(),
+            skipped = page.results() - readable,
             "cost results whose text could not be read back from their page were skipped"
         );
     }
     let mut days = Vec::new();
-    let mut buckets = page.buckets.iter().peekable();
+    let mut buckets = page.buckets().peekable();
     let mut day = page.covers.0;
     while day < page.covers.1 {
         let results = buckets
-            .next_if(|b| b.start_time == day)
-            .map_or(0, |b| i32::try_from(b.results.len()).unwrap_or(i32::MAX));
+            .next_if(|(b, _)| b.start_time == day)
+            .map_or(0, |(_, r)| i32::try_from(r.len()).unwrap_or(i32::MAX));
         days.push((at(day), results));
         day += DAY_SECONDS;
     }
-    session.stage(&rows, &days).await?;
+    session.stage(page_rows(page), &days).await?;
     Ok(i64::try_from(days.len()).unwrap_or(i64::MAX))
 }
 
@@ -481,12 +483,20 @@ fn days_per_query(rows_per_day: i64) -> i64 {
 
 /// Reads every segment in order, one page ahead of the writer; each query has a fixed window
 /// so its `next_page` tokens stay valid, and is sized from the busiest day seen so far.
+///
+/// Pages written come back through the second channel to be read into again: a pass holds
+/// two pages' buffers (the one written, the one fetched), allocated once, whatever its length.
 fn start_fetch(
     client: AdminClient,
     segments: Vec<Segment>,
     hint: Option<i64>,
-) -> (mpsc::Receiver<Fetched>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::Receiver<Fetched>,
+    mpsc::Sender<CostPage>,
+    tokio::task::JoinHandle<()>,
+) {
     let (sender, receiver) = mpsc::channel::<Fetched>(1);
+    let (spare_sender, mut spares) = mpsc::channel::<CostPage>(1);
     let task = async move {
         let mut busiest = hint.filter(|&rows| rows > 0);
         // Until a day with spend is seen, each query reads twice the days of the last one.
@@ -507,17 +517,16 @@ fn start_fetch(
                     end_time: until,
                     limit,
                 });
-                loop {
+                while !walk.finished() {
                     // The slot is taken before fetching: one page staged, one on its way, no more.
                     let Ok(slot) = sender.reserve().await else {
                         return;
                     };
-                    match walk.next_page().await {
+                    match walk.next_page_reusing(spares.try_recv().ok()).await {
                         Ok(Some(page)) => {
                             let most = page
-                                .buckets
-                                .iter()
-                                .map(|b| i64::try_from(b.results.len()).unwrap_or(i64::MAX))
+                                .buckets()
+                                .map(|(_, r)| i64::try_from(r.len()).unwrap_or(i64::MAX))
                                 .max();
                             // A quiet day says nothing about how busy the next ones are.
                             if let Some(most) = most.filter(|&m| m > 0) {
@@ -545,5 +554,5 @@ fn start_fetch(
         let _ = sender.send(Fetched::Done).await;
     };
     let handle = tokio::spawn(task.in_current_span());
-    (receiver, handle)
+    (receiver, spare_sender, handle)
 }

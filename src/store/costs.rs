@@ -119,6 +119,8 @@ pub struct CostSession {
     staged_rows: i64,
     /// The earliest and the day after the latest staged day.
     staged_span: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Backfill rows gathered for `COPY` before they are sent.
+    copy_buffer: Vec<u8>,
 }
 
 impl CostSession {
@@ -167,6 +169,7 @@ impl CostSession {
             in_transaction: false,
             staged_rows: 0,
             staged_span: None,
+            copy_buffer: Vec::new(),
         }))
     }
 
@@ -239,14 +242,15 @@ impl CostSession {
     }
 
     /// Stages a page's rows and the days it answered for, with each day's result count.
-    pub async fn stage(
+    pub async fn stage<'r>(
         &mut self,
-        rows: &[CostRow<'_>],
+        rows: impl Iterator<Item = CostRow<'r>>,
         days: &[(DateTime<Utc>, i32)],
     ) -> Result<(), StoreError> {
         // In statements of a bounded size, so the connection's buffers stay small.
-        for rows in rows.chunks(STAGE_ROWS_PER_STATEMENT) {
-            let n = rows.len();
+        let mut rows = rows.peekable();
+        while rows.peek().is_some() {
+            let n = STAGE_ROWS_PER_STATEMENT;
             let mut starts = Vec::with_capacity(n);
             let mut ends = Vec::with_capacity(n);
             let mut projects = Vec::with_capacity(n);
@@ -256,7 +260,7 @@ impl CostSession {
             let mut quantities = Vec::with_capacity(n);
             let mut units = Vec::with_capacity(n);
             let mut raws = Vec::with_capacity(n);
-            for row in rows {
+            for row in rows.by_ref().take(n) {
                 starts.push(row.bucket_start);
                 ends.push(row.bucket_end);
                 projects.push(row.project_id);
@@ -267,6 +271,7 @@ impl CostSession {
                 units.push(row.quantity_unit);
                 raws.push(row.raw);
             }
+            let staged = i64::try_from(starts.len()).unwrap_or(i64::MAX);
             sqlx::query(include_str!("costs/stage.sql"))
                 .bind(starts)
                 .bind(ends)
@@ -279,7 +284,7 @@ impl CostSession {
                 .bind(raws)
                 .execute(&mut self.connection)
                 .await?;
-            self.staged_rows += i64::try_from(n).unwrap_or(i64::MAX);
+            self.staged_rows += staged;
         }
         if !days.is_empty() {
             let (starts, counts): (Vec<DateTime<Utc>>, Vec<i32>) = days.iter().copied().unzip();
@@ -337,7 +342,10 @@ impl CostSession {
             return Ok(Backfilled::Compare);
         }
         let mut copy = c.copy_in_raw(include_str!("costs/copy_unread.sql")).await?;
-        let mut buffer = Vec::with_capacity(COPY_CHUNK + 4096);
+        // Kept from page to page: a pass allocates it once.
+        let mut buffer = std::mem::take(&mut self.copy_buffer);
+        buffer.clear();
+        buffer.reserve(COPY_CHUNK + 4096);
         buffer.extend_from_slice(binary::HEADER);
         for row in rows {
             let mut out = binary::Row::start(&mut buffer, COPY_COLUMNS);
@@ -371,7 +379,8 @@ impl CostSession {
             let _ = copy.abort("sending the rows failed").await;
             return Err(e.into());
         }
-        drop(buffer);
+        buffer.clear();
+        self.copy_buffer = buffer;
         let inserted = copy.finish().await?;
         sqlx::query(include_str!("costs/read_days.sql"))
             .bind(days)
