@@ -392,6 +392,10 @@ impl CostWalk {
             body: &body,
             unescaped: std::mem::take(&mut page.unescaped),
         };
+        // Exactly the results listed: a page's results are held twice over in a pass.
+        let listed: usize = parsed.data.iter().map(|b| b.results.len()).sum();
+        page.results.reserve_exact(listed);
+        page.buckets.reserve_exact(parsed.data.len());
         for bucket in parsed.data {
             if bucket.start_time < self.cursor
                 || bucket.end_time > self.query.end_time

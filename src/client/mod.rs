@@ -303,7 +303,8 @@ impl AdminClient {
         url: Url,
         body: Option<&impl Serialize>,
     ) -> Result<Answer, ApiError> {
-        self.send_into(endpoint, method, url, body, Vec::new()).await
+        self.send_into(endpoint, method, url, body, Vec::new())
+            .await
     }
 
     /// `send`, the answer read into `buffer`'s allocation.

@@ -87,6 +87,10 @@ pub struct CostSummary {
 /// flat whatever the organization's size or the backfill's length.
 const ROWS_PER_PAGE: i64 = 5_000;
 
+/// Pages a pass holds at a time: the one fetched is read into the buffers of the one written
+/// before, once that one is sent to Postgres.
+const PAGES_IN_FLIGHT: usize = 1;
+
 /// Which part of a pass a page belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -306,9 +310,16 @@ async fn run_segments(
                     }
                     if phase == Phase::Backfill {
                         session.begin().await?;
-                        let days =
-                            backfill_page(session, &page, run_id, observed_at, counts, *backfilled_days)
-                                .await?;
+                        let days = backfill_page(
+                            session,
+                            page,
+                            &spares,
+                            run_id,
+                            observed_at,
+                            counts,
+                            *backfilled_days,
+                        )
+                        .await?;
                         session.commit().await?;
                         counts.days_read += days;
                         *backfilled_days += days;
@@ -318,9 +329,8 @@ async fn run_segments(
                             in_window = true;
                         }
                         counts.days_read += stage_page(session, &page).await?;
+                        recycle(&spares, page);
                     }
-                    // Written: the fetcher reads a later page into its buffers.
-                    let _ = spares.try_send(page);
                 }
                 Some(Fetched::SegmentEnd(Phase::Window)) => {
                     if !in_window {
@@ -386,33 +396,48 @@ fn apply_error(error: CostApplyError, backfilled_days: i64) -> CostError {
 }
 
 /// Writes a page of days never read, in the open transaction: inserted as it came, or
-/// staged and applied when something is stored for its days after all. Returns its days.
+/// staged and applied when something is stored for its days after all. The page goes back to
+/// the fetcher as soon as it is sent, so the next one is read while Postgres inserts this one.
+/// Returns its days.
+#[allow(clippy::too_many_arguments)]
 async fn backfill_page(
     session: &mut CostSession,
-    page: &CostPage,
+    page: CostPage,
+    spares: &mpsc::Sender<CostPage>,
     run_id: i64,
     observed_at: DateTime<Utc>,
     counts: &mut CostCounts,
     backfilled_days: i64,
 ) -> Result<i64, CostError> {
-    let days = page_days(page);
-    let inserted = session
-        .insert_unread(page_rows(page), &days, run_id, observed_at)
+    let days = page_days(&page);
+    let read = i64::try_from(days.len()).unwrap_or(i64::MAX);
+    match session
+        .insert_unread(page_rows(&page), &days, run_id, observed_at)
         .await
-        .map_err(|e| apply_error(e, backfilled_days))?;
-    match inserted {
-        Backfilled::Inserted(rows) => counts.inserted += rows,
-        Backfilled::Compare => {
-            tracing::info!(
-                from = %at(page.covers.0).date_naive(),
-                until = %at(page.covers.1).date_naive(),
-                "days never read already have cost rows (or a figure too long to copy); comparing them"
-            );
-            stage_page(session, page).await?;
-            apply(session, run_id, observed_at, counts, backfilled_days).await?;
+        .map_err(|e| apply_error(e, backfilled_days))?
+    {
+        Backfilled::Sent(copy) => {
+            recycle(spares, page);
+            counts.inserted += copy.finish().await?;
+            return Ok(read);
         }
+        Backfilled::Compare => {}
     }
-    Ok(i64::try_from(days.len()).unwrap_or(i64::MAX))
+    tracing::info!(
+        from = %at(page.covers.0).date_naive(),
+        until = %at(page.covers.1).date_naive(),
+        "days never read already have cost rows (or a figure too long to copy); comparing them"
+    );
+    stage_page(session, &page).await?;
+    recycle(spares, page);
+    apply(session, run_id, observed_at, counts, backfilled_days).await?;
+    Ok(read)
+}
+
+/// Hands a page done with back to the fetcher, which reads the next one into its buffers.
+fn recycle(spares: &mpsc::Sender<CostPage>, page: CostPage) {
+    // Fewer pages circulate than the channel holds; closed only once the fetcher has stopped.
+    let _ = spares.try_send(page);
 }
 
 /// The days a page answers for, each a UTC midnight.
@@ -484,8 +509,9 @@ fn days_per_query(rows_per_day: i64) -> i64 {
 /// Reads every segment in order, one page ahead of the writer; each query has a fixed window
 /// so its `next_page` tokens stay valid, and is sized from the busiest day seen so far.
 ///
-/// Pages written come back through the second channel to be read into again: a pass holds
-/// two pages' buffers (the one written, the one fetched), allocated once, whatever its length.
+/// Pages come back through the second channel once written (a backfill page once sent to
+/// Postgres), and the next one is read into the same buffers: one page is held at a time,
+/// allocated once for the pass, fetched while Postgres inserts the one before.
 fn start_fetch(
     client: AdminClient,
     segments: Vec<Segment>,
@@ -496,7 +522,10 @@ fn start_fetch(
     tokio::task::JoinHandle<()>,
 ) {
     let (sender, receiver) = mpsc::channel::<Fetched>(1);
-    let (spare_sender, mut spares) = mpsc::channel::<CostPage>(1);
+    let (spare_sender, mut spares) = mpsc::channel::<CostPage>(PAGES_IN_FLIGHT + 1);
+    for _ in 0..PAGES_IN_FLIGHT {
+        let _ = spare_sender.try_send(CostPage::default());
+    }
     let task = async move {
         let mut busiest = hint.filter(|&rows| rows > 0);
         // Until a day with spend is seen, each query reads twice the days of the last one.
@@ -518,11 +547,14 @@ fn start_fetch(
                     limit,
                 });
                 while !walk.finished() {
-                    // The slot is taken before fetching: one page staged, one on its way, no more.
+                    // A page's buffers are taken before fetching: no more pages than circulate.
+                    let Some(spare) = spares.recv().await else {
+                        return;
+                    };
                     let Ok(slot) = sender.reserve().await else {
                         return;
                     };
-                    match walk.next_page_reusing(spares.try_recv().ok()).await {
+                    match walk.next_page_reusing(Some(spare)).await {
                         Ok(Some(page)) => {
                             let most = page
                                 .buckets()

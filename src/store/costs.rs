@@ -81,21 +81,35 @@ pub struct DuplicateCost {
     pub currency: Option<String>,
 }
 
-/// How a page of days never read went in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backfilled {
-    /// Every row was inserted as it came and the days recorded as read.
-    Inserted(i64),
+/// How a page of days never read goes in.
+#[must_use = "a COPY under way must be finished"]
+pub enum Backfilled<'s> {
+    /// Every row was sent and the days recorded as read; `UnreadCopy::finish` completes it.
+    Sent(UnreadCopy<'s>),
     /// Rows are stored for some of these days already, or a figure is longer than a binary
     /// `numeric` carries: nothing was written; stage the page and apply it instead.
     Compare,
+}
+
+/// A backfill `COPY` whose rows are all sent, on the session's connection.
+#[must_use = "a COPY under way must be finished"]
+pub struct UnreadCopy<'s> {
+    copy: sqlx::postgres::PgCopyIn<&'s mut PgConnection>,
+}
+
+impl UnreadCopy<'_> {
+    /// Waits for Postgres to insert the rows; returns how many it did.
+    pub async fn finish(self) -> Result<i64, StoreError> {
+        let inserted = self.copy.finish().await?;
+        Ok(i64::try_from(inserted).unwrap_or(i64::MAX))
+    }
 }
 
 /// Columns of `openai.costs` a backfill writes, in the order of `copy_unread.sql`.
 const COPY_COLUMNS: i16 = 13;
 
 /// Bytes of `COPY` data gathered before they are sent.
-const COPY_CHUNK: usize = 128 * 1024;
+const COPY_CHUNK: usize = 64 * 1024;
 
 /// Why applying staged days failed.
 #[derive(Debug, thiserror::Error)]
@@ -304,26 +318,28 @@ impl CostSession {
         Ok(())
     }
 
-    /// Inserts a page of days never read (`days`, each a UTC midnight) straight into
+    /// Starts inserting a page of days never read (`days`, each a UTC midnight) straight into
     /// `openai.costs` with a binary `COPY`, inside the open transaction, and records the days
     /// as read. Nothing to compare, revise or remove: unless something is stored for one of
     /// these days after all, then nothing is written and the page is to be staged and applied
     /// (`Backfilled::Compare`), as it is when a figure is too long for a binary `numeric`.
     ///
-    /// A key listed twice is refused with its key before anything is written; the table's
-    /// unique constraint refuses any other.
-    pub async fn insert_unread<'r, I>(
-        &mut self,
+    /// Once this returns `Sent`, every row is on its way and the page may be let go of while
+    /// Postgres inserts them; `UnreadCopy::finish` waits for that. A key listed twice is
+    /// refused with its key before anything is written; the table's unique constraint refuses
+    /// any other.
+    pub async fn insert_unread<'s, 'r, I>(
+        &'s mut self,
         rows: I,
         days: &[DateTime<Utc>],
         run_id: i64,
         observed_at: DateTime<Utc>,
-    ) -> Result<Backfilled, CostApplyError>
+    ) -> Result<Backfilled<'s>, CostApplyError>
     where
         I: Iterator<Item = CostRow<'r>> + Clone,
     {
         let (Some(&from), Some(&last)) = (days.iter().min(), days.iter().max()) else {
-            return Ok(Backfilled::Inserted(0));
+            return Ok(Backfilled::Compare);
         };
         if let Some(duplicate) = first_duplicate(rows.clone()) {
             return Err(CostApplyError::Duplicate(duplicate));
@@ -332,33 +348,47 @@ impl CostSession {
             binary::numeric_fits(row.amount) && row.quantity.is_none_or(binary::numeric_fits)
         });
         let until = last + chrono::TimeDelta::days(1);
-        let c = &mut self.connection;
+        let CostSession {
+            connection,
+            copy_buffer,
+            ..
+        } = self;
         let (touched,): (bool,) = sqlx::query_as(include_str!("costs/touched.sql"))
             .bind(from)
             .bind(until)
-            .fetch_one(&mut *c)
+            .fetch_one(&mut *connection)
             .await?;
         if touched || !fits {
             return Ok(Backfilled::Compare);
         }
-        let mut copy = c.copy_in_raw(include_str!("costs/copy_unread.sql")).await?;
+        sqlx::query(include_str!("costs/read_days.sql"))
+            .bind(days)
+            .bind(observed_at)
+            .bind(run_id)
+            .execute(&mut *connection)
+            .await?;
+        let mut copy = connection
+            .copy_in_raw(include_str!("costs/copy_unread.sql"))
+            .await?;
         // Kept from page to page: a pass allocates it once.
-        let mut buffer = std::mem::take(&mut self.copy_buffer);
+        let buffer = copy_buffer;
         buffer.clear();
         buffer.reserve(COPY_CHUNK + 4096);
         buffer.extend_from_slice(binary::HEADER);
         for row in rows {
-            let mut out = binary::Row::start(&mut buffer, COPY_COLUMNS);
+            let mut out = binary::Row::start(buffer, COPY_COLUMNS);
             out.time(row.bucket_start);
             out.time(row.bucket_end);
             out.text(row.project_id);
             out.text(row.line_item);
             out.text(row.currency);
-            let numbers = out.numeric(row.amount) && out.numeric_or_null(row.quantity);
-            if !numbers {
-                // Checked above: cannot happen; never send a row cut short.
-                copy.abort("a cost figure could not be written").await?;
-                return Ok(Backfilled::Compare);
+            if !(out.numeric(row.amount) && out.numeric_or_null(row.quantity)) {
+                // Checked above, so this cannot happen; never send a row cut short.
+                let _ = copy.abort("a cost figure could not be written").await;
+                return Err(StoreError::Sql(sqlx::Error::Protocol(
+                    "a cost figure checked for COPY could not be written".into(),
+                ))
+                .into());
             }
             out.text(row.quantity_unit);
             out.jsonb(row.raw);
@@ -380,17 +410,7 @@ impl CostSession {
             return Err(e.into());
         }
         buffer.clear();
-        self.copy_buffer = buffer;
-        let inserted = copy.finish().await?;
-        sqlx::query(include_str!("costs/read_days.sql"))
-            .bind(days)
-            .bind(observed_at)
-            .bind(run_id)
-            .execute(&mut self.connection)
-            .await?;
-        Ok(Backfilled::Inserted(
-            i64::try_from(inserted).unwrap_or(i64::MAX),
-        ))
+        Ok(Backfilled::Sent(UnreadCopy { copy }))
     }
 
     /// Makes every staged day equal to what the API said, inside the open transaction; commit

@@ -22,7 +22,7 @@ pub use audit_log::{
 };
 pub use costs::{
     Backfilled, CostApplied, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost,
-    finish_cost_run,
+    UnreadCopy, finish_cost_run,
 };
 pub use gauges::{GaugeFigures, gauge_figures};
 pub use requests::{
