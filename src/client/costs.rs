@@ -98,14 +98,41 @@ fn number_text(raw: &RawValue) -> Result<Option<&str>, String> {
     Ok(Some(number))
 }
 
-/// A piece of a page's text: a span of the body as received, or one of the page's unescaped
-/// strings when the JSON escaped it. Twelve bytes, so a page's results cost little beside its body.
+/// A piece of a page's text: a span of the body as received, one of the page's unescaped
+/// strings when the JSON escaped it, or null; read it with `CostPage::text`. Eight bytes, so a
+/// page's results cost little beside its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Text {
-    Null,
-    Span { from: u32, to: u32 },
-    Unescaped(u32),
+pub struct Text {
+    /// Where the span starts, or (high bit set) which unescaped string it is.
+    at: u32,
+    len: u32,
 }
+
+impl Text {
+    pub const NULL: Text = Text {
+        at: u32::MAX,
+        len: 0,
+    };
+    const UNESCAPED: u32 = 1 << 31;
+
+    fn span(from: usize, to: usize) -> Option<Text> {
+        let at = u32::try_from(from)
+            .ok()
+            .filter(|at| at & Text::UNESCAPED == 0)?;
+        let len = u32::try_from(to.checked_sub(from)?).ok()?;
+        Some(Text { at, len })
+    }
+
+    fn unescaped(n: usize) -> Option<Text> {
+        let n = u32::try_from(n).ok().filter(|n| n & Text::UNESCAPED == 0)?;
+        Some(Text {
+            at: Text::UNESCAPED | n,
+            len: 0,
+        })
+        .filter(|t| *t != Text::NULL)
+    }
+}
+
 /// One query of the Costs API: a fixed window so `next_page` tokens stay valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CostQuery {
@@ -162,13 +189,15 @@ pub struct CostPage {
 impl CostPage {
     /// The text `text` stands for, `None` for null.
     pub fn text(&self, text: &Text) -> Option<&str> {
-        match *text {
-            Text::Null => None,
-            Text::Span { from, to } => self
-                .body
-                .get(usize::try_from(from).ok()?..usize::try_from(to).ok()?)
-                .and_then(|bytes| std::str::from_utf8(bytes).ok()),
-            Text::Unescaped(n) => self.unescaped.get(usize::try_from(n).ok()?).map(|s| &**s),
+        if *text == Text::NULL {
+            None
+        } else if text.at & Text::UNESCAPED != 0 {
+            let n = usize::try_from(text.at & !Text::UNESCAPED).ok()?;
+            self.unescaped.get(n).map(|s| &**s)
+        } else {
+            let from = usize::try_from(text.at).ok()?;
+            let to = from.checked_add(usize::try_from(text.len).ok()?)?;
+            std::str::from_utf8(self.body.get(from..to)?).ok()
         }
     }
 
@@ -205,28 +234,28 @@ impl Texts<'_> {
             .checked_sub(self.body.as_ptr().addr())
             .and_then(|from| Some((from, from.checked_add(piece.len())?)))
             .filter(|&(_, to)| to <= self.body.len())
-            .and_then(|(from, to)| Some((u32::try_from(from).ok()?, u32::try_from(to).ok()?)));
+            .and_then(|(from, to)| Text::span(from, to));
         match span {
-            Some((from, to)) => Text::Span { from, to },
+            Some(span) => span,
             None => self.keep(piece.into()),
         }
     }
 
     fn keep(&mut self, owned: Box<str>) -> Text {
-        match u32::try_from(self.unescaped.len()) {
-            Ok(n) => {
+        match Text::unescaped(self.unescaped.len()) {
+            Some(text) => {
                 self.unescaped.push(owned);
-                Text::Unescaped(n)
+                text
             }
-            // Four billion escaped strings on one page: never; say nothing rather than a guess.
-            Err(_) => Text::Null,
+            // Two billion escaped strings on one page: never; say nothing rather than a guess.
+            None => Text::NULL,
         }
     }
 
     /// A string field: a span when the JSON wrote it plainly, unescaped when it did not.
     fn string(&mut self, value: Option<Str<'_>>) -> Text {
         match value.map(|s| s.0) {
-            None => Text::Null,
+            None => Text::NULL,
             Some(Cow::Borrowed(piece)) => self.of(piece),
             Some(Cow::Owned(owned)) => self.keep(owned.into_boxed_str()),
         }
@@ -443,7 +472,7 @@ impl CostWalk {
                     line_item: texts.string(fields.line_item),
                     amount: texts.of(amount),
                     currency: texts.string(currency),
-                    quantity: quantity.map_or(Text::Null, |q| texts.of(q)),
+                    quantity: quantity.map_or(Text::NULL, |q| texts.of(q)),
                     quantity_unit: texts.string(fields.quantity_unit),
                     raw: texts.of(raw.get()),
                 });

@@ -244,7 +244,8 @@ fn record_metrics(status: &'static str, pages: i64, duration: Duration) {
     );
 }
 
-/// Plans the pass's segments, fetches them in a task of its own, and applies what arrives.
+/// Plans the pass's segments, fetches them beside the writer (one future each, in this task), and
+/// applies what arrives.
 #[allow(clippy::too_many_arguments)]
 async fn run_segments(
     deps: &CostDeps,
@@ -290,71 +291,81 @@ async fn run_segments(
         .most_rows_per_day(at(window.0.saturating_sub(14 * DAY_SECONDS)))
         .await?;
     let (mut pages_rx, spares, fetcher) = start_fetch(deps.client.clone(), segments, hint);
-    let _fetcher = AbortOnDrop(fetcher);
+    let mut fetcher = std::pin::pin!(fetcher);
+    let mut fetching = true;
     let mut in_window = false;
-    let result = async {
-        loop {
-            let received = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(CostError::Cancelled { backfilled_days: *backfilled_days }),
-                received = pages_rx.recv() => received,
-            };
-            match received {
-                Some(Fetched::Page(phase, page)) => {
-                    counts.pages += 1;
-                    if page.without_amount > 0 {
-                        tracing::warn!(
-                            results = page.without_amount,
-                            "cost results without an amount were skipped, not stored as 0"
-                        );
+    let result = {
+        let writer = async {
+            loop {
+                let received = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(CostError::Cancelled { backfilled_days: *backfilled_days }),
+                    received = pages_rx.recv() => received,
+                };
+                match received {
+                    Some(Fetched::Page(phase, page)) => {
+                        counts.pages += 1;
+                        if page.without_amount > 0 {
+                            tracing::warn!(
+                                results = page.without_amount,
+                                "cost results without an amount were skipped, not stored as 0"
+                            );
+                        }
+                        if phase == Phase::Backfill {
+                            session.begin().await?;
+                            let days = backfill_page(
+                                session,
+                                page,
+                                &spares,
+                                run_id,
+                                observed_at,
+                                counts,
+                                *backfilled_days,
+                            )
+                            .await?;
+                            session.commit().await?;
+                            counts.days_read += days;
+                            *backfilled_days += days;
+                        } else {
+                            if !in_window {
+                                session.begin().await?;
+                                in_window = true;
+                            }
+                            counts.days_read += stage_page(session, &page).await?;
+                            recycle(&spares, page);
+                        }
                     }
-                    if phase == Phase::Backfill {
-                        session.begin().await?;
-                        let days = backfill_page(
-                            session,
-                            page,
-                            &spares,
-                            run_id,
-                            observed_at,
-                            counts,
-                            *backfilled_days,
-                        )
-                        .await?;
-                        session.commit().await?;
-                        counts.days_read += days;
-                        *backfilled_days += days;
-                    } else {
+                    Some(Fetched::SegmentEnd(Phase::Window)) => {
                         if !in_window {
                             session.begin().await?;
                             in_window = true;
                         }
-                        counts.days_read += stage_page(session, &page).await?;
-                        recycle(&spares, page);
+                        apply(session, run_id, observed_at, counts, *backfilled_days).await?;
+                        session.commit().await?;
+                        in_window = false;
                     }
-                }
-                Some(Fetched::SegmentEnd(Phase::Window)) => {
-                    if !in_window {
-                        session.begin().await?;
-                        in_window = true;
+                    Some(Fetched::SegmentEnd(Phase::Backfill)) => {}
+                    Some(Fetched::Done) => return Ok(()),
+                    Some(Fetched::Failed(cause)) => {
+                        return Err(CostError::Api {
+                            pages: counts.pages,
+                            backfilled_days: *backfilled_days,
+                            cause,
+                        });
                     }
-                    apply(session, run_id, observed_at, counts, *backfilled_days).await?;
-                    session.commit().await?;
-                    in_window = false;
+                    None => return Err(CostError::FetcherStopped),
                 }
-                Some(Fetched::SegmentEnd(Phase::Backfill)) => {}
-                Some(Fetched::Done) => return Ok(()),
-                Some(Fetched::Failed(cause)) => {
-                    return Err(CostError::Api {
-                        pages: counts.pages,
-                        backfilled_days: *backfilled_days,
-                        cause,
-                    });
-                }
-                None => return Err(CostError::FetcherStopped),
+            }
+        };
+        let mut writer = std::pin::pin!(writer);
+        // The fetcher runs in this task, beside the writer, and stops with it.
+        loop {
+            tokio::select! {
+                result = &mut writer => break result,
+                () = &mut fetcher, if fetching => fetching = false,
             }
         }
-    }
-    .await;
+    };
     if result.is_err()
         && let Err(e) = session.rollback().await
     {
@@ -492,22 +503,13 @@ async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, S
     Ok(i64::try_from(days.len()).unwrap_or(i64::MAX))
 }
 
-/// Aborts the fetch task when the pass ends early, whatever the reason.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Days per query that keep a page near `ROWS_PER_PAGE` when a day holds `rows_per_day`.
 fn days_per_query(rows_per_day: i64) -> i64 {
     (ROWS_PER_PAGE / rows_per_day.max(1)).clamp(1, i64::from(MAX_COST_LIMIT))
 }
 
-/// Reads every segment in order, one page ahead of the writer; each query has a fixed window
-/// so its `next_page` tokens stay valid, and is sized from the busiest day seen so far.
+/// Reads every segment in order, a page ahead of the writer; each query has a fixed window so
+/// its `next_page` tokens stay valid, and is sized from the busiest day seen so far.
 ///
 /// Pages come back through the second channel once written (a backfill page once sent to
 /// Postgres), and the next one is read into the same buffers: one page is held at a time,
@@ -519,7 +521,7 @@ fn start_fetch(
 ) -> (
     mpsc::Receiver<Fetched>,
     mpsc::Sender<CostPage>,
-    tokio::task::JoinHandle<()>,
+    impl std::future::Future<Output = ()>,
 ) {
     let (sender, receiver) = mpsc::channel::<Fetched>(1);
     let (spare_sender, mut spares) = mpsc::channel::<CostPage>(PAGES_IN_FLIGHT + 1);
@@ -585,6 +587,5 @@ fn start_fetch(
         }
         let _ = sender.send(Fetched::Done).await;
     };
-    let handle = tokio::spawn(task.in_current_span());
-    (receiver, spare_sender, handle)
+    (receiver, spare_sender, task)
 }

@@ -13,8 +13,9 @@ mod binary;
 /// Advisory lock key shared by every process that runs cost passes ("ops_cost"); not the walk's.
 const COST_LOCK: i64 = 0x6f70_735f_636f_7374;
 
-/// Most rows staged by one statement.
-const STAGE_ROWS_PER_STATEMENT: usize = 1_000;
+/// Most rows staged by one statement: some 90 KiB of parameters, the size the connection's
+/// write buffer grows to.
+const STAGE_ROWS_PER_STATEMENT: usize = 250;
 
 /// One staged cost result, borrowed from the page it came in.
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +136,15 @@ pub struct CostSession {
     staged_span: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// Backfill rows gathered for `COPY` before they are sent.
     copy_buffer: Vec<u8>,
+    /// The hashes of a backfill page's keys, to find one listed twice.
+    keys_seen: KeyHashes,
 }
+
+/// A hasher and the hashes seen with it.
+type KeyHashes = (
+    std::collections::hash_map::RandomState,
+    std::collections::HashSet<u64>,
+);
 
 impl CostSession {
     /// Connects and takes the cost lock; `None` when another cost pass holds it.
@@ -184,6 +193,7 @@ impl CostSession {
             staged_rows: 0,
             staged_span: None,
             copy_buffer: Vec::new(),
+            keys_seen: KeyHashes::default(),
         }))
     }
 
@@ -341,7 +351,7 @@ impl CostSession {
         let (Some(&from), Some(&last)) = (days.iter().min(), days.iter().max()) else {
             return Ok(Backfilled::Compare);
         };
-        if let Some(duplicate) = first_duplicate(rows.clone()) {
+        if let Some(duplicate) = first_duplicate(rows.clone(), &mut self.keys_seen) {
             return Err(CostApplyError::Duplicate(duplicate));
         }
         let fits = rows.clone().all(|row| {
@@ -566,7 +576,11 @@ impl CostSession {
 }
 
 /// The first key `rows` list twice, if any: by hash, then comparing the rows themselves.
-fn first_duplicate<'r>(rows: impl Iterator<Item = CostRow<'r>> + Clone) -> Option<DuplicateCost> {
+/// `seen` is emptied first and kept for the next page.
+fn first_duplicate<'r>(
+    rows: impl Iterator<Item = CostRow<'r>> + Clone,
+    seen: &mut KeyHashes,
+) -> Option<DuplicateCost> {
     use std::hash::BuildHasher as _;
     let key = |row: &CostRow<'r>| {
         (
@@ -576,8 +590,8 @@ fn first_duplicate<'r>(rows: impl Iterator<Item = CostRow<'r>> + Clone) -> Optio
             row.currency,
         )
     };
-    let hasher = std::collections::hash_map::RandomState::new();
-    let mut seen = std::collections::HashSet::with_capacity(rows.size_hint().0);
+    let (hasher, seen) = (&seen.0, &mut seen.1);
+    seen.clear();
     for (n, row) in rows.clone().enumerate() {
         if !seen.insert(hasher.hash_one(key(&row)))
             && rows
