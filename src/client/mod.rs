@@ -91,17 +91,21 @@ impl AdminClient {
                     )
                 })?;
         auth.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .connect_timeout(options.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ApiError::Connect(format!("could not build the HTTP client: {e}")))?;
         Ok(AdminClient {
-            http,
+            http: http_client(options.timeout)?,
             base_url: options.base_url,
             auth,
             timeout: options.timeout,
             retry: options.retry,
+        })
+    }
+
+    /// The same client with a connection pool of its own, for a task on another runtime: a
+    /// connection lives on the runtime that opened it, so one pool must not span two.
+    pub fn with_own_connections(&self) -> Result<AdminClient, ApiError> {
+        Ok(AdminClient {
+            http: http_client(self.timeout)?,
+            ..self.clone()
         })
     }
 
@@ -431,6 +435,15 @@ impl AdminClient {
         };
         text.replace(&userinfo, "")
     }
+}
+
+/// The HTTP client behind an `AdminClient`, with its own connection pool.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, ApiError> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| ApiError::Connect(format!("could not build the HTTP client: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, ApiError> {

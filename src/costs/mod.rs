@@ -244,8 +244,7 @@ fn record_metrics(status: &'static str, pages: i64, duration: Duration) {
     );
 }
 
-/// Plans the pass's segments, fetches them beside the writer (one future each, in this task), and
-/// applies what arrives.
+/// Plans the pass's segments, fetches them on a thread of their own, and applies what arrives.
 #[allow(clippy::too_many_arguments)]
 async fn run_segments(
     deps: &CostDeps,
@@ -290,82 +289,83 @@ async fn run_segments(
     let hint = session
         .most_rows_per_day(at(window.0.saturating_sub(14 * DAY_SECONDS)))
         .await?;
-    let (mut pages_rx, spares, fetcher) = start_fetch(deps.client.clone(), segments, hint);
-    let mut fetcher = std::pin::pin!(fetcher);
-    let mut fetching = true;
+    let client = deps
+        .client
+        .with_own_connections()
+        .map_err(|cause| CostError::Api {
+            pages: 0,
+            backfilled_days: *backfilled_days,
+            cause,
+        })?;
+    let (mut pages_rx, spares, fetcher) = start_fetch(client, segments, hint);
+    let _fetcher = FetchThread::start(fetcher).map_err(|error| {
+        tracing::error!(error = %error, "could not start the cost page fetcher's thread");
+        CostError::FetcherStopped
+    })?;
     let mut in_window = false;
-    let result = {
-        let writer = async {
-            loop {
-                let received = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return Err(CostError::Cancelled { backfilled_days: *backfilled_days }),
-                    received = pages_rx.recv() => received,
-                };
-                match received {
-                    Some(Fetched::Page(phase, page)) => {
-                        counts.pages += 1;
-                        if page.without_amount > 0 {
-                            tracing::warn!(
-                                results = page.without_amount,
-                                "cost results without an amount were skipped, not stored as 0"
-                            );
-                        }
-                        if phase == Phase::Backfill {
-                            session.begin().await?;
-                            let days = backfill_page(
-                                session,
-                                page,
-                                &spares,
-                                run_id,
-                                observed_at,
-                                counts,
-                                *backfilled_days,
-                            )
-                            .await?;
-                            session.commit().await?;
-                            counts.days_read += days;
-                            *backfilled_days += days;
-                        } else {
-                            if !in_window {
-                                session.begin().await?;
-                                in_window = true;
-                            }
-                            counts.days_read += stage_page(session, &page).await?;
-                            recycle(&spares, page);
-                        }
+    let result = async {
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(CostError::Cancelled { backfilled_days: *backfilled_days }),
+                received = pages_rx.recv() => received,
+            };
+            match received {
+                Some(Fetched::Page(phase, page)) => {
+                    counts.pages += 1;
+                    if page.without_amount > 0 {
+                        tracing::warn!(
+                            results = page.without_amount,
+                            "cost results without an amount were skipped, not stored as 0"
+                        );
                     }
-                    Some(Fetched::SegmentEnd(Phase::Window)) => {
+                    if phase == Phase::Backfill {
+                        session.begin().await?;
+                        let days = backfill_page(
+                            session,
+                            page,
+                            &spares,
+                            run_id,
+                            observed_at,
+                            counts,
+                            *backfilled_days,
+                        )
+                        .await?;
+                        session.commit().await?;
+                        counts.days_read += days;
+                        *backfilled_days += days;
+                    } else {
                         if !in_window {
                             session.begin().await?;
                             in_window = true;
                         }
-                        apply(session, run_id, observed_at, counts, *backfilled_days).await?;
-                        session.commit().await?;
-                        in_window = false;
+                        counts.days_read += stage_page(session, &page).await?;
+                        recycle(&spares, page);
                     }
-                    Some(Fetched::SegmentEnd(Phase::Backfill)) => {}
-                    Some(Fetched::Done) => return Ok(()),
-                    Some(Fetched::Failed(cause)) => {
-                        return Err(CostError::Api {
-                            pages: counts.pages,
-                            backfilled_days: *backfilled_days,
-                            cause,
-                        });
-                    }
-                    None => return Err(CostError::FetcherStopped),
                 }
-            }
-        };
-        let mut writer = std::pin::pin!(writer);
-        // The fetcher runs in this task, beside the writer, and stops with it.
-        loop {
-            tokio::select! {
-                result = &mut writer => break result,
-                () = &mut fetcher, if fetching => fetching = false,
+                Some(Fetched::SegmentEnd(Phase::Window)) => {
+                    if !in_window {
+                        session.begin().await?;
+                        in_window = true;
+                    }
+                    apply(session, run_id, observed_at, counts, *backfilled_days).await?;
+                    session.commit().await?;
+                    in_window = false;
+                }
+                Some(Fetched::SegmentEnd(Phase::Backfill)) => {}
+                Some(Fetched::Done) => return Ok(()),
+                Some(Fetched::Failed(cause)) => {
+                    return Err(CostError::Api {
+                        pages: counts.pages,
+                        backfilled_days: *backfilled_days,
+                        cause,
+                    });
+                }
+                None => return Err(CostError::FetcherStopped),
             }
         }
-    };
+    }
+    .await;
     if result.is_err()
         && let Err(e) = session.rollback().await
     {
@@ -505,6 +505,51 @@ async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, S
     Ok(i64::try_from(days.len()).unwrap_or(i64::MAX))
 }
 
+/// The page fetcher on a thread of its own, with a single-threaded runtime and its own HTTP
+/// connections: the connection's read buffers and the pages' stay on that thread (one
+/// allocator arena, rather than spread over every worker of the process's runtime, each then
+/// keeping its share). It stops when this is dropped, whatever ended the pass.
+struct FetchThread {
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl FetchThread {
+    fn start(fetch: impl Future<Output = ()> + Send + 'static) -> std::io::Result<FetchThread> {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name("cost-fetch".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        // The pages' channel closes: the pass fails as the fetcher stopped.
+                        span.in_scope(|| {
+                            tracing::error!(error = %error, "could not start the cost page fetcher's runtime");
+                        });
+                        return;
+                    }
+                };
+                runtime.block_on(
+                    async {
+                        tokio::select! {
+                            () = stopped.cancelled() => {}
+                            () = fetch => {}
+                        }
+                    }
+                    .instrument(span),
+                );
+            })?;
+        Ok(FetchThread {
+            _stop: stop.drop_guard(),
+        })
+    }
+}
+
 /// Days per query that keep a page near `ROWS_PER_PAGE` when a day holds `rows_per_day`.
 fn days_per_query(rows_per_day: i64) -> i64 {
     (ROWS_PER_PAGE / rows_per_day.max(1)).clamp(1, i64::from(MAX_COST_LIMIT))
@@ -523,7 +568,7 @@ fn start_fetch(
 ) -> (
     mpsc::Receiver<Fetched>,
     mpsc::Sender<CostPage>,
-    impl std::future::Future<Output = ()>,
+    impl Future<Output = ()> + Send + 'static,
 ) {
     let (sender, receiver) = mpsc::channel::<Fetched>(1);
     let (spare_sender, mut spares) = mpsc::channel::<CostPage>(PAGES_IN_FLIGHT + 1);
