@@ -98,12 +98,39 @@ fn number_text(raw: &RawValue) -> Result<Option<&str>, String> {
     Ok(Some(number))
 }
 
-/// A piece of a page's text: a span of the body as received, or owned when the JSON escaped it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Text {
-    Null,
-    Span { from: usize, to: usize },
-    Owned(Box<str>),
+/// A piece of a page's text: a span of the body as received, one of the page's unescaped
+/// strings when the JSON escaped it, or null; read it with `CostPage::text`. Eight bytes, so a
+/// page's results cost little beside its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Text {
+    /// Where the span starts, or (high bit set) which unescaped string it is.
+    at: u32,
+    len: u32,
+}
+
+impl Text {
+    pub const NULL: Text = Text {
+        at: u32::MAX,
+        len: 0,
+    };
+    const UNESCAPED: u32 = 1 << 31;
+
+    fn span(from: usize, to: usize) -> Option<Text> {
+        let at = u32::try_from(from)
+            .ok()
+            .filter(|at| at & Text::UNESCAPED == 0)?;
+        let len = u32::try_from(to.checked_sub(from)?).ok()?;
+        Some(Text { at, len })
+    }
+
+    fn unescaped(n: usize) -> Option<Text> {
+        let n = u32::try_from(n).ok().filter(|n| n & Text::UNESCAPED == 0)?;
+        Some(Text {
+            at: Text::UNESCAPED | n,
+            len: 0,
+        })
+        .filter(|t| *t != Text::NULL)
+    }
 }
 
 /// One query of the Costs API: a fixed window so `next_page` tokens stay valid.
@@ -131,22 +158,27 @@ pub struct CostResult {
     pub raw: Text,
 }
 
-/// One daily bucket and its results.
-#[derive(Debug, Clone)]
+/// One daily bucket; its results are `CostPage::buckets`' second half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CostBucket {
     pub start_time: i64,
     pub end_time: i64,
-    pub results: Vec<CostResult>,
+    /// Where its results lie among the page's: from, count.
+    results: (usize, usize),
 }
 
 /// One page of a cost query, checked: whole UTC days, ascending, inside the query's window.
 ///
 /// The results' text stays in the body as received: a page holds its body once, not a copy
-/// of every field.
-#[derive(Debug, Clone)]
+/// of every field. A page read can be handed back to `CostWalk::next_page_reusing`, which
+/// reads the next one into its buffers: a pass then allocates its pages once.
+#[derive(Debug, Clone, Default)]
 pub struct CostPage {
-    body: bytes::Bytes,
-    pub buckets: Vec<CostBucket>,
+    body: Vec<u8>,
+    /// The strings the JSON wrote with escapes, unescaped.
+    unescaped: Vec<Box<str>>,
+    buckets: Vec<CostBucket>,
+    results: Vec<CostResult>,
     /// Results left out because they carried no amount (never stored as 0).
     pub without_amount: u64,
     /// The days this page answers for: from where the last page ended to its last bucket's
@@ -156,35 +188,138 @@ pub struct CostPage {
 
 impl CostPage {
     /// The text `text` stands for, `None` for null.
-    pub fn text<'a>(&'a self, text: &'a Text) -> Option<&'a str> {
-        match text {
-            Text::Null => None,
-            Text::Span { from, to } => self
-                .body
-                .get(*from..*to)
-                .and_then(|bytes| std::str::from_utf8(bytes).ok()),
-            Text::Owned(owned) => Some(owned),
+    pub fn text(&self, text: &Text) -> Option<&str> {
+        if *text == Text::NULL {
+            None
+        } else if text.at & Text::UNESCAPED != 0 {
+            let n = usize::try_from(text.at & !Text::UNESCAPED).ok()?;
+            self.unescaped.get(n).map(|s| &**s)
+        } else {
+            let from = usize::try_from(text.at).ok()?;
+            let to = from.checked_add(usize::try_from(text.len).ok()?)?;
+            std::str::from_utf8(self.body.get(from..to)?).ok()
+        }
+    }
+
+    /// The page's buckets, ascending, each with its results.
+    pub fn buckets(&self) -> impl Iterator<Item = (&CostBucket, &[CostResult])> + Clone {
+        self.buckets.iter().map(|bucket| {
+            let (from, count) = bucket.results;
+            let results = from
+                .checked_add(count)
+                .and_then(|to| self.results.get(from..to))
+                .unwrap_or_default();
+            (bucket, results)
+        })
+    }
+
+    /// How many results the page holds.
+    pub fn results(&self) -> usize {
+        self.results.len()
+    }
+
+    /// Puts each bucket's results in key order: project, line item, currency, by their bytes,
+    /// nulls last (the order of a text index under a bytewise collation). The API's order
+    /// means nothing; in this one a table indexed by the key takes a day's rows in order.
+    pub fn order_by_key(&mut self) {
+        let CostPage {
+            body,
+            unescaped,
+            buckets,
+            results,
+            ..
+        } = self;
+        let texts = Texts {
+            body,
+            unescaped: std::mem::take(unescaped),
+        };
+        for bucket in buckets.iter() {
+            let (from, count) = bucket.results;
+            let Some(results) = from
+                .checked_add(count)
+                .and_then(|to| results.get_mut(from..to))
+            else {
+                continue;
+            };
+            results.sort_unstable_by(|a, b| {
+                let key = |r: &CostResult| [r.project_id, r.line_item, r.currency];
+                key(a)
+                    .iter()
+                    .zip(key(b).iter())
+                    .map(|(x, y)| match (texts.resolve(x), texts.resolve(y)) {
+                        (Some(x), Some(y)) => x.cmp(y),
+                        (x, y) => x.is_none().cmp(&y.is_none()),
+                    })
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+        }
+        *unescaped = texts.unescaped;
+    }
+}
+
+/// Turns a page's fields into `Text`: spans of its body where the JSON wrote them plainly.
+struct Texts<'b> {
+    body: &'b [u8],
+    unescaped: Vec<Box<str>>,
+}
+
+impl Texts<'_> {
+    /// Where `piece`, a slice of the body, lies in it; kept aside if it is not one.
+    fn of(&mut self, piece: &str) -> Text {
+        let span = piece
+            .as_ptr()
+            .addr()
+            .checked_sub(self.body.as_ptr().addr())
+            .and_then(|from| Some((from, from.checked_add(piece.len())?)))
+            .filter(|&(_, to)| to <= self.body.len())
+            .and_then(|(from, to)| Text::span(from, to));
+        match span {
+            Some(span) => span,
+            None => self.keep(piece.into()),
+        }
+    }
+
+    /// The bytes `text` stands for, `None` for null.
+    fn resolve(&self, text: &Text) -> Option<&[u8]> {
+        if *text == Text::NULL {
+            None
+        } else if text.at & Text::UNESCAPED != 0 {
+            let n = usize::try_from(text.at & !Text::UNESCAPED).ok()?;
+            self.unescaped.get(n).map(|s| s.as_bytes())
+        } else {
+            let from = usize::try_from(text.at).ok()?;
+            self.body
+                .get(from..from.checked_add(usize::try_from(text.len).ok()?)?)
+        }
+    }
+
+    fn keep(&mut self, owned: Box<str>) -> Text {
+        match Text::unescaped(self.unescaped.len()) {
+            Some(text) => {
+                self.unescaped.push(owned);
+                text
+            }
+            // Two billion escaped strings on one page: never; say nothing rather than a guess.
+            None => Text::NULL,
+        }
+    }
+
+    /// A string field: a span when the JSON wrote it plainly, unescaped when it did not.
+    fn string(&mut self, value: Option<Str<'_>>) -> Text {
+        match value.map(|s| s.0) {
+            None => Text::NULL,
+            Some(Cow::Borrowed(piece)) => self.of(piece),
+            Some(Cow::Owned(owned)) => self.keep(owned.into_boxed_str()),
         }
     }
 }
 
-/// Where `piece`, a slice of `body`, lies in it.
-fn span_of(body: &[u8], piece: &str) -> Option<Text> {
-    let from = piece.as_ptr().addr().checked_sub(body.as_ptr().addr())?;
-    let to = from.checked_add(piece.len())?;
-    (to <= body.len()).then_some(Text::Span { from, to })
-}
-
-/// A string field as a span of the body when the JSON wrote it plainly, owned when escaped.
-fn text_of(body: &[u8], value: Option<Cow<'_, str>>) -> Text {
-    match value {
-        None => Text::Null,
-        Some(Cow::Borrowed(piece)) => {
-            span_of(body, piece).unwrap_or_else(|| Text::Owned(piece.into()))
-        }
-        Some(Cow::Owned(owned)) => Text::Owned(owned.into_boxed_str()),
-    }
-}
+/// A JSON string, borrowed from the body unless it has escapes. (Serde borrows a `Cow` only
+/// when it is the field's whole type, not inside an `Option`: hence the wrapper.)
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize)]
 struct PageBody<'a> {
@@ -199,22 +334,73 @@ struct PageBody<'a> {
 struct BucketBody<'a> {
     start_time: i64,
     end_time: i64,
-    #[serde(borrow, default)]
-    results: Vec<&'a RawValue>,
+    /// The results array as received, read one result at a time by `each_element`.
+    #[serde(borrow, default, deserialize_with = "raw_present")]
+    results: Option<&'a RawValue>,
+}
+
+/// A field's JSON as received, `null` included (a field left out is `None`).
+fn raw_present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Hands each element of the JSON array `array` to `each`, borrowed from it, without
+/// collecting them first; stops at the first error, of the JSON (as a message) or of `each`.
+fn each_element<'a, E>(
+    array: &'a RawValue,
+    each: impl FnMut(&'a RawValue) -> Result<(), E>,
+) -> Result<(), ElementError<E>> {
+    struct Each<F, E> {
+        each: F,
+        failed: Option<E>,
+    }
+    impl<'de, F, E> serde::de::Visitor<'de> for &mut Each<F, E>
+    where
+        F: FnMut(&'de RawValue) -> Result<(), E>,
+    {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(element) = seq.next_element::<&'de RawValue>()? {
+                if let Err(e) = (self.each)(element) {
+                    self.failed = Some(e);
+                    return Err(serde::de::Error::custom("stopped"));
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut visitor = Each { each, failed: None };
+    let mut deserializer = serde_json::Deserializer::from_str(array.get());
+    let read = serde::Deserializer::deserialize_seq(&mut deserializer, &mut visitor);
+    match (read, visitor.failed) {
+        (_, Some(e)) => Err(ElementError::Each(e)),
+        (Err(e), None) => Err(ElementError::Json(e.to_string())),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+enum ElementError<E> {
+    Json(String),
+    Each(E),
 }
 
 #[derive(Deserialize)]
 struct ResultFields<'a> {
     #[serde(borrow, default)]
-    project_id: Option<Cow<'a, str>>,
+    project_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    line_item: Option<Cow<'a, str>>,
+    line_item: Option<Str<'a>>,
     #[serde(borrow, default)]
     amount: Option<AmountFields<'a>>,
     #[serde(borrow, default)]
     quantity: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    quantity_unit: Option<Cow<'a, str>>,
+    quantity_unit: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -222,7 +408,7 @@ struct AmountFields<'a> {
     #[serde(borrow, default)]
     value: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    currency: Option<Cow<'a, str>>,
+    currency: Option<Str<'a>>,
 }
 
 impl AdminClient {
@@ -273,25 +459,40 @@ pub struct CostWalk {
 impl CostWalk {
     /// Fetches the next page, or `None` once the API said there is no more.
     pub async fn next_page(&mut self) -> Result<Option<CostPage>, ApiError> {
+        self.next_page_reusing(None).await
+    }
+
+    /// `next_page`, read into the buffers of `spare`, a page done with.
+    pub async fn next_page_reusing(
+        &mut self,
+        spare: Option<CostPage>,
+    ) -> Result<Option<CostPage>, ApiError> {
         if self.done {
             return Ok(None);
         }
         let url = self
             .client
             .costs_url(&self.query, self.next_page.as_deref());
-        let body: bytes::Bytes = self
+        let mut spare = spare.unwrap_or_default();
+        let body = std::mem::take(&mut spare.body);
+        let body = self
             .client
-            .call_retrying_raw("costs", Method::GET, url)
+            .call_retrying_raw("costs", Method::GET, url, body)
             .await?;
         self.pages += 1;
-        let page = match self.read(body) {
-            Ok(page) => page,
+        spare.body = body;
+        match self.read(spare) {
+            Ok(page) => Ok(Some(page)),
             Err(error) => {
                 self.done = true;
-                return Err(error);
+                Err(error)
             }
-        };
-        Ok(Some(page))
+        }
+    }
+
+    /// Whether the API said there is no more (or the walk failed): `next_page` answers `None`.
+    pub fn finished(&self) -> bool {
+        self.done
     }
 
     /// How many pages have been fetched so far.
@@ -306,16 +507,25 @@ impl CostWalk {
         }
     }
 
-    fn read(&mut self, body: bytes::Bytes) -> Result<CostPage, ApiError> {
+    /// Checks the page in `page.body` and lists its results, in `page`'s other buffers.
+    fn read(&mut self, mut page: CostPage) -> Result<CostPage, ApiError> {
         let decode = |message: String| ApiError::Decode {
             message,
             request_id: None,
         };
+        let body = std::mem::take(&mut page.body);
+        page.unescaped.clear();
+        page.buckets.clear();
+        page.results.clear();
+        page.without_amount = 0;
         let parsed: PageBody<'_> = serde_json::from_slice(&body)
             .map_err(|e| decode(format!("the costs page is not the documented shape: {e}")))?;
         let from = self.cursor;
-        let mut buckets = Vec::with_capacity(parsed.data.len());
-        let mut without_amount = 0u64;
+        let mut texts = Texts {
+            body: &body,
+            unescaped: std::mem::take(&mut page.unescaped),
+        };
+        page.buckets.reserve_exact(parsed.data.len());
         for bucket in parsed.data {
             if bucket.start_time < self.cursor
                 || bucket.end_time > self.query.end_time
@@ -332,8 +542,9 @@ impl CostWalk {
                 )));
             }
             self.cursor = bucket.end_time;
-            let mut results = Vec::with_capacity(bucket.results.len());
-            for raw in bucket.results {
+            let first = page.results.len();
+            let (results, without_amount) = (&mut page.results, &mut page.without_amount);
+            let mut read_one = |raw: &RawValue| -> Result<(), ApiError> {
                 let fields: ResultFields<'_> = serde_json::from_str(raw.get()).map_err(|e| {
                     decode(format!("a cost result is not the documented shape: {e}"))
                 })?;
@@ -343,51 +554,60 @@ impl CostWalk {
                         currency,
                     }) => (value, currency),
                     _ => {
-                        without_amount += 1;
-                        continue;
+                        *without_amount += 1;
+                        return Ok(());
                     }
                 };
                 let Some(amount) = number_text(value)
                     .map_err(|e| decode(format!("a cost amount is not a number: {e}")))?
                 else {
-                    without_amount += 1;
-                    continue;
+                    *without_amount += 1;
+                    return Ok(());
                 };
                 let quantity = match fields.quantity {
                     Some(q) => number_text(q)
                         .map_err(|e| decode(format!("a cost quantity is not a number: {e}")))?,
                     None => None,
                 };
-                let number = |text: Option<&str>| {
-                    text.map_or(Text::Null, |t| text_of(&body, Some(Cow::Borrowed(t))))
-                };
+                if results.len() == results.capacity() {
+                    // By an eighth: the list is kept for the pass, at about its largest page.
+                    results.reserve_exact(results.len() / 8 + 64);
+                }
                 results.push(CostResult {
-                    project_id: text_of(&body, fields.project_id),
-                    line_item: text_of(&body, fields.line_item),
-                    amount: number(Some(amount)),
-                    currency: text_of(&body, currency),
-                    quantity: number(quantity),
-                    quantity_unit: text_of(&body, fields.quantity_unit),
-                    raw: text_of(&body, Some(Cow::Borrowed(raw.get()))),
+                    project_id: texts.string(fields.project_id),
+                    line_item: texts.string(fields.line_item),
+                    amount: texts.of(amount),
+                    currency: texts.string(currency),
+                    quantity: quantity.map_or(Text::NULL, |q| texts.of(q)),
+                    quantity_unit: texts.string(fields.quantity_unit),
+                    raw: texts.of(raw.get()),
                 });
+                Ok(())
+            };
+            if let Some(listed) = bucket.results {
+                each_element(listed, &mut read_one).map_err(|e| match e {
+                    ElementError::Json(e) => {
+                        decode(format!("the costs page is not the documented shape: {e}"))
+                    }
+                    ElementError::Each(e) => e,
+                })?;
             }
-            buckets.push(CostBucket {
+            page.buckets.push(CostBucket {
                 start_time: bucket.start_time,
                 end_time: bucket.end_time,
-                results,
+                results: (first, page.results.len() - first),
             });
         }
-        if !parsed.has_more {
+        page.unescaped = texts.unescaped;
+        let (has_more, next_page) = (parsed.has_more, parsed.next_page);
+        page.body = body;
+        if !has_more {
             self.done = true;
             self.cursor = self.query.end_time;
-            return Ok(CostPage {
-                body,
-                buckets,
-                without_amount,
-                covers: (from, self.query.end_time),
-            });
+            page.covers = (from, self.query.end_time);
+            return Ok(page);
         }
-        let Some(token) = parsed.next_page.filter(|t| !t.is_empty()) else {
+        let Some(token) = next_page.filter(|t| !t.is_empty()) else {
             self.done = true;
             return Err(self.broken("the API said has_more but gave no next_page".into()));
         };
@@ -398,11 +618,7 @@ impl CostWalk {
             )));
         }
         self.next_page = Some(token);
-        Ok(CostPage {
-            body,
-            buckets,
-            without_amount,
-            covers: (from, self.cursor),
-        })
+        page.covers = (from, self.cursor);
+        Ok(page)
     }
 }

@@ -38,6 +38,9 @@ pub use walk::ProjectWalk;
 /// The value of the `User-Agent` header on every call.
 pub const USER_AGENT_VALUE: &str = concat!("openai-project-sync/", env!("CARGO_PKG_VERSION"));
 
+/// The most a `content-length` reserves before the body arrives; a longer body still arrives whole.
+const MAX_BODY_RESERVE: usize = 64 << 20;
+
 /// How to reach the API.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -73,7 +76,7 @@ impl std::fmt::Debug for AdminClient {
 /// One successful answer: its body and the request id the API gave it.
 struct Answer {
     status: StatusCode,
-    body: bytes::Bytes,
+    body: Vec<u8>,
     request_id: Option<String>,
 }
 
@@ -88,17 +91,21 @@ impl AdminClient {
                     )
                 })?;
         auth.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .connect_timeout(options.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ApiError::Connect(format!("could not build the HTTP client: {e}")))?;
         Ok(AdminClient {
-            http,
+            http: http_client(options.timeout)?,
             base_url: options.base_url,
             auth,
             timeout: options.timeout,
             retry: options.retry,
+        })
+    }
+
+    /// The same client with a connection pool of its own, for a task on another runtime: a
+    /// connection lives on the runtime that opened it, so one pool must not span two.
+    pub fn with_own_connections(&self) -> Result<AdminClient, ApiError> {
+        Ok(AdminClient {
+            http: http_client(self.timeout)?,
+            ..self.clone()
         })
     }
 
@@ -214,15 +221,19 @@ impl AdminClient {
             .await
     }
 
-    /// Like `call_retrying`, returning the answer's body as received.
+    /// Like `call_retrying`, returning the answer's body as received, read into `buffer`'s
+    /// allocation (emptied first) so a caller reading page after page allocates once.
     async fn call_retrying_raw(
         &self,
         endpoint: &'static str,
         method: Method,
         url: Url,
-    ) -> Result<bytes::Bytes, ApiError> {
-        self.call_retrying_with(endpoint, method, url, None::<&()>, |answer| Ok(answer.body))
-            .await
+        buffer: Vec<u8>,
+    ) -> Result<Vec<u8>, ApiError> {
+        self.call_retrying_into(endpoint, method, url, None::<&()>, buffer, |answer| {
+            Ok(answer.body)
+        })
+        .await
     }
 
     async fn call_retrying_with<T>(
@@ -233,10 +244,31 @@ impl AdminClient {
         body: Option<&impl Serialize>,
         read: impl Fn(Answer) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
+        self.call_retrying_into(endpoint, method, url, body, Vec::new(), read)
+            .await
+    }
+
+    /// `call_retrying_with`, the first answer read into `buffer` (a retry reads into a new one).
+    async fn call_retrying_into<T>(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+        buffer: Vec<u8>,
+        read: impl Fn(Answer) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let mut retry = 0;
+        let mut buffer = Some(buffer);
         loop {
             let result = self
-                .send(endpoint, method.clone(), url.clone(), body)
+                .send_into(
+                    endpoint,
+                    method.clone(),
+                    url.clone(),
+                    body,
+                    buffer.take().unwrap_or_default(),
+                )
                 .await
                 .and_then(&read);
             let error = match result {
@@ -275,6 +307,19 @@ impl AdminClient {
         url: Url,
         body: Option<&impl Serialize>,
     ) -> Result<Answer, ApiError> {
+        self.send_into(endpoint, method, url, body, Vec::new())
+            .await
+    }
+
+    /// `send`, the answer read into `buffer`'s allocation.
+    async fn send_into(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&impl Serialize>,
+        buffer: Vec<u8>,
+    ) -> Result<Answer, ApiError> {
         let mut request = self
             .http
             .request(method, url)
@@ -284,7 +329,7 @@ impl AdminClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let result = self.exchange(request).await;
+        let result = self.exchange(request, buffer).await;
         let (status, error) = match &result {
             Ok(answer) => (answer.status.as_u16().to_string(), "none"),
             Err(ApiError::Status { status, .. }) => (
@@ -310,7 +355,11 @@ impl AdminClient {
         result
     }
 
-    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Answer, ApiError> {
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        buffer: Vec<u8>,
+    ) -> Result<Answer, ApiError> {
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -318,10 +367,7 @@ impl AdminClient {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let body = self.read_body(response, buffer).await?;
         if status == StatusCode::OK || status.is_success() {
             return Ok(Answer {
                 status,
@@ -338,6 +384,31 @@ impl AdminClient {
         );
         tracing::debug!(error = %error, "API call answered with an error");
         Err(error)
+    }
+
+    /// Reads a whole body into `body` (emptied first), reserving its `content-length`: each
+    /// chunk is copied in as it arrives and let go, so a body is held once, not as chunks and
+    /// then a copy.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        mut body: Vec<u8>,
+    ) -> Result<Vec<u8>, ApiError> {
+        body.clear();
+        let expected = response
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+            .min(MAX_BODY_RESERVE);
+        body.reserve_exact(expected);
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(&e))?
+        {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> ApiError {
@@ -364,6 +435,15 @@ impl AdminClient {
         };
         text.replace(&userinfo, "")
     }
+}
+
+/// The HTTP client behind an `AdminClient`, with its own connection pool.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, ApiError> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| ApiError::Connect(format!("could not build the HTTP client: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(answer: &Answer) -> Result<T, ApiError> {

@@ -13,7 +13,8 @@ use tracing::Instrument;
 
 use crate::client::{AdminClient, ApiError, CostPage, CostQuery, DAY_SECONDS, MAX_COST_LIMIT};
 use crate::store::{
-    self, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost, Resource, StoreError,
+    self, Backfilled, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost, Resource,
+    StoreError,
 };
 use crate::sync::Trigger;
 
@@ -85,6 +86,10 @@ pub struct CostSummary {
 /// stored days suggest), later ones as many days as keep a page near this, so memory stays
 /// flat whatever the organization's size or the backfill's length.
 const ROWS_PER_PAGE: i64 = 5_000;
+
+/// Pages a pass holds at a time: the one fetched is read into the buffers of the one written
+/// before, once that one is sent to Postgres.
+const PAGES_IN_FLIGHT: usize = 1;
 
 /// Which part of a pass a page belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +244,7 @@ fn record_metrics(status: &'static str, pages: i64, duration: Duration) {
     );
 }
 
-/// Plans the pass's segments, fetches them in a task of its own, and applies what arrives.
+/// Plans the pass's segments, fetches them on a thread of their own, and applies what arrives.
 #[allow(clippy::too_many_arguments)]
 async fn run_segments(
     deps: &CostDeps,
@@ -284,8 +289,19 @@ async fn run_segments(
     let hint = session
         .most_rows_per_day(at(window.0.saturating_sub(14 * DAY_SECONDS)))
         .await?;
-    let (mut pages_rx, fetcher) = start_fetch(deps.client.clone(), segments, hint);
-    let _fetcher = AbortOnDrop(fetcher);
+    let client = deps
+        .client
+        .with_own_connections()
+        .map_err(|cause| CostError::Api {
+            pages: 0,
+            backfilled_days: *backfilled_days,
+            cause,
+        })?;
+    let (mut pages_rx, spares, fetcher) = start_fetch(client, segments, hint);
+    let _fetcher = FetchThread::start(fetcher).map_err(|error| {
+        tracing::error!(error = %error, "could not start the cost page fetcher's thread");
+        CostError::FetcherStopped
+    })?;
     let mut in_window = false;
     let result = async {
         loop {
@@ -303,19 +319,28 @@ async fn run_segments(
                             "cost results without an amount were skipped, not stored as 0"
                         );
                     }
-                    if phase == Phase::Window && !in_window {
-                        session.begin().await?;
-                        in_window = true;
-                    }
                     if phase == Phase::Backfill {
                         session.begin().await?;
-                    }
-                    let days = stage_page(session, &page).await?;
-                    counts.days_read += days;
-                    if phase == Phase::Backfill {
-                        apply(session, run_id, observed_at, counts, *backfilled_days).await?;
+                        let days = backfill_page(
+                            session,
+                            page,
+                            &spares,
+                            run_id,
+                            observed_at,
+                            counts,
+                            *backfilled_days,
+                        )
+                        .await?;
                         session.commit().await?;
+                        counts.days_read += days;
                         *backfilled_days += days;
+                    } else {
+                        if !in_window {
+                            session.begin().await?;
+                            in_window = true;
+                        }
+                        counts.days_read += stage_page(session, &page).await?;
+                        recycle(&spares, page);
                     }
                 }
                 Some(Fetched::SegmentEnd(Phase::Window)) => {
@@ -360,13 +385,7 @@ async fn apply(
     let applied = session
         .apply_staged(run_id, observed_at)
         .await
-        .map_err(|e| match e {
-            CostApplyError::Duplicate(cause) => CostError::Duplicate {
-                backfilled_days,
-                cause,
-            },
-            CostApplyError::Store(e) => CostError::Store(e),
-        })?;
+        .map_err(|e| apply_error(e, backfilled_days))?;
     for day in &applied.kept_days {
         tracing::warn!(
             day = %day.date_naive(),
@@ -377,52 +396,157 @@ async fn apply(
     Ok(())
 }
 
+fn apply_error(error: CostApplyError, backfilled_days: i64) -> CostError {
+    match error {
+        CostApplyError::Duplicate(cause) => CostError::Duplicate {
+            backfilled_days,
+            cause,
+        },
+        CostApplyError::Store(e) => CostError::Store(e),
+    }
+}
+
+/// Writes a page of days never read, in the open transaction: inserted as it came, or
+/// staged and applied when something is stored for its days after all. The page goes back to
+/// the fetcher as soon as it is sent, so the next one is read while Postgres inserts this one.
+/// Returns its days.
+#[allow(clippy::too_many_arguments)]
+async fn backfill_page(
+    session: &mut CostSession,
+    mut page: CostPage,
+    spares: &mpsc::Sender<CostPage>,
+    run_id: i64,
+    observed_at: DateTime<Utc>,
+    counts: &mut CostCounts,
+    backfilled_days: i64,
+) -> Result<i64, CostError> {
+    let days = page_days(&page);
+    let read = i64::try_from(days.len()).unwrap_or(i64::MAX);
+    // Appended in the unique index's order, a day's rows go in without searching it.
+    page.order_by_key();
+    match session
+        .insert_unread(page_rows(&page), &days, run_id, observed_at)
+        .await
+        .map_err(|e| apply_error(e, backfilled_days))?
+    {
+        Backfilled::Sent(copy) => {
+            recycle(spares, page);
+            counts.inserted += copy.finish().await?;
+            return Ok(read);
+        }
+        Backfilled::Compare => {}
+    }
+    tracing::info!(
+        from = %at(page.covers.0).date_naive(),
+        until = %at(page.covers.1).date_naive(),
+        "days never read already have cost rows (or a figure too long to copy); comparing them"
+    );
+    stage_page(session, &page).await?;
+    recycle(spares, page);
+    apply(session, run_id, observed_at, counts, backfilled_days).await?;
+    Ok(read)
+}
+
+/// Hands a page done with back to the fetcher, which reads the next one into its buffers.
+fn recycle(spares: &mpsc::Sender<CostPage>, page: CostPage) {
+    // Fewer pages circulate than the channel holds; closed only once the fetcher has stopped.
+    let _ = spares.try_send(page);
+}
+
+/// The days a page answers for, each a UTC midnight.
+fn page_days(page: &CostPage) -> Vec<DateTime<Utc>> {
+    (page.covers.0..page.covers.1)
+        .step_by(usize::try_from(DAY_SECONDS).unwrap_or(1))
+        .map(at)
+        .collect()
+}
+
+/// A page's results as rows borrowed from it. (A result whose text cannot be read back from
+/// its page cannot exist: such a one would be left out rather than stored as a guess.)
+fn page_rows(page: &CostPage) -> impl Iterator<Item = CostRow<'_>> + Clone {
+    page.buckets().flat_map(move |(bucket, results)| {
+        let (start, end) = (at(bucket.start_time), at(bucket.end_time));
+        results.iter().filter_map(move |result| {
+            Some(CostRow {
+                bucket_start: start,
+                bucket_end: end,
+                project_id: page.text(&result.project_id),
+                line_item: page.text(&result.line_item),
+                currency: page.text(&result.currency),
+                amount: page.text(&result.amount)?,
+                quantity: page.text(&result.quantity),
+                quantity_unit: page.text(&result.quantity_unit),
+                raw: page.text(&result.raw)?,
+            })
+        })
+    })
+}
+
 /// Stages a page's results and the days it answered for; returns how many days that is.
 async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, StoreError> {
-    let mut rows = Vec::with_capacity(page.buckets.iter().map(|b| b.results.len()).sum());
+    let readable = page_rows(page).count();
+    if readable != page.results() {
+        tracing::error!(
+            skipped = page.results() - readable,
+            "cost results whose text could not be read back from their page were skipped"
+        );
+    }
     let mut days = Vec::new();
-    let mut buckets = page.buckets.iter().peekable();
+    let mut buckets = page.buckets().peekable();
     let mut day = page.covers.0;
     while day < page.covers.1 {
-        let mut results = 0i32;
-        if let Some(bucket) = buckets.next_if(|b| b.start_time == day) {
-            let (start, end) = (at(bucket.start_time), at(bucket.end_time));
-            for result in &bucket.results {
-                let (Some(amount), Some(raw)) = (page.text(&result.amount), page.text(&result.raw))
-                else {
-                    // Spans of the body it was read from: this cannot happen; never store a guess.
-                    tracing::error!(
-                        "a cost result's text could not be read back from its page; skipped"
-                    );
-                    continue;
-                };
-                rows.push(CostRow {
-                    bucket_start: start,
-                    bucket_end: end,
-                    project_id: page.text(&result.project_id),
-                    line_item: page.text(&result.line_item),
-                    currency: page.text(&result.currency),
-                    amount,
-                    quantity: page.text(&result.quantity),
-                    quantity_unit: page.text(&result.quantity_unit),
-                    raw,
-                });
-            }
-            results = i32::try_from(bucket.results.len()).unwrap_or(i32::MAX);
-        }
+        let results = buckets
+            .next_if(|(b, _)| b.start_time == day)
+            .map_or(0, |(_, r)| i32::try_from(r.len()).unwrap_or(i32::MAX));
         days.push((at(day), results));
         day += DAY_SECONDS;
     }
-    session.stage(&rows, &days).await?;
+    session.stage(page_rows(page), &days).await?;
     Ok(i64::try_from(days.len()).unwrap_or(i64::MAX))
 }
 
-/// Aborts the fetch task when the pass ends early, whatever the reason.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The page fetcher on a thread of its own, with a single-threaded runtime and its own HTTP
+/// connections: the connection's read buffers and the pages' stay on that thread (one
+/// allocator arena, rather than spread over every worker of the process's runtime, each then
+/// keeping its share). It stops when this is dropped, whatever ended the pass.
+struct FetchThread {
+    _stop: tokio_util::sync::DropGuard,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl FetchThread {
+    fn start(fetch: impl Future<Output = ()> + Send + 'static) -> std::io::Result<FetchThread> {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name("cost-fetch".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        // The pages' channel closes: the pass fails as the fetcher stopped.
+                        span.in_scope(|| {
+                            tracing::error!(error = %error, "could not start the cost page fetcher's runtime");
+                        });
+                        return;
+                    }
+                };
+                runtime.block_on(
+                    async {
+                        tokio::select! {
+                            () = stopped.cancelled() => {}
+                            () = fetch => {}
+                        }
+                    }
+                    .instrument(span),
+                );
+            })?;
+        Ok(FetchThread {
+            _stop: stop.drop_guard(),
+        })
     }
 }
 
@@ -431,14 +555,26 @@ fn days_per_query(rows_per_day: i64) -> i64 {
     (ROWS_PER_PAGE / rows_per_day.max(1)).clamp(1, i64::from(MAX_COST_LIMIT))
 }
 
-/// Reads every segment in order, one page ahead of the writer; each query has a fixed window
-/// so its `next_page` tokens stay valid, and is sized from the busiest day seen so far.
+/// Reads every segment in order, a page ahead of the writer; each query has a fixed window so
+/// its `next_page` tokens stay valid, and is sized from the busiest day seen so far.
+///
+/// Pages come back through the second channel once written (a backfill page once sent to
+/// Postgres), and the next one is read into the same buffers: one page is held at a time,
+/// allocated once for the pass, fetched while Postgres inserts the one before.
 fn start_fetch(
     client: AdminClient,
     segments: Vec<Segment>,
     hint: Option<i64>,
-) -> (mpsc::Receiver<Fetched>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::Receiver<Fetched>,
+    mpsc::Sender<CostPage>,
+    impl Future<Output = ()> + Send + 'static,
+) {
     let (sender, receiver) = mpsc::channel::<Fetched>(1);
+    let (spare_sender, mut spares) = mpsc::channel::<CostPage>(PAGES_IN_FLIGHT + 1);
+    for _ in 0..PAGES_IN_FLIGHT {
+        let _ = spare_sender.try_send(CostPage::default());
+    }
     let task = async move {
         let mut busiest = hint.filter(|&rows| rows > 0);
         // Until a day with spend is seen, each query reads twice the days of the last one.
@@ -459,17 +595,19 @@ fn start_fetch(
                     end_time: until,
                     limit,
                 });
-                loop {
-                    // The slot is taken before fetching: one page staged, one on its way, no more.
+                while !walk.finished() {
+                    // A page's buffers are taken before fetching: no more pages than circulate.
+                    let Some(spare) = spares.recv().await else {
+                        return;
+                    };
                     let Ok(slot) = sender.reserve().await else {
                         return;
                     };
-                    match walk.next_page().await {
+                    match walk.next_page_reusing(Some(spare)).await {
                         Ok(Some(page)) => {
                             let most = page
-                                .buckets
-                                .iter()
-                                .map(|b| i64::try_from(b.results.len()).unwrap_or(i64::MAX))
+                                .buckets()
+                                .map(|(_, r)| i64::try_from(r.len()).unwrap_or(i64::MAX))
                                 .max();
                             // A quiet day says nothing about how busy the next ones are.
                             if let Some(most) = most.filter(|&m| m > 0) {
@@ -496,6 +634,5 @@ fn start_fetch(
         }
         let _ = sender.send(Fetched::Done).await;
     };
-    let handle = tokio::spawn(task.in_current_span());
-    (receiver, handle)
+    (receiver, spare_sender, task)
 }

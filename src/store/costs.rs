@@ -8,11 +8,14 @@ use sqlx::{Connection, PgConnection, PgPool};
 use super::StoreError;
 use super::walk::walk_connect_options;
 
+mod binary;
+
 /// Advisory lock key shared by every process that runs cost passes ("ops_cost"); not the walk's.
 const COST_LOCK: i64 = 0x6f70_735f_636f_7374;
 
-/// Most rows staged by one statement.
-const STAGE_ROWS_PER_STATEMENT: usize = 1_000;
+/// Most rows staged by one statement: some 90 KiB of parameters, the size the connection's
+/// write buffer grows to.
+const STAGE_ROWS_PER_STATEMENT: usize = 250;
 
 /// One staged cost result, borrowed from the page it came in.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +82,36 @@ pub struct DuplicateCost {
     pub currency: Option<String>,
 }
 
+/// How a page of days never read goes in.
+#[must_use = "a COPY under way must be finished"]
+pub enum Backfilled<'s> {
+    /// Every row was sent and the days recorded as read; `UnreadCopy::finish` completes it.
+    Sent(UnreadCopy<'s>),
+    /// Rows are stored for some of these days already, or a figure is longer than a binary
+    /// `numeric` carries: nothing was written; stage the page and apply it instead.
+    Compare,
+}
+
+/// A backfill `COPY` whose rows are all sent, on the session's connection.
+#[must_use = "a COPY under way must be finished"]
+pub struct UnreadCopy<'s> {
+    copy: sqlx::postgres::PgCopyIn<&'s mut PgConnection>,
+}
+
+impl UnreadCopy<'_> {
+    /// Waits for Postgres to insert the rows; returns how many it did.
+    pub async fn finish(self) -> Result<i64, StoreError> {
+        let inserted = self.copy.finish().await?;
+        Ok(i64::try_from(inserted).unwrap_or(i64::MAX))
+    }
+}
+
+/// Columns of `openai.costs` a backfill writes, in the order of `copy_unread.sql`.
+const COPY_COLUMNS: i16 = 13;
+
+/// Bytes of `COPY` data gathered before they are sent.
+const COPY_CHUNK: usize = 64 * 1024;
+
 /// Why applying staged days failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CostApplyError {
@@ -101,7 +134,17 @@ pub struct CostSession {
     staged_rows: i64,
     /// The earliest and the day after the latest staged day.
     staged_span: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Backfill rows gathered for `COPY` before they are sent.
+    copy_buffer: Vec<u8>,
+    /// The hashes of a backfill page's keys, to find one listed twice.
+    keys_seen: KeyHashes,
 }
+
+/// A hasher and the hashes seen with it.
+type KeyHashes = (
+    std::collections::hash_map::RandomState,
+    std::collections::HashSet<u64>,
+);
 
 impl CostSession {
     /// Connects and takes the cost lock; `None` when another cost pass holds it.
@@ -149,6 +192,8 @@ impl CostSession {
             in_transaction: false,
             staged_rows: 0,
             staged_span: None,
+            copy_buffer: Vec::new(),
+            keys_seen: KeyHashes::default(),
         }))
     }
 
@@ -221,14 +266,15 @@ impl CostSession {
     }
 
     /// Stages a page's rows and the days it answered for, with each day's result count.
-    pub async fn stage(
+    pub async fn stage<'r>(
         &mut self,
-        rows: &[CostRow<'_>],
+        rows: impl Iterator<Item = CostRow<'r>>,
         days: &[(DateTime<Utc>, i32)],
     ) -> Result<(), StoreError> {
         // In statements of a bounded size, so the connection's buffers stay small.
-        for rows in rows.chunks(STAGE_ROWS_PER_STATEMENT) {
-            let n = rows.len();
+        let mut rows = rows.peekable();
+        while rows.peek().is_some() {
+            let n = STAGE_ROWS_PER_STATEMENT;
             let mut starts = Vec::with_capacity(n);
             let mut ends = Vec::with_capacity(n);
             let mut projects = Vec::with_capacity(n);
@@ -238,7 +284,7 @@ impl CostSession {
             let mut quantities = Vec::with_capacity(n);
             let mut units = Vec::with_capacity(n);
             let mut raws = Vec::with_capacity(n);
-            for row in rows {
+            for row in rows.by_ref().take(n) {
                 starts.push(row.bucket_start);
                 ends.push(row.bucket_end);
                 projects.push(row.project_id);
@@ -249,6 +295,7 @@ impl CostSession {
                 units.push(row.quantity_unit);
                 raws.push(row.raw);
             }
+            let staged = i64::try_from(starts.len()).unwrap_or(i64::MAX);
             sqlx::query(include_str!("costs/stage.sql"))
                 .bind(starts)
                 .bind(ends)
@@ -261,7 +308,7 @@ impl CostSession {
                 .bind(raws)
                 .execute(&mut self.connection)
                 .await?;
-            self.staged_rows += i64::try_from(n).unwrap_or(i64::MAX);
+            self.staged_rows += staged;
         }
         if !days.is_empty() {
             let (starts, counts): (Vec<DateTime<Utc>>, Vec<i32>) = days.iter().copied().unzip();
@@ -279,6 +326,101 @@ impl CostSession {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Starts inserting a page of days never read (`days`, each a UTC midnight) straight into
+    /// `openai.costs` with a binary `COPY`, inside the open transaction, and records the days
+    /// as read. Nothing to compare, revise or remove: unless something is stored for one of
+    /// these days after all, then nothing is written and the page is to be staged and applied
+    /// (`Backfilled::Compare`), as it is when a figure is too long for a binary `numeric`.
+    ///
+    /// Once this returns `Sent`, every row is on its way and the page may be let go of while
+    /// Postgres inserts them; `UnreadCopy::finish` waits for that. A key listed twice is
+    /// refused with its key before anything is written; the table's unique constraint refuses
+    /// any other.
+    pub async fn insert_unread<'s, 'r, I>(
+        &'s mut self,
+        rows: I,
+        days: &[DateTime<Utc>],
+        run_id: i64,
+        observed_at: DateTime<Utc>,
+    ) -> Result<Backfilled<'s>, CostApplyError>
+    where
+        I: Iterator<Item = CostRow<'r>> + Clone,
+    {
+        let (Some(&from), Some(&last)) = (days.iter().min(), days.iter().max()) else {
+            return Ok(Backfilled::Compare);
+        };
+        if let Some(duplicate) = first_duplicate(rows.clone(), &mut self.keys_seen) {
+            return Err(CostApplyError::Duplicate(duplicate));
+        }
+        let fits = rows.clone().all(|row| {
+            binary::numeric_fits(row.amount) && row.quantity.is_none_or(binary::numeric_fits)
+        });
+        let until = last + chrono::TimeDelta::days(1);
+        let CostSession {
+            connection,
+            copy_buffer,
+            ..
+        } = self;
+        let (touched,): (bool,) = sqlx::query_as(include_str!("costs/touched.sql"))
+            .bind(from)
+            .bind(until)
+            .fetch_one(&mut *connection)
+            .await?;
+        if touched || !fits {
+            return Ok(Backfilled::Compare);
+        }
+        sqlx::query(include_str!("costs/read_days.sql"))
+            .bind(days)
+            .bind(observed_at)
+            .bind(run_id)
+            .execute(&mut *connection)
+            .await?;
+        let mut copy = connection
+            .copy_in_raw(include_str!("costs/copy_unread.sql"))
+            .await?;
+        // Kept from page to page: a pass allocates it once.
+        let buffer = copy_buffer;
+        buffer.clear();
+        buffer.reserve(COPY_CHUNK + 4096);
+        buffer.extend_from_slice(binary::HEADER);
+        for row in rows {
+            let mut out = binary::Row::start(buffer, COPY_COLUMNS);
+            out.time(row.bucket_start);
+            out.time(row.bucket_end);
+            out.text(row.project_id);
+            out.text(row.line_item);
+            out.text(row.currency);
+            if !(out.numeric(row.amount) && out.numeric_or_null(row.quantity)) {
+                // Checked above, so this cannot happen; never send a row cut short.
+                let _ = copy.abort("a cost figure could not be written").await;
+                return Err(StoreError::Sql(sqlx::Error::Protocol(
+                    "a cost figure checked for COPY could not be written".into(),
+                ))
+                .into());
+            }
+            out.text(row.quantity_unit);
+            out.jsonb(row.raw);
+            out.time(observed_at);
+            out.time(observed_at);
+            out.bigint(run_id);
+            out.bigint(run_id);
+            if buffer.len() >= COPY_CHUNK {
+                if let Err(e) = copy.send(buffer.as_slice()).await {
+                    let _ = copy.abort("sending the rows failed").await;
+                    return Err(e.into());
+                }
+                buffer.clear();
+            }
+        }
+        buffer.extend_from_slice(binary::TRAILER);
+        if let Err(e) = copy.send(buffer.as_slice()).await {
+            let _ = copy.abort("sending the rows failed").await;
+            return Err(e.into());
+        }
+        buffer.clear();
+        Ok(Backfilled::Sent(UnreadCopy { copy }))
     }
 
     /// Makes every staged day equal to what the API said, inside the open transaction; commit
@@ -301,9 +443,25 @@ impl CostSession {
             .bind(until)
             .fetch_one(&mut *c)
             .await?;
+        type Key = (
+            DateTime<Utc>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         if !touched {
-            // Days never read (a backfill): nothing to compare, revise or remove. A key listed
-            // twice is refused by the table's unique constraint.
+            // Days never read: nothing to compare, revise or remove; only a key listed twice.
+            let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
+                .fetch_optional(&mut *c)
+                .await?;
+            if let Some((bucket_start, project_id, line_item, currency)) = duplicate {
+                return Err(CostApplyError::Duplicate(DuplicateCost {
+                    bucket_start,
+                    project_id,
+                    line_item,
+                    currency,
+                }));
+            }
             let inserted = sqlx::query(include_str!("costs/insert_all.sql"))
                 .bind(observed_at)
                 .bind(run_id)
@@ -330,12 +488,6 @@ impl CostSession {
         sqlx::query("set local enable_nestloop = off")
             .execute(&mut *c)
             .await?;
-        type Key = (
-            DateTime<Utc>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
         let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
             .fetch_optional(&mut *c)
             .await?;
@@ -421,6 +573,41 @@ impl CostSession {
             .await;
         let _ = self.connection.close().await;
     }
+}
+
+/// The first key `rows` list twice, if any: by hash, then comparing the rows themselves.
+/// `seen` is emptied first and kept for the next page.
+fn first_duplicate<'r>(
+    rows: impl Iterator<Item = CostRow<'r>> + Clone,
+    seen: &mut KeyHashes,
+) -> Option<DuplicateCost> {
+    use std::hash::BuildHasher as _;
+    let key = |row: &CostRow<'r>| {
+        (
+            row.bucket_start,
+            row.project_id,
+            row.line_item,
+            row.currency,
+        )
+    };
+    let (hasher, seen) = (&seen.0, &mut seen.1);
+    seen.clear();
+    for (n, row) in rows.clone().enumerate() {
+        if !seen.insert(hasher.hash_one(key(&row)))
+            && rows
+                .clone()
+                .take(n)
+                .any(|earlier| key(&earlier) == key(&row))
+        {
+            return Some(DuplicateCost {
+                bucket_start: row.bucket_start,
+                project_id: row.project_id.map(str::to_owned),
+                line_item: row.line_item.map(str::to_owned),
+                currency: row.currency.map(str::to_owned),
+            });
+        }
+    }
+    None
 }
 
 /// Records a finished cost pass: `succeeded`, or `failed` with its error, and its figures.

@@ -21,7 +21,8 @@ pub use audit_log::{
     store_audit_window, unstored_audit_events,
 };
 pub use costs::{
-    CostApplied, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost, finish_cost_run,
+    Backfilled, CostApplied, CostApplyError, CostCounts, CostRow, CostSession, DuplicateCost,
+    UnreadCopy, finish_cost_run,
 };
 pub use gauges::{GaugeFigures, gauge_figures};
 pub use requests::{

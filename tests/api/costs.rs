@@ -567,6 +567,253 @@ async fn an_interrupted_backfill_resumes_where_the_last_committed_day_ended() {
 }
 
 #[tokio::test]
+async fn a_backfill_stores_every_figure_as_the_api_wrote_it_trailing_zeros_dropped() {
+    let f = fixture_with(
+        12,
+        Freedoms {
+            cost_amounts: CostAmountForm::Mixed,
+            ..Freedoms::default()
+        },
+    )
+    .await;
+    let deps = f.costs(2, Some(24));
+    let summary = pass(&deps).await;
+    let served = f.served(24);
+    let texts: Vec<String> = served.iter().filter_map(|c| c.amount.clone()).collect();
+    let wrong = mismatches(&f.db.pool, &served).await;
+    // Amount and quantity equal, digit for digit and scale for scale, what Postgres makes of
+    // the text kept in raw with its trailing zeros dropped.
+    let (differing, rows): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where amount::text <> trim_scale((raw->'amount'->>'value')::numeric)::text \
+            or quantity::text is distinct from trim_scale((raw->>'quantity')::numeric)::text), count(*) \
+         from openai.costs",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("compare");
+
+    assert!(summary.backfilled_days >= 20, "{summary:?}");
+    assert_eq!(
+        stored_sum(&f.db.pool).await,
+        exact_sum(&f.db.pool, texts.clone()).await
+    );
+    assert_eq!(wrong, 0, "every backfilled row equals the API's");
+    assert_eq!(rows, i64::try_from(texts.len()).expect("n"));
+    assert_eq!(differing, 0);
+}
+
+/// A cost row of `day` for the store's own tests.
+fn cost_row<'a>(
+    day: DateTime<Utc>,
+    project: &'a str,
+    amount: &'a str,
+    raw: &'a str,
+) -> store::CostRow<'a> {
+    store::CostRow {
+        bucket_start: day,
+        bucket_end: day + chrono::TimeDelta::days(1),
+        project_id: Some(project),
+        line_item: Some("gpt-5.4-2026-03-05, input"),
+        currency: Some("usd"),
+        amount,
+        quantity: Some(amount),
+        quantity_unit: Some("tokens"),
+        raw,
+    }
+}
+
+#[tokio::test]
+async fn a_backfill_page_copies_any_decimal_exactly_and_leaves_one_too_long_to_the_comparing_path()
+{
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let connect = db.url.parse().expect("test URL parses");
+    let mut session = CostSession::open(&connect)
+        .await
+        .expect("connect")
+        .expect("the lock is free");
+    let day = DateTime::from_timestamp(today() - 40 * DAY, 0).expect("a day");
+    let too_long = format!("1.{}1", "0".repeat(13_000));
+    let amounts: Vec<String> = [
+        "0",
+        "-0.000",
+        "12.50",
+        "0E-6176",
+        "1.5E-3",
+        "-7.25e+2",
+        "5E+1",
+        "7E2",
+        "0.0001000",
+        "9999.9999",
+        "10000",
+        "100000000",
+        "1e-16000",
+        "4.5e+3",
+        "1E+16000",
+        "-007.50",
+        "1234567890.123456789012345678901234567890",
+        "0.1",
+        "99990000.00009999",
+        "123.456E-2",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    let projects: Vec<String> = (0..amounts.len()).map(|n| format!("proj_{n:03}")).collect();
+    let rows: Vec<store::CostRow<'_>> = amounts
+        .iter()
+        .zip(&projects)
+        .map(|(amount, project)| cost_row(day, project, amount, "{}"))
+        .collect();
+
+    session.begin().await.expect("begin");
+    let copied = match session
+        .insert_unread(rows.iter().copied(), &[day], 1, Utc::now())
+        .await
+        .expect("insert")
+    {
+        store::Backfilled::Sent(copy) => copy.finish().await.expect("copied"),
+        store::Backfilled::Compare => panic!("nothing stored, every figure fits: copied"),
+    };
+    session.commit().await.expect("commit");
+    let next = day + chrono::TimeDelta::days(1);
+    let long_row = [cost_row(next, "proj_long", &too_long, "{}")];
+    session.begin().await.expect("begin");
+    let compared = matches!(
+        session
+            .insert_unread(long_row.iter().copied(), &[next], 1, Utc::now())
+            .await
+            .expect("checked"),
+        store::Backfilled::Compare
+    );
+    session.rollback().await.expect("rollback");
+    session.close().await;
+    let (differing,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.costs c join unnest($1::text[], $2::text[]) as t(project, text) \
+           on t.project = c.project_id \
+         where c.amount::text <> trim_scale(t.text::numeric)::text \
+            or c.quantity::text <> trim_scale(t.text::numeric)::text",
+    )
+    .bind(&projects)
+    .bind(&amounts)
+    .fetch_one(&db.pool)
+    .await
+    .expect("compare");
+    let (days,): (i64,) = sqlx::query_as("select count(*) from openai.cost_days")
+        .fetch_one(&db.pool)
+        .await
+        .expect("days");
+
+    assert_eq!(copied, i64::try_from(amounts.len()).expect("n"));
+    assert_eq!(
+        differing, 0,
+        "each figure is its text's value at its smallest scale"
+    );
+    assert!(
+        compared,
+        "a figure binary numeric cannot carry is staged instead, not cut"
+    );
+    assert_eq!(days, 1, "the copied day is recorded as read");
+}
+
+#[tokio::test]
+async fn a_key_listed_twice_on_a_backfill_page_is_refused_by_name_and_nothing_is_written() {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let connect = db.url.parse().expect("test URL parses");
+    let mut session = CostSession::open(&connect)
+        .await
+        .expect("connect")
+        .expect("the lock is free");
+    let day = DateTime::from_timestamp(today() - 40 * DAY, 0).expect("a day");
+    let rows = [
+        cost_row(day, "proj_a", "1.5", "{}"),
+        cost_row(day, "proj_b", "2", "{}"),
+        cost_row(day, "proj_a", "1.5", "{}"),
+    ];
+
+    session.begin().await.expect("begin");
+    let refused = match session
+        .insert_unread(rows.iter().copied(), &[day], 1, Utc::now())
+        .await
+    {
+        Err(store::CostApplyError::Duplicate(key)) => Some(key),
+        _ => None,
+    };
+    session.rollback().await.expect("rollback");
+    session.close().await;
+    let (stored, days): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from openai.costs), (select count(*) from openai.cost_days)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("counts");
+
+    let key = refused.expect("the page is refused as a duplicate");
+    assert_eq!(key.project_id.as_deref(), Some("proj_a"));
+    assert_eq!(key.bucket_start, day);
+    assert_eq!((stored, days), (0, 0), "nothing is written");
+}
+
+#[tokio::test]
+async fn days_recorded_unread_that_hold_rows_are_compared_never_inserted_twice() {
+    let f = fixture(6).await;
+    let deps = f.costs(2, Some(16));
+    pass(&deps).await;
+    // A busy day before the window, with the two days before it.
+    let day = (5..=12)
+        .map(|n| today() - n * DAY)
+        .find(|&day| {
+            f.emulator
+                .cost_rows(day, day + DAY)
+                .iter()
+                .any(|c| c.project_id.is_some() && c.amount.is_some())
+        })
+        .expect("a day with spend");
+    // As if the days had never been read: the next pass's backfill reads them again.
+    sqlx::query("delete from openai.cost_days where bucket_start between to_timestamp($1) and to_timestamp($2)")
+        .bind((day - 2 * DAY) as f64)
+        .bind(day as f64)
+        .execute(&f.db.pool)
+        .await
+        .expect("forget the days");
+    f.emulator.restate_costs(Restatement {
+        day,
+        ..Restatement::default()
+    });
+    let second = pass(&deps).await;
+    let (twice,): (i64,) = sqlx::query_as(
+        "select count(*) from (select 1 from openai.costs \
+         group by bucket_start, project_id, line_item, currency having count(*) > 1) d",
+    )
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("duplicates");
+    let (days,): (i64,) = sqlx::query_as("select count(*) from openai.cost_days")
+        .fetch_one(&f.db.pool)
+        .await
+        .expect("days");
+    let wrong = mismatches(&f.db.pool, &f.served(16)).await;
+
+    assert_eq!(second.backfilled_days, 3, "{second:?}");
+    assert_eq!(twice, 0, "no row stored twice");
+    assert!(
+        second.counts.updated > 0,
+        "the restated day's rows are updated: {second:?}"
+    );
+    assert!(
+        second.counts.revisions > 0,
+        "with their revisions: {second:?}"
+    );
+    assert!(
+        second.counts.unchanged > 0,
+        "the other days' rows are left alone"
+    );
+    assert_eq!(days, 17);
+    assert_eq!(wrong, 0);
+}
+
+#[tokio::test]
 async fn organization_level_rows_are_kept_under_null_keys() {
     let f = fixture(4).await;
     let deps = f.costs(20, None);
