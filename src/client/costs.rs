@@ -165,6 +165,8 @@ pub struct CostBucket {
     pub end_time: i64,
     /// Where its results lie among the page's: from, count.
     results: (usize, usize),
+    /// Results of this day left out because they carried no amount.
+    pub without_amount: u32,
 }
 
 /// One page of a cost query, checked: whole UTC days, ascending, inside the query's window.
@@ -543,6 +545,7 @@ impl CostWalk {
             }
             self.cursor = bucket.end_time;
             let first = page.results.len();
+            let skipped_before = page.without_amount;
             let (results, without_amount) = (&mut page.results, &mut page.without_amount);
             let mut read_one = |raw: &RawValue| -> Result<(), ApiError> {
                 let fields: ResultFields<'_> = serde_json::from_str(raw.get()).map_err(|e| {
@@ -596,6 +599,8 @@ impl CostWalk {
                 start_time: bucket.start_time,
                 end_time: bucket.end_time,
                 results: (first, page.results.len() - first),
+                without_amount: u32::try_from(page.without_amount - skipped_before)
+                    .unwrap_or(u32::MAX),
             });
         }
         page.unescaped = texts.unescaped;

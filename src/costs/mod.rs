@@ -482,7 +482,8 @@ fn page_rows(page: &CostPage) -> impl Iterator<Item = CostRow<'_>> + Clone {
     })
 }
 
-/// Stages a page's results and the days it answered for; returns how many days that is.
+/// Stages a page's results and the days it answered for; returns how many days that is. A day
+/// that listed a result without an amount is incomplete: nothing stored for it is removed.
 async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, StoreError> {
     let readable = page_rows(page).count();
     if readable != page.results() {
@@ -495,10 +496,16 @@ async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, S
     let mut buckets = page.buckets().peekable();
     let mut day = page.covers.0;
     while day < page.covers.1 {
-        let results = buckets
-            .next_if(|(b, _)| b.start_time == day)
-            .map_or(0, |(_, r)| i32::try_from(r.len()).unwrap_or(i32::MAX));
-        days.push((at(day), results));
+        let (results, incomplete) =
+            buckets
+                .next_if(|(b, _)| b.start_time == day)
+                .map_or((0, false), |(b, r)| {
+                    (
+                        i32::try_from(r.len()).unwrap_or(i32::MAX),
+                        b.without_amount > 0,
+                    )
+                });
+        days.push((at(day), results, incomplete));
         day += DAY_SECONDS;
     }
     session.stage(page_rows(page), &days).await?;

@@ -182,8 +182,8 @@ impl CostSession {
         .execute(&mut connection)
         .await?;
         sqlx::query(
-            "create temp table cost_stage_days (bucket_start timestamptz primary key, results integer not null) \
-             on commit delete rows",
+            "create temp table cost_stage_days (bucket_start timestamptz primary key, results integer not null, \
+             incomplete boolean not null) on commit delete rows",
         )
         .execute(&mut connection)
         .await?;
@@ -265,11 +265,12 @@ impl CostSession {
         Ok(())
     }
 
-    /// Stages a page's rows and the days it answered for, with each day's result count.
+    /// Stages a page's rows and the days it answered for, with each day's result count and
+    /// whether it listed results without an amount (then no stored row of it is removed).
     pub async fn stage<'r>(
         &mut self,
         rows: impl Iterator<Item = CostRow<'r>>,
-        days: &[(DateTime<Utc>, i32)],
+        days: &[(DateTime<Utc>, i32, bool)],
     ) -> Result<(), StoreError> {
         // In statements of a bounded size, so the connection's buffers stay small.
         let mut rows = rows.peekable();
@@ -311,7 +312,9 @@ impl CostSession {
             self.staged_rows += staged;
         }
         if !days.is_empty() {
-            let (starts, counts): (Vec<DateTime<Utc>>, Vec<i32>) = days.iter().copied().unzip();
+            let starts: Vec<DateTime<Utc>> = days.iter().map(|d| d.0).collect();
+            let counts: Vec<i32> = days.iter().map(|d| d.1).collect();
+            let incomplete: Vec<bool> = days.iter().map(|d| d.2).collect();
             for &day in &starts {
                 let next = day + chrono::TimeDelta::days(1);
                 self.staged_span = Some(match self.staged_span {
@@ -322,6 +325,7 @@ impl CostSession {
             sqlx::query(include_str!("costs/stage_days.sql"))
                 .bind(starts)
                 .bind(counts)
+                .bind(incomplete)
                 .execute(&mut self.connection)
                 .await?;
         }

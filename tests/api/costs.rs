@@ -773,7 +773,7 @@ async fn days_recorded_unread_that_hold_rows_are_compared_never_inserted_twice()
     // As if the days had never been read: the next pass's backfill reads them again.
     sqlx::query("delete from openai.cost_days where bucket_start between to_timestamp($1) and to_timestamp($2)")
         .bind((day - 2 * DAY) as f64)
-        .bind(day as f64)
+        .bind(i32::try_from(day).map(f64::from).expect("a day"))
         .execute(&f.db.pool)
         .await
         .expect("forget the days");
@@ -1389,4 +1389,308 @@ fn only_decimal_numbers_postgres_can_hold_pass_as_amounts() {
     ] {
         assert!(ExactNumber::parse(bad).is_err(), "{bad:?} accepted");
     }
+}
+
+/// Adversarial decimal texts: powers of ten in every spelling around each base-10000 group
+/// boundary, runs of nines, signs, leading and trailing zeros, and seeded random mixes.
+fn adversarial_decimals() -> Vec<String> {
+    let mut texts: Vec<String> = [
+        "0.1",
+        "1e-20",
+        "123456789012345678901234567890.123456789",
+        "9.99E+30",
+        "-0.0000001",
+        "10000",
+        "0.0001",
+        "1e4",
+        "1.0000e-4",
+        "007.50",
+        "-0",
+        "0E-6176",
+        "-0E+5",
+        "0.000000",
+        "1.5E+3",
+        "-1.5E+3",
+        "00000.00000",
+        "0000123.4500000",
+        "9999",
+        "99999999",
+        "0.9999",
+        "0.99999",
+        "1E+0",
+        "1E-0",
+        "1e+00004",
+        "-9999.99990000E-4",
+        "12345678.87654321",
+        "1E16000",
+        "1E-16000",
+        "9.9999999999999999999E-16000",
+        "-1.00000000000000000001",
+    ]
+    .iter()
+    .map(|t| (*t).to_owned())
+    .collect();
+    for exponent in -40i32..=40 {
+        texts.push(format!("1E{exponent}"));
+        texts.push(format!("-1.0000e{exponent:+}"));
+        texts.push(format!("9999.9999E{exponent}"));
+        texts.push(format!("10000.0001e{exponent}"));
+        texts.push(format!("0.00012340E{exponent}"));
+    }
+    for digits in 1..=24usize {
+        texts.push("9".repeat(digits));
+        texts.push(format!("0.{}", "9".repeat(digits)));
+        texts.push(format!("1{}", "0".repeat(digits)));
+        texts.push(format!("0.{}1", "0".repeat(digits)));
+        texts.push(format!("-{}.{}", "5".repeat(digits), "0".repeat(digits)));
+    }
+    let mut rng = fastrand::Rng::with_seed(9739);
+    for _ in 0..3_000 {
+        let digit = |rng: &mut fastrand::Rng| char::from(b'0' + rng.u8(0..10));
+        let zeros = |rng: &mut fastrand::Rng, most: usize| "0".repeat(rng.usize(0..=most));
+        let mut text = String::new();
+        if rng.bool() {
+            text.push('-');
+        }
+        text.push_str(&zeros(&mut rng, 3));
+        for _ in 0..rng.usize(1..12) {
+            text.push(digit(&mut rng));
+        }
+        text.push_str(&zeros(&mut rng, 6));
+        if rng.bool() {
+            text.push('.');
+            text.push_str(&zeros(&mut rng, 9));
+            for _ in 0..rng.usize(1..14) {
+                text.push(digit(&mut rng));
+            }
+            text.push_str(&zeros(&mut rng, 6));
+        }
+        match rng.u8(0..4) {
+            0 => text.push_str(&format!("e{}", rng.i32(-60..60))),
+            1 => text.push_str(&format!("E+{}", rng.i32(0..60))),
+            2 => text.push_str(&format!("E-{:03}", rng.i32(0..60))),
+            _ => {}
+        }
+        texts.push(text);
+    }
+    texts
+}
+
+#[tokio::test]
+async fn every_adversarial_decimal_is_copied_digit_for_digit_and_scale_for_scale() {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let connect = db.url.parse().expect("test URL parses");
+    let mut session = CostSession::open(&connect)
+        .await
+        .expect("connect")
+        .expect("the lock is free");
+    let day = DateTime::from_timestamp(today() - 50 * DAY, 0).expect("a day");
+    let amounts = adversarial_decimals();
+    for text in &amounts {
+        openai_project_sync::client::ExactNumber::parse(text)
+            .unwrap_or_else(|e| panic!("the client accepts {text:?}: {e}"));
+    }
+    let projects: Vec<String> = (0..amounts.len()).map(|n| format!("proj_{n:05}")).collect();
+    let rows: Vec<store::CostRow<'_>> = amounts
+        .iter()
+        .zip(&projects)
+        .map(|(amount, project)| cost_row(day, project, amount, "{}"))
+        .collect();
+
+    session.begin().await.expect("begin");
+    let copied = match session
+        .insert_unread(rows.iter().copied(), &[day], 1, Utc::now())
+        .await
+        .expect("insert")
+    {
+        store::Backfilled::Sent(copy) => copy.finish().await.expect("copied"),
+        store::Backfilled::Compare => panic!("every figure fits a binary numeric"),
+    };
+    session.commit().await.expect("commit");
+    session.close().await;
+    let differing: Vec<(String, String, String)> = sqlx::query_as(
+        "select t.text, c.amount::text, trim_scale(t.text::numeric)::text \
+         from openai.costs c join unnest($1::text[], $2::text[]) as t(project, text) \
+           on t.project = c.project_id \
+         where c.amount::text <> trim_scale(t.text::numeric)::text \
+            or scale(c.amount) <> scale(trim_scale(t.text::numeric)) \
+            or c.quantity::text <> trim_scale(t.text::numeric)::text \
+            or c.amount <> t.text::numeric \
+         limit 20",
+    )
+    .bind(&projects)
+    .bind(&amounts)
+    .fetch_all(&db.pool)
+    .await
+    .expect("compare");
+
+    assert_eq!(copied, i64::try_from(amounts.len()).expect("n"));
+    assert_eq!(differing, Vec::new(), "(text, stored, expected)");
+}
+
+/// A hand-written Costs API: each day's results as set in `days`, the whole query on one page.
+type ScriptedDays = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<i64, Vec<Value>>>>;
+
+async fn scripted_costs(days: ScriptedDays) -> openai_project_sync::client::AdminClient {
+    use axum::extract::{Query, State};
+    let app = axum::Router::new()
+        .route(
+            "/v1/organization/costs",
+            axum::routing::get(
+                |State(days): State<ScriptedDays>,
+                 Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    let start: i64 = q["start_time"].parse().expect("start");
+                    let end: i64 = q["end_time"].parse().expect("end");
+                    let days = days.lock().expect("days");
+                    let data: Vec<Value> = (start..end)
+                        .step_by(86_400)
+                        .map(|day| {
+                            json!({"object": "bucket", "start_time": day, "end_time": day + DAY,
+                                   "results": days.get(&day).cloned().unwrap_or_default()})
+                        })
+                        .collect();
+                    axum::Json(json!({"object": "page", "data": data, "has_more": false, "next_page": null}))
+                },
+            ),
+        )
+        .with_state(days);
+    crate::client::serve_scripted(app).await
+}
+
+fn scripted_result(project: Option<&str>, item: Option<&str>, amount: Value) -> Value {
+    json!({"object": "organization.costs.result", "amount": {"value": amount, "currency": "usd"},
+           "line_item": item, "project_id": project, "organization_id": "org-placeholder"})
+}
+
+async fn scripted_fixture(
+    lookback: u32,
+    backfill_days: i64,
+    days: &ScriptedDays,
+) -> (TestDb, CostDeps) {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: scripted_costs(days.clone()).await,
+        lookback_days: lookback,
+        backfill_from: Some(date(today() - backfill_days * DAY)),
+    };
+    (db, deps)
+}
+
+#[tokio::test]
+async fn a_listed_result_whose_amount_goes_missing_keeps_its_stored_figure() {
+    let days = ScriptedDays::default();
+    let day = today() - DAY;
+    let (a, b) = (Some("proj_a"), Some("gpt-5.4, input"));
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(a, b, json!("1.50")),
+            scripted_result(Some("proj_b"), b, json!("2.5")),
+        ],
+    );
+    let (db, deps) = scripted_fixture(3, 3, &days).await;
+    pass(&deps).await;
+    // The API still lists proj_b's line item, but without its amount this time.
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(a, b, json!("1.50")),
+            json!({"object": "organization.costs.result", "line_item": b, "project_id": "proj_b"}),
+        ],
+    );
+    let second = pass(&deps).await;
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("select project_id, amount::text from openai.costs order by 1")
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows");
+
+    assert_eq!(
+        stored,
+        vec![
+            ("proj_a".into(), "1.5".into()),
+            ("proj_b".into(), "2.5".into())
+        ],
+        "a result listed without an amount is skipped, its figure neither zeroed nor removed"
+    );
+    assert_eq!((second.counts.removed, second.counts.revisions), (0, 0));
+}
+
+#[tokio::test]
+async fn a_backfill_stores_escaped_and_unicode_keys_and_odd_amounts_as_the_api_meant_them() {
+    let days = ScriptedDays::default();
+    let day = today() - 20 * DAY;
+    let items = [
+        Some("caf\u{e9}, input"),
+        Some("tab\there \"quoted\" back\\slash"),
+        Some("emoji \u{1F600}, output"),
+        Some("gpt-5.4-2026-03-05, cached input"),
+        None,
+        Some(""),
+    ];
+    // Out of key order, numbers and strings, unknown fields, nulls, credits and zeros.
+    let amounts = [
+        json!("-0"),
+        json!("0E-6176"),
+        json!(-12.5),
+        json!("1.0000e-4"),
+        json!(1e4),
+        json!("007.50"),
+    ];
+    let results: Vec<Value> = items
+        .iter()
+        .rev()
+        .zip(&amounts)
+        .flat_map(|(item, amount)| {
+            [None, Some("proj_z"), Some("proj_a")].map(|project| {
+                let mut r = scripted_result(project, *item, amount.clone());
+                r["unknown_field"] = json!({"nested": [1, 2]});
+                r
+            })
+        })
+        .collect();
+    days.lock().expect("days").insert(day, results.clone());
+    let (db, deps) = scripted_fixture(2, 25, &days).await;
+    let summary = pass(&deps).await;
+    let stored: Vec<(Option<String>, Option<String>, String, String)> = sqlx::query_as(
+        "select project_id, line_item, amount::text, raw->'unknown_field'->>'nested' from openai.costs \
+         where bucket_start = to_timestamp($1) order by 1, 2",
+    )
+    .bind(day as f64)
+    .fetch_all(&db.pool)
+    .await
+    .expect("rows");
+    let mut expected: Vec<(Option<String>, Option<String>, String, String)> = results
+        .iter()
+        .map(|r| {
+            let value = &r["amount"]["value"];
+            let text = value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned);
+            (
+                r["project_id"].as_str().map(str::to_owned),
+                r["line_item"].as_str().map(str::to_owned),
+                text,
+                "[1, 2]".to_owned(),
+            )
+        })
+        .collect();
+    for row in &mut expected {
+        let (t,): (String,) = sqlx::query_as("select trim_scale($1::numeric)::text")
+            .bind(&row.2)
+            .fetch_one(&db.pool)
+            .await
+            .expect("text");
+        row.2 = t;
+    }
+    expected.sort();
+    let mut stored_sorted = stored.clone();
+    stored_sorted.sort();
+
+    assert!(summary.backfilled_days >= 20, "{summary:?}");
+    assert_eq!(stored_sorted, expected);
 }

@@ -1,10 +1,11 @@
 -- Removes the rows the API no longer lists on a day it answered with results, recording each
--- as a revision; a day answered empty keeps its rows. $1 observed at, $2 run, [$3, $4) the days.
+-- as a revision; a day answered empty, or listing a result without an amount, keeps its rows.
+-- $1 observed at, $2 run, [$3, $4) the days.
 with gone as (
     delete from openai.costs c
     using cost_stage_days d
     where c.bucket_start >= $3 and c.bucket_start < $4
-      and c.bucket_start = d.bucket_start and d.results > 0
+      and c.bucket_start = d.bucket_start and d.results > 0 and not d.incomplete
       and not exists (
           select 1 from cost_stage s
           where s.bucket_start = c.bucket_start
