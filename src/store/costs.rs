@@ -447,25 +447,9 @@ impl CostSession {
             .bind(until)
             .fetch_one(&mut *c)
             .await?;
-        type Key = (
-            DateTime<Utc>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
         if !touched {
             // Days never read: nothing to compare, revise or remove; only a key listed twice.
-            let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
-                .fetch_optional(&mut *c)
-                .await?;
-            if let Some((bucket_start, project_id, line_item, currency)) = duplicate {
-                return Err(CostApplyError::Duplicate(DuplicateCost {
-                    bucket_start,
-                    project_id,
-                    line_item,
-                    currency,
-                }));
-            }
+            refuse_duplicate(c).await?;
             let inserted = sqlx::query(include_str!("costs/insert_all.sql"))
                 .bind(observed_at)
                 .bind(run_id)
@@ -492,17 +476,7 @@ impl CostSession {
         sqlx::query("set local enable_nestloop = off")
             .execute(&mut *c)
             .await?;
-        let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
-            .fetch_optional(&mut *c)
-            .await?;
-        if let Some((bucket_start, project_id, line_item, currency)) = duplicate {
-            return Err(CostApplyError::Duplicate(DuplicateCost {
-                bucket_start,
-                project_id,
-                line_item,
-                currency,
-            }));
-        }
+        refuse_duplicate(c).await?;
         let run = |sql: &'static str| {
             sqlx::query(sql)
                 .bind(observed_at)
@@ -641,4 +615,28 @@ pub async fn finish_cost_run(
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Fails with the first key the staged rows hold twice, if any.
+async fn refuse_duplicate(c: &mut PgConnection) -> Result<(), CostApplyError> {
+    type Key = (
+        DateTime<Utc>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let duplicate: Option<Key> = sqlx::query_as(include_str!("costs/duplicate.sql"))
+        .fetch_optional(&mut *c)
+        .await?;
+    match duplicate {
+        Some((bucket_start, project_id, line_item, currency)) => {
+            Err(CostApplyError::Duplicate(DuplicateCost {
+                bucket_start,
+                project_id,
+                line_item,
+                currency,
+            }))
+        }
+        None => Ok(()),
+    }
 }

@@ -1516,6 +1516,22 @@ async fn worker_storing(
     tx
 }
 
+/// Returns once a backend of the test database waits on a lock: the walk's insert on the
+/// worker's uncommitted one.
+async fn walk_waits_on_a_lock(pool: &sqlx::PgPool) {
+    eventually("the walk's insert waits on the worker's", || async {
+        let (waiting,): (bool,) = sqlx::query_as(
+            "select exists (select 1 from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock')",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("activity");
+        waiting
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_listing_of_a_project_the_worker_stored_during_the_apply_is_applied_like_any_other() {
     let f = fixture(0).await;
@@ -1536,17 +1552,7 @@ async fn a_listing_of_a_project_the_worker_stored_during_the_apply_is_applied_li
     // waits on the worker's insert of the same id, which commits before the walk's insert ends.
     let worker = worker_storing(&f.db.pool, "proj_raced", "As created").await;
     let applying = tokio::spawn(async move { session.commit(1, 0.5).await });
-    eventually("the walk's insert waits on the worker's", || async {
-        let (waiting,): (bool,) = sqlx::query_as(
-            "select exists (select 1 from pg_stat_activity \
-             where datname = current_database() and wait_event_type = 'Lock')",
-        )
-        .fetch_one(&f.db.pool)
-        .await
-        .expect("activity");
-        waiting
-    })
-    .await;
+    walk_waits_on_a_lock(&f.db.pool).await;
     worker.commit().await.expect("the worker commits");
     let outcome = applying
         .await
@@ -1593,17 +1599,7 @@ async fn terminating_the_walks_connection_during_its_apply_applies_nothing_and_f
     // The apply has classified and is inserting when it waits on the worker's insert.
     let worker = worker_storing(&f.db.pool, "proj_raced", "As created").await;
     let applying = tokio::spawn(async move { session.commit(1, 0.5).await });
-    eventually("the walk's insert waits on the worker's", || async {
-        let (waiting,): (bool,) = sqlx::query_as(
-            "select exists (select 1 from pg_stat_activity \
-             where datname = current_database() and wait_event_type = 'Lock')",
-        )
-        .fetch_one(&f.db.pool)
-        .await
-        .expect("activity");
-        waiting
-    })
-    .await;
+    walk_waits_on_a_lock(&f.db.pool).await;
     let (terminated,): (i64,) = sqlx::query_as(
         "select count(pg_terminate_backend(pid)) from pg_locks \
          where locktype = 'advisory' and granted \
