@@ -14,31 +14,10 @@ use std::time::{Duration, Instant};
 use chrono::Datelike as _;
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
-use support::{BINARY, Emulator, KEY, fresh_database};
+use support::{BINARY, Emulator, KEY, fresh_database, rows_written, summary_figure};
 
-/// Rows written to the cost tables as Postgres counts them; read until two reads agree.
-async fn rows_written(connection: &mut PgConnection) -> i64 {
-    let mut last = -1;
-    for _ in 0..40 {
-        sqlx::query("select pg_stat_clear_snapshot()")
-            .execute(&mut *connection)
-            .await
-            .expect("clear snapshot");
-        let (now,): (i64,) = sqlx::query_as(
-            "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_user_tables \
-             where schemaname = 'openai' and relname in ('costs', 'cost_revisions', 'cost_days')",
-        )
-        .fetch_one(&mut *connection)
-        .await
-        .expect("read statistics");
-        if now == last {
-            return now;
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    last
-}
+/// The tables whose writes the benchmark counts.
+const TABLES: &[&str] = &["costs", "cost_revisions", "cost_days"];
 
 struct Measured {
     wall: Duration,
@@ -62,7 +41,7 @@ fn command(db_url: &str, emulator: &Emulator, resource: &str, backfill_from: &st
 
 async fn run(db_url: &str, emulator: &Emulator, resource: &str, backfill_from: &str) -> Measured {
     let mut stats = PgConnection::connect(db_url).await.expect("connect");
-    let before = rows_written(&mut stats).await;
+    let before = rows_written(&mut stats, TABLES).await;
     let started = Instant::now();
     let output = command(db_url, emulator, resource, backfill_from)
         .output()
@@ -74,22 +53,13 @@ async fn run(db_url: &str, emulator: &Emulator, resource: &str, backfill_from: &
         "sync {resource} failed: {text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let field = |name: &str| {
-        text.lines()
-            .rfind(|l| l.trim_start().starts_with(name))
-            .and_then(|l| {
-                l.split_whitespace()
-                    .nth(if name == "peak memory" { 2 } else { 1 })
-            })
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let field = |name: &str| summary_figure(&text, name);
     Measured {
         wall,
         inserted: field("inserted"),
         pages: field("pages"),
         peak_mib: field("peak memory"),
-        rows_written: rows_written(&mut stats).await - before,
+        rows_written: rows_written(&mut stats, TABLES).await - before,
     }
 }
 

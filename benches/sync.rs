@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
-use support::{Emulator, churn, fresh_database, sync_command};
+use support::{Emulator, churn, fresh_database, rows_written, summary_figure, sync_command};
+
+/// The tables whose writes the benchmark counts.
+const TABLES: &[&str] = &["project_current", "project_versions"];
 
 struct Measured {
     wall: Duration,
@@ -18,36 +21,12 @@ struct Measured {
     rows_written: i64,
 }
 
-async fn rows_written(connection: &mut PgConnection) -> i64 {
-    // Statistics arrive when the sync's backend exits; read until two reads agree.
-    let mut last = -1;
-    for _ in 0..40 {
-        sqlx::query("select pg_stat_clear_snapshot()")
-            .execute(&mut *connection)
-            .await
-            .expect("clear snapshot");
-        let (now,): (i64,) = sqlx::query_as(
-            "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_user_tables \
-             where schemaname = 'openai' and relname in ('project_current', 'project_versions')",
-        )
-        .fetch_one(&mut *connection)
-        .await
-        .expect("read statistics");
-        if now == last {
-            return now;
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    last
-}
-
 async fn run_sync(db_url: &str, emulator: &Emulator) -> Measured {
     // Table statistics are per database: read them in the benchmark's own.
     let mut stats = PgConnection::connect(db_url)
         .await
         .expect("connect to the benchmark database");
-    let before = rows_written(&mut stats).await;
+    let before = rows_written(&mut stats, TABLES).await;
     let started = Instant::now();
     let output = sync_command(db_url, emulator).output().expect("run sync");
     let wall = started.elapsed();
@@ -57,17 +36,8 @@ async fn run_sync(db_url: &str, emulator: &Emulator) -> Measured {
         "sync failed: {text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .and_then(|l| {
-                l.split_whitespace()
-                    .nth(if name == "peak memory" { 2 } else { 1 })
-            })
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let after = rows_written(&mut stats).await;
+    let field = |name: &str| summary_figure(&text, name);
+    let after = rows_written(&mut stats, TABLES).await;
     Measured {
         wall,
         pages: field("pages") as u64,

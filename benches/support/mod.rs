@@ -118,3 +118,42 @@ pub async fn churn(emulator: &Emulator, renamed: usize, archived: usize, created
         .expect("churn");
     assert!(response.status().is_success());
 }
+
+/// Rows written to `tables` (of schema `openai`) as Postgres counts them: inserted, updated or
+/// deleted. Statistics arrive when the writing backend exits; read until two reads agree.
+#[allow(dead_code)] // Each benchmark compiles this module; not every one counts rows.
+pub async fn rows_written(connection: &mut PgConnection, tables: &[&str]) -> i64 {
+    let mut last = -1;
+    for _ in 0..40 {
+        sqlx::query("select pg_stat_clear_snapshot()")
+            .execute(&mut *connection)
+            .await
+            .expect("clear snapshot");
+        let (now,): (i64,) = sqlx::query_as(
+            "select coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint from pg_stat_user_tables \
+             where schemaname = 'openai' and relname = any($1)",
+        )
+        .bind(tables)
+        .fetch_one(&mut *connection)
+        .await
+        .expect("read statistics");
+        if now == last {
+            return now;
+        }
+        last = now;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    last
+}
+
+/// The figure on the last line of a sync's summary that starts with `name` (`pages`, `inserted`,
+/// `peak memory`, …), or 0 when there is none.
+#[allow(dead_code)] // Each benchmark compiles this module; not every one reads a summary.
+pub fn summary_figure(summary: &str, name: &str) -> f64 {
+    summary
+        .lines()
+        .rfind(|l| l.trim_start().starts_with(name))
+        .and_then(|l| l.trim_start()[name.len()..].split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
