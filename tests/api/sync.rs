@@ -1516,9 +1516,18 @@ async fn worker_storing(
     tx
 }
 
-/// Returns once a backend of the test database waits on a lock: the walk's insert on the
-/// worker's uncommitted one.
-async fn walk_waits_on_a_lock(pool: &sqlx::PgPool) {
+/// The worker storing `id` (uncommitted) and the walk's apply started behind it, returned once
+/// the apply's insert waits on the worker's.
+async fn commit_behind_the_worker(
+    pool: &PgPool,
+    session: store::WalkSession,
+    id: &str,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<Result<store::ApplyOutcome, store::StoreError>>,
+) {
+    let worker = worker_storing(pool, id, "As created").await;
+    let applying = tokio::spawn(async move { session.commit(1, 0.5).await });
     eventually("the walk's insert waits on the worker's", || async {
         let (waiting,): (bool,) = sqlx::query_as(
             "select exists (select 1 from pg_stat_activity \
@@ -1530,6 +1539,7 @@ async fn walk_waits_on_a_lock(pool: &sqlx::PgPool) {
         waiting
     })
     .await;
+    (worker, applying)
 }
 
 #[tokio::test]
@@ -1550,9 +1560,7 @@ async fn a_listing_of_a_project_the_worker_stored_during_the_apply_is_applied_li
     .await;
     // The worker records the project it created; the apply classifies the listing as new, then
     // waits on the worker's insert of the same id, which commits before the walk's insert ends.
-    let worker = worker_storing(&f.db.pool, "proj_raced", "As created").await;
-    let applying = tokio::spawn(async move { session.commit(1, 0.5).await });
-    walk_waits_on_a_lock(&f.db.pool).await;
+    let (worker, applying) = commit_behind_the_worker(&f.db.pool, session, "proj_raced").await;
     worker.commit().await.expect("the worker commits");
     let outcome = applying
         .await
@@ -1597,9 +1605,7 @@ async fn terminating_the_walks_connection_during_its_apply_applies_nothing_and_f
     )
     .await;
     // The apply has classified and is inserting when it waits on the worker's insert.
-    let worker = worker_storing(&f.db.pool, "proj_raced", "As created").await;
-    let applying = tokio::spawn(async move { session.commit(1, 0.5).await });
-    walk_waits_on_a_lock(&f.db.pool).await;
+    let (worker, applying) = commit_behind_the_worker(&f.db.pool, session, "proj_raced").await;
     let (terminated,): (i64,) = sqlx::query_as(
         "select count(pg_terminate_backend(pid)) from pg_locks \
          where locktype = 'advisory' and granted \
