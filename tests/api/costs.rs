@@ -602,6 +602,33 @@ async fn a_backfill_stores_every_figure_as_the_api_wrote_it_trailing_zeros_dropp
     assert_eq!(differing, 0);
 }
 
+/// Backfills `amounts` on `day`, one project each, through the binary COPY in a transaction of
+/// its own; returns how many rows were copied and the projects, in the order of `amounts`.
+/// Fails if the page would take the comparing path.
+async fn copy_one_day(
+    session: &mut CostSession,
+    day: DateTime<Utc>,
+    amounts: &[String],
+) -> (i64, Vec<String>) {
+    let projects: Vec<String> = (0..amounts.len()).map(|n| format!("proj_{n:05}")).collect();
+    let rows: Vec<store::CostRow<'_>> = amounts
+        .iter()
+        .zip(&projects)
+        .map(|(amount, project)| cost_row(day, project, amount, "{}"))
+        .collect();
+    session.begin().await.expect("begin");
+    let copied = match session
+        .insert_unread(rows.iter().copied(), &[day], 1, Utc::now())
+        .await
+        .expect("insert")
+    {
+        store::Backfilled::Sent(copy) => copy.finish().await.expect("copied"),
+        store::Backfilled::Compare => panic!("nothing stored, every figure fits: copied"),
+    };
+    session.commit().await.expect("commit");
+    (copied, projects)
+}
+
 /// A cost row of `day` for the store's own tests.
 fn cost_row<'a>(
     day: DateTime<Utc>,
@@ -659,23 +686,7 @@ async fn a_backfill_page_copies_any_decimal_exactly_and_leaves_one_too_long_to_t
     .iter()
     .map(|a| (*a).to_owned())
     .collect();
-    let projects: Vec<String> = (0..amounts.len()).map(|n| format!("proj_{n:03}")).collect();
-    let rows: Vec<store::CostRow<'_>> = amounts
-        .iter()
-        .zip(&projects)
-        .map(|(amount, project)| cost_row(day, project, amount, "{}"))
-        .collect();
-
-    session.begin().await.expect("begin");
-    let copied = match session
-        .insert_unread(rows.iter().copied(), &[day], 1, Utc::now())
-        .await
-        .expect("insert")
-    {
-        store::Backfilled::Sent(copy) => copy.finish().await.expect("copied"),
-        store::Backfilled::Compare => panic!("nothing stored, every figure fits: copied"),
-    };
-    session.commit().await.expect("commit");
+    let (copied, projects) = copy_one_day(&mut session, day, &amounts).await;
     let next = day + chrono::TimeDelta::days(1);
     let long_row = [cost_row(next, "proj_long", &too_long, "{}")];
     session.begin().await.expect("begin");
@@ -1491,23 +1502,7 @@ async fn every_adversarial_decimal_is_copied_digit_for_digit_and_scale_for_scale
         openai_project_sync::client::ExactNumber::parse(text)
             .unwrap_or_else(|e| panic!("the client accepts {text:?}: {e}"));
     }
-    let projects: Vec<String> = (0..amounts.len()).map(|n| format!("proj_{n:05}")).collect();
-    let rows: Vec<store::CostRow<'_>> = amounts
-        .iter()
-        .zip(&projects)
-        .map(|(amount, project)| cost_row(day, project, amount, "{}"))
-        .collect();
-
-    session.begin().await.expect("begin");
-    let copied = match session
-        .insert_unread(rows.iter().copied(), &[day], 1, Utc::now())
-        .await
-        .expect("insert")
-    {
-        store::Backfilled::Sent(copy) => copy.finish().await.expect("copied"),
-        store::Backfilled::Compare => panic!("every figure fits a binary numeric"),
-    };
-    session.commit().await.expect("commit");
+    let (copied, projects) = copy_one_day(&mut session, day, &amounts).await;
     session.close().await;
     let differing: Vec<(String, String, String)> = sqlx::query_as(
         "select t.text, c.amount::text, trim_scale(t.text::numeric)::text \
