@@ -2,6 +2,10 @@
 //! 100,000 projects into a fresh database; prints a table and writes nothing to the repository.
 //!
 //! Postgres comes from `DATABASE_URL`, else a throwaway cluster from the machine's binaries.
+//!
+//! With latency, two ratios: the wall against pages × latency (the target), and against the
+//! floor, the time a bare client takes to read the same pages from the same emulator one after
+//! the other (what the server itself costs, its own work and wake-ups included).
 
 mod support;
 
@@ -9,7 +13,12 @@ use std::time::{Duration, Instant};
 
 use openai_project_sync::local_postgres::{self, ClusterOptions};
 use sqlx::{Connection, PgConnection};
-use support::{Emulator, churn, fresh_database, rows_written, summary_figure, sync_command};
+use support::{
+    Emulator, churn, fresh_database, read_every_page, rows_written, summary_figure, sync_command,
+};
+
+/// The sync's page size, as configured by default.
+const PAGE_SIZE: u32 = 100;
 
 /// The tables whose writes the benchmark counts.
 const TABLES: &[&str] = &["project_current", "project_versions"];
@@ -74,29 +83,32 @@ async fn measure(
     projects: usize,
     db_url: &str,
     emulator: &Emulator,
-    latency: Option<Duration>,
+    latency: Option<Latency>,
 ) {
     settle(db_url).await;
     row(label, projects, &run_sync(db_url, emulator).await, latency);
 }
 
-fn row(label: &str, projects: usize, m: &Measured, latency: Option<Duration>) {
+/// A latency scenario's server: its latency per page, and the floor measured against it.
+#[derive(Clone, Copy)]
+struct Latency {
+    per_page: Duration,
+    floor: Duration,
+}
+
+fn row(label: &str, projects: usize, m: &Measured, latency: Option<Latency>) {
     let per_second = projects as f64 / m.wall.as_secs_f64();
-    let ratio = latency
-        .map(|l| {
-            format!(
-                "{:.3}",
-                m.wall.as_secs_f64() / (m.pages as f64 * l.as_secs_f64())
-            )
-        })
-        .unwrap_or_else(|| "-".into());
+    let wall = m.wall.as_secs_f64();
+    let ratio = |of: fn(&Latency, u64) -> f64| {
+        latency
+            .map(|l| format!("{:.3}", wall / of(&l, m.pages)))
+            .unwrap_or_else(|| "-".into())
+    };
+    let against_latency = ratio(|l, pages| pages as f64 * l.per_page.as_secs_f64());
+    let against_floor = ratio(|l, _| l.floor.as_secs_f64());
     println!(
-        "| {label:<22} | {projects:>8} | {:>7} | {:>8.2} | {:>10.0} | {:>8.1} | {:>9} | {ratio:>10} |",
-        m.pages,
-        m.wall.as_secs_f64(),
-        per_second,
-        m.peak_mib,
-        m.rows_written
+        "| {label:<29} | {projects:>8} | {:>7} | {:>8.2} | {:>10.0} | {:>8.1} | {:>9} | {against_latency:>10} | {against_floor:>10} |",
+        m.pages, wall, per_second, m.peak_mib, m.rows_written
     );
 }
 
@@ -110,10 +122,10 @@ async fn main() {
     .expect("a Postgres server");
     let mut admin = PgConnection::connect(&server_url).await.expect("connect");
     println!(
-        "| scenario               | projects |   pages |   wall s | projects/s | peak MiB | rows writ | wall/(p×L) |"
+        "| scenario                      | projects |   pages |   wall s | projects/s | peak MiB | rows writ | wall/(p×L) | wall/floor |"
     );
     println!(
-        "|------------------------|---------:|--------:|---------:|-----------:|---------:|----------:|-----------:|"
+        "|-------------------------------|---------:|--------:|---------:|-----------:|---------:|----------:|-----------:|-----------:|"
     );
     for projects in [1_000usize, 10_000, 100_000] {
         if filter.as_deref().is_some_and(|f| f != projects.to_string()) {
@@ -136,17 +148,16 @@ async fn main() {
     }
     if filter.is_none() || filter.as_deref() == Some("latency") {
         let projects = 10_000;
-        let latency = Duration::from_millis(50);
+        let per_page = Duration::from_millis(50);
         let db_url = fresh_database(&mut admin, &server_url, "ops_bench_latency").await;
-        let emulator = Emulator::start(projects, latency.as_millis() as u64);
-        measure(
-            "cold sync, 50 ms/page",
-            projects,
-            &db_url,
-            &emulator,
-            Some(latency),
-        )
-        .await;
+        let emulator = Emulator::start(projects, per_page.as_millis() as u64);
+        let latency = Latency {
+            per_page,
+            floor: read_every_page(&emulator, PAGE_SIZE).await,
+        };
+        for label in ["cold sync, 50 ms/page", "unchanged re-sync, 50 ms/page"] {
+            measure(label, projects, &db_url, &emulator, Some(latency)).await;
+        }
         drop(emulator);
         sqlx::query("drop database if exists ops_bench_latency with (force)")
             .execute(&mut admin)

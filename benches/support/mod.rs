@@ -157,3 +157,41 @@ pub fn summary_figure(summary: &str, name: &str) -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0)
 }
+
+/// How long a bare client takes to read every page of the emulator's project list, one after
+/// the other over one connection: the floor under any walk of it.
+#[allow(dead_code)] // Each benchmark compiles this module; only the sync one needs a floor.
+pub async fn read_every_page(emulator: &Emulator, page_size: u32) -> std::time::Duration {
+    let client = reqwest::Client::new();
+    let url = format!("{}/organization/projects", emulator.base_url());
+    let started = std::time::Instant::now();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![
+            ("limit", page_size.to_string()),
+            ("include_archived", "true".to_owned()),
+        ];
+        if let Some(cursor) = &after {
+            query.push(("after", cursor.clone()));
+        }
+        let page: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(KEY)
+            .query(&query)
+            .send()
+            .await
+            .expect("list a page")
+            .json()
+            .await
+            .expect("a page of JSON");
+        if page["has_more"] != serde_json::Value::Bool(true) {
+            return started.elapsed();
+        }
+        after = page["data"]
+            .as_array()
+            .and_then(|data| data.last())
+            .and_then(|last| last["id"].as_str())
+            .map(str::to_owned);
+        assert!(after.is_some(), "a page with has_more but no project");
+    }
+}
