@@ -528,10 +528,19 @@ impl CostWalk {
             unescaped: std::mem::take(&mut page.unescaped),
         };
         page.buckets.reserve_exact(parsed.data.len());
-        for bucket in parsed.data {
+        let buckets = parsed.data.len();
+        for (n, bucket) in parsed.data.into_iter().enumerate() {
+            // The server's current day may end at the moment of its answer: the last bucket of
+            // the last page, shorter than a day, is that day so far, and is read as the day.
+            let length = bucket.end_time.checked_sub(bucket.start_time);
+            let day_so_far = !parsed.has_more
+                && n + 1 == buckets
+                && length.is_some_and(|l| l > 0 && l < DAY_SECONDS);
+            let day_end = bucket.start_time.checked_add(DAY_SECONDS);
             if bucket.start_time < self.cursor
                 || bucket.end_time > self.query.end_time
-                || bucket.end_time.checked_sub(bucket.start_time) != Some(DAY_SECONDS)
+                || day_end.is_none_or(|end| end > self.query.end_time)
+                || !(length == Some(DAY_SECONDS) || day_so_far)
                 || bucket.start_time.rem_euclid(DAY_SECONDS) != 0
             {
                 return Err(self.broken(format!(
@@ -543,7 +552,8 @@ impl CostWalk {
                     self.query.end_time
                 )));
             }
-            self.cursor = bucket.end_time;
+            let end_time = day_end.unwrap_or(bucket.end_time);
+            self.cursor = end_time;
             let first = page.results.len();
             let skipped_before = page.without_amount;
             let (results, without_amount) = (&mut page.results, &mut page.without_amount);
@@ -597,7 +607,7 @@ impl CostWalk {
             }
             page.buckets.push(CostBucket {
                 start_time: bucket.start_time,
-                end_time: bucket.end_time,
+                end_time,
                 results: (first, page.results.len() - first),
                 without_amount: u32::try_from(page.without_amount - skipped_before)
                     .unwrap_or(u32::MAX),

@@ -474,7 +474,8 @@ pub(super) async fn list_costs(
     if let Some(early) = answered_early(&shared, &fault) {
         return early;
     }
-    let ask = match parse_ask(&pairs, chrono::Utc::now().timestamp()) {
+    let now = chrono::Utc::now().timestamp();
+    let ask = match parse_ask(&pairs, now) {
         Ok(ask) => ask,
         Err(refused) => return refused,
     };
@@ -514,6 +515,7 @@ pub(super) async fn list_costs(
                 &projects,
                 &freedoms,
                 has_more.then(|| token(ask.fingerprint, day)),
+                now,
             )
         }
         _ => page_body(
@@ -527,6 +529,7 @@ pub(super) async fn list_costs(
             &[],
             &freedoms,
             None,
+            now,
         ),
     };
     deliver(&shared, fault, &kill, json_body(body)).await
@@ -538,6 +541,7 @@ fn page_body(
     projects: &[CostProject],
     freedoms: &Freedoms,
     next_page: Option<String>,
+    now: i64,
 ) -> String {
     let mut body = String::with_capacity(64 + days.len() * (96 + projects.len() * 5 * 230));
     body.push_str("{\"object\":\"page\",\"data\":[");
@@ -545,10 +549,15 @@ fn page_body(
         if n > 0 {
             body.push(',');
         }
+        // The day still running ends now under that freedom, a second in at the least.
+        let end = if freedoms.cost_today_ends_now && (day..day + DAY).contains(&now) {
+            now.max(day + 1)
+        } else {
+            day + DAY
+        };
         let _ = write!(
             body,
-            "{{\"object\":\"bucket\",\"start_time\":{day},\"end_time\":{},\"results\":[",
-            day + DAY
+            "{{\"object\":\"bucket\",\"start_time\":{day},\"end_time\":{end},\"results\":["
         );
         let mut first = true;
         let mut row = 0u64;

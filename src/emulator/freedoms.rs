@@ -63,6 +63,9 @@ pub struct Freedoms {
     pub cost_page_buckets: Option<usize>,
     /// Some cost results come without an `amount` (the SDK types it optional).
     pub cost_results_without_amount: bool,
+    /// Ends the current day's cost bucket at the moment of the answer, not at the next
+    /// midnight: the spec says only that `end_time` is a time.
+    pub cost_today_ends_now: bool,
 }
 
 /// How the Costs API writes `amount.value`: the spec says a number, the wire has sent strings.
@@ -98,6 +101,7 @@ impl Freedoms {
             cost_amounts: CostAmountForm::Mixed,
             cost_page_buckets: Some(HOSTILE_PAGE_CAP),
             cost_results_without_amount: true,
+            cost_today_ends_now: true,
         }
     }
 

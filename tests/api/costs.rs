@@ -1689,3 +1689,54 @@ async fn a_backfill_stores_escaped_and_unicode_keys_and_odd_amounts_as_the_api_m
     assert!(summary.backfilled_days >= 20, "{summary:?}");
     assert_eq!(stored_sorted, expected);
 }
+
+#[tokio::test]
+async fn a_current_day_whose_bucket_ends_at_the_moment_of_the_answer_is_read_as_that_day_so_far() {
+    let f = fixture_with(
+        20,
+        Freedoms {
+            cost_today_ends_now: true,
+            ..Freedoms::default()
+        },
+    )
+    .await;
+    let listed: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/organization/costs?start_time={}&end_time={}&bucket_width=1d&group_by[]=project_id&group_by[]=line_item",
+            f.emulator.base_url(),
+            today(),
+            today() + DAY
+        ))
+        .bearer_auth(TEST_KEY)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    let served_end = listed["data"][0]["end_time"].as_i64().expect("a bucket");
+    let deps = f.costs(3, None);
+
+    pass(&deps).await;
+    let wrong = mismatches(&f.db.pool, &f.served(3)).await;
+    let (rows, ends): (i64, Vec<DateTime<Utc>>) = sqlx::query_as(
+        "select count(*), coalesce(array_agg(distinct bucket_end), '{}') from openai.costs \
+         where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(today(), 0).expect("time"))
+    .fetch_one(&f.db.pool)
+    .await
+    .expect("today's rows");
+
+    assert!(
+        served_end < today() + DAY,
+        "the emulator ends today's bucket early"
+    );
+    assert!(rows > 0, "today's figures are stored");
+    assert_eq!(
+        ends,
+        vec![DateTime::from_timestamp(today() + DAY, 0).expect("time")],
+        "stored as the whole day, so a later reading of it is not a restatement"
+    );
+    assert_eq!(wrong, 0, "every served figure stored exactly");
+}
