@@ -2033,3 +2033,30 @@ async fn unix_times_written_as_whole_floats_are_read_as_the_same_seconds() {
         (ts(1697013376), Some(ts(1697100000)))
     );
 }
+
+#[tokio::test]
+async fn a_database_reaping_idle_sessions_does_not_cut_a_walk_waiting_for_its_next_page() {
+    // A DBA's idle_session_timeout would end the walk's connection, outside any transaction,
+    // while a page is slow to come (a 429's retry-after, say): every such walk would fail.
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "do $$ begin execute format('alter database %I set idle_session_timeout = ''1s''', current_database()); end $$",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("the database reaps idle sessions");
+    let options = store::walk_connect_options(&db.url.parse().expect("URL parses"));
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .expect("connect");
+
+    let (idle,): (String,) = sqlx::query_as("show idle_session_timeout")
+        .fetch_one(&mut connection)
+        .await
+        .expect("show");
+
+    assert_eq!(
+        idle, "0",
+        "the walk's connection waits for pages as long as they take"
+    );
+}
