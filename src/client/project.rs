@@ -1,6 +1,7 @@
 //! The API's wire shapes: `Project`, a list page, and the bodies of create and modify.
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -9,12 +10,13 @@ use serde_json::{Map, Value};
 pub struct Project {
     pub id: String,
     pub object: String,
+    #[serde(deserialize_with = "unix_seconds")]
     pub created_at: i64,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_unix_seconds")]
     pub archived_at: Option<i64>,
     #[serde(default)]
     pub external_key_id: Option<String>,
@@ -97,5 +99,38 @@ pub(super) struct RequiredFields {
     pub id: String,
     pub object: String,
     #[allow(dead_code)]
+    #[serde(deserialize_with = "unix_seconds")]
     pub created_at: i64,
+}
+
+/// A time in unix seconds as the API writes it: an integer, or a float (JSON has one number
+/// type, and `1697013376.0` is that integer to a JSON Schema); a fraction is dropped here, while
+/// the stored JSON keeps the number as written.
+fn unix_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    seconds_of(&number)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a time in unix seconds")))
+}
+
+/// `unix_seconds` for a field that may be absent or null.
+fn optional_unix_seconds<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => seconds_of(&number)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("{number} is not a time in unix seconds"))),
+    }
+}
+
+fn seconds_of(number: &serde_json::Number) -> Option<i64> {
+    // Beyond about ±9.2e18 a float is no i64; far inside that it is no timestamp Postgres holds.
+    const LIMIT: f64 = 9.2e18;
+    number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.is_finite() && f.abs() < LIMIT)
+            .map(|f| f.floor() as i64)
+    })
 }

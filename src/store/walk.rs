@@ -222,8 +222,8 @@ async fn answered_within<T>(
 /// Memory the walk's connection may give its temporary tables, taken only as they fill.
 const WALK_TEMP_BUFFERS: &str = "128MB";
 
-/// The walk connection's options: `options` with statement and idle-in-transaction timeouts,
-/// and TCP keepalives so the server ends the walk of a client that vanished.
+/// The walk connection's options: `options` with statement and idle-in-transaction timeouts, no
+/// idle-session timeout, and TCP keepalives so the server ends the walk of a client that vanished.
 #[doc(hidden)]
 pub fn walk_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
     options.clone().options([
@@ -232,6 +232,9 @@ pub fn walk_connect_options(options: &PgConnectOptions) -> PgConnectOptions {
             "idle_in_transaction_session_timeout",
             WALK_IDLE_IN_TRANSACTION_TIMEOUT,
         ),
+        // Outside a transaction the connection waits for the next page, as long as the API takes
+        // (a 429's retry-after, say); a database-wide idle_session_timeout would end the walk.
+        ("idle_session_timeout", "0"),
         // The staging table holds every listing of the walk (some 35 MB for 100,000 projects);
         // kept in the session's memory it is never written out and read back.
         ("temp_buffers", WALK_TEMP_BUFFERS),

@@ -1952,3 +1952,111 @@ async fn a_walk_whose_commit_is_refused_applies_nothing_and_releases_the_walk_lo
         .expect("count");
     assert_eq!(stored, 0, "nothing was applied");
 }
+
+#[tokio::test]
+async fn a_server_that_starts_leaving_null_fields_out_changes_nothing() {
+    // The spec lets an optional field be absent or null: the same object, spelled another way.
+    let f = fixture(30).await;
+    sync(&f.deps).await;
+    let before = row_identities(&f.db.pool, None).await;
+
+    let mut freedoms = f.emulator.freedoms();
+    freedoms.omit_nulls = true;
+    f.emulator.set_freedoms(freedoms.clone());
+    let omitted = sync(&f.deps).await;
+    freedoms.omit_nulls = false;
+    f.emulator.set_freedoms(freedoms);
+    let written = sync(&f.deps).await;
+
+    assert_eq!(
+        (omitted.counts.changed, omitted.counts.unchanged),
+        (0, 30),
+        "{omitted:?}"
+    );
+    assert_eq!(
+        (written.counts.changed, written.counts.unchanged),
+        (0, 30),
+        "{written:?}"
+    );
+    assert_eq!(
+        row_identities(&f.db.pool, None).await,
+        before,
+        "no project row and no version written for nulls left out or written back"
+    );
+}
+
+#[tokio::test]
+async fn unix_times_written_as_whole_floats_are_read_as_the_same_seconds() {
+    // JSON has one number type; 1697013376.0 is the integer 1697013376 to a JSON Schema.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let page = r#"{"object":"list","data":[
+        {"id":"proj_float","object":"organization.project","name":"Floats","created_at":1697013376.0,"status":"archived","archived_at":1.6971e9}
+        ],"first_id":"proj_float","last_id":"proj_float","has_more":false}"#;
+    let app = axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        }),
+    );
+    let client = serve_scripted(app).await;
+    let typed = client
+        .walk_projects(100, true)
+        .next_page()
+        .await
+        .expect("the typed page decodes")
+        .expect("a page");
+    assert_eq!(
+        (typed.data[0].created_at, typed.data[0].archived_at),
+        (1697013376, Some(1697100000))
+    );
+    let deps = sync_deps(&db, client, 100);
+
+    let first = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect("the walk applies");
+    let again = sync(&deps).await;
+
+    assert_eq!(first.counts.inserted, 1);
+    assert_eq!(again.counts.unchanged, 1);
+    let (created_at, archived_at): (DateTime<Utc>, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select created_at, archived_at from openai.projects where project_id = 'proj_float'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("stored");
+    assert_eq!(
+        (created_at, archived_at),
+        (ts(1697013376), Some(ts(1697100000)))
+    );
+}
+
+#[tokio::test]
+async fn a_database_reaping_idle_sessions_does_not_cut_a_walk_waiting_for_its_next_page() {
+    // A DBA's idle_session_timeout would end the walk's connection, outside any transaction,
+    // while a page is slow to come (a 429's retry-after, say): every such walk would fail.
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "do $$ begin execute format('alter database %I set idle_session_timeout = ''1s''', current_database()); end $$",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("the database reaps idle sessions");
+    let options = store::walk_connect_options(&db.url.parse().expect("URL parses"));
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .expect("connect");
+
+    let (idle,): (String,) = sqlx::query_as("show idle_session_timeout")
+        .fetch_one(&mut connection)
+        .await
+        .expect("show");
+
+    assert_eq!(
+        idle, "0",
+        "the walk's connection waits for pages as long as they take"
+    );
+}
