@@ -978,3 +978,45 @@ async fn a_refusal_from_a_log_that_gave_events_is_a_failed_poll_not_logging_off(
         Some("Logged again")
     );
 }
+
+#[tokio::test]
+async fn a_correction_holds_when_the_server_has_since_started_leaving_null_fields_out() {
+    // The walk stored the project with its null fields written; the audit pass retrieves it with
+    // them left out, which the spec allows: the same object, so the same version, corrected.
+    let org = org(4).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator.set_audit_delay(Duration::from_millis(1_500));
+    org.emulator
+        .rename_as(&id, "Seen by a walk first", "cy@example.com")
+        .expect("renamed");
+    walk(&org).await;
+    assert_eq!(last_change(&org.db, &id).await.time_source, "observed");
+    let mut freedoms = org.emulator.freedoms();
+    freedoms.omit_nulls = true;
+    org.emulator.set_freedoms(freedoms);
+    let event_at = time_of(&event_of(&org.emulator, "project.updated", &id));
+
+    eventually("the late event corrects the walk's version", || async {
+        audit_log::pass(&org.deps, "manual").await.expect("a pass");
+        last_change(&org.db, &id).await.time_source == "audit_log"
+    })
+    .await;
+
+    assert_eq!(
+        last_change(&org.db, &id).await,
+        Change {
+            change: "renamed".into(),
+            changed_at: event_at,
+            new_name: Some("Seen by a walk first".into()),
+            changed_by: Some("cy@example.com".into()),
+            time_source: "audit_log".into(),
+        }
+    );
+    let versions = count(
+        &org.db,
+        &format!("select count(*) from openai.project_versions where project_id = '{id}'"),
+    )
+    .await;
+    assert_eq!(versions, 2, "created, then renamed: nothing for the nulls");
+}

@@ -1,4 +1,5 @@
--- Applies the retrieved state of projects whose content differs from the stored one, by the
+-- Applies the retrieved state of projects whose content differs from the stored one (a field
+-- written as null or left out is no difference), by the
 -- walk's history rules, with the start an audit event gives: an archive starts at `archived_at`;
 -- another change at the latest event's `effective_at` when that event describes it (a
 -- `project.updated` whose title, if any, is the new name) and is later than the open version's
@@ -17,7 +18,7 @@ with input as (
     from input x
     join openai.project_current c on c.project_id = x.project_id
     cross join lateral openai.project_fields(x.raw) f
-    where c.raw is distinct from x.raw
+    where jsonb_strip_nulls(c.raw) is distinct from jsonb_strip_nulls(x.raw)
 ), changes as materialized (
     select b.*, v.ctid as open_version, v.status as open_status, v.archived_at as open_archived_at,
            v.raw -> 'archived_at' as open_archived_at_raw, k.change, k.renamed_too, k.starts, k.time_source,

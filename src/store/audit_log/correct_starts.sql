@@ -1,5 +1,6 @@
 -- Moves the start of a walk-observed change to the time its audit event gives, and records its
--- author: the project's stored state is already what the API says now, its open version was
+-- author: the project's stored state is already what the API says now (null fields and absent
+-- ones alike, as the spec lets a server write either), its open version was
 -- opened by a walk (`observed`), and the latest event describes it (a `project.updated` whose
 -- title, if any, is the version's name), came after the previous version began, and is not
 -- dated after now. The start moves to `effective_at`, never to or before
@@ -16,7 +17,8 @@ with input as (
     select x.project_id, x.event_by, v.ctid as version, v.valid_from as version_from, prev.ctid as previous,
            greatest(x.event_at, prev.valid_from + interval '1 microsecond') as new_start
     from input x
-    join openai.project_current c on c.project_id = x.project_id and c.raw = x.raw
+    join openai.project_current c
+      on c.project_id = x.project_id and jsonb_strip_nulls(c.raw) = jsonb_strip_nulls(x.raw)
     cross join lateral (
         select ctid, valid_from, name, change, time_source from openai.project_versions
         where openai.spread_key(project_key) = openai.spread_key(c.key)
