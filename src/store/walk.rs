@@ -364,14 +364,12 @@ impl WalkSession {
         pages: i32,
         min_seen_ratio: f64,
     ) -> Result<ApplyOutcome, StoreError> {
-        if !self.relisted.is_empty() {
-            drop_earlier_listings(&mut self.connection, &self.relisted).await?;
+        if let Err(error) = self.settle_staging().await {
+            // Released now, not when the dropped connection's backend exits: the next walk
+            // could be told another one still runs.
+            let _ = self.rollback().await;
+            return Err(error);
         }
-        // The classification joins the whole staging table on its ids: give the planner their
-        // real number (the parsed listings need no statistics).
-        sqlx::query("analyze walk_staged (project_id)")
-            .execute(&mut self.connection)
-            .await?;
         let applied = self.apply(pages, min_seen_ratio).await;
         match applied {
             Ok(ApplyOutcome::Applied(counts)) => {
@@ -390,6 +388,20 @@ impl WalkSession {
                 Err(error)
             }
         }
+    }
+
+    /// Leaves one staged row per id, its last listing, and gives the planner the staged ids'
+    /// real number.
+    async fn settle_staging(&mut self) -> Result<(), StoreError> {
+        if !self.relisted.is_empty() {
+            drop_earlier_listings(&mut self.connection, &self.relisted).await?;
+        }
+        // The classification joins the whole staging table on its ids (the parsed listings
+        // need no statistics).
+        sqlx::query("analyze walk_staged (project_id)")
+            .execute(&mut self.connection)
+            .await?;
+        Ok(())
     }
 
     /// The apply transaction's statements, up to but not including its commit.
