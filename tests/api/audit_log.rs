@@ -1020,3 +1020,38 @@ async fn a_correction_holds_when_the_server_has_since_started_leaving_null_field
     .await;
     assert_eq!(versions, 2, "created, then renamed: nothing for the nulls");
 }
+
+#[tokio::test]
+async fn an_event_whose_json_holds_a_nul_escape_is_stored_with_a_replacement_character() {
+    // JSON allows `\u0000` in a title; Postgres text and jsonb do not. One such event must not
+    // fail every poll after it.
+    let org = org(4).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Nul\u{0}inside", "cy\u{0}@example.com")
+        .expect("renamed");
+
+    let first = pass(&org).await;
+    let again = pass(&org).await;
+
+    assert!(matches!(first, AuditOutcome::Applied(_)), "{first:?}");
+    assert!(matches!(again, AuditOutcome::Idle { .. }), "{again:?}");
+    let (title, email): (Option<String>, Option<String>) = sqlx::query_as(
+        "select raw -> 'project.updated' -> 'changes_requested' ->> 'title', actor_email \
+         from openai.audit_events where type = 'project.updated' and target_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&org.db.pool)
+    .await
+    .expect("the event is stored");
+    assert_eq!(
+        (title.as_deref(), email.as_deref()),
+        (Some("Nul\u{fffd}inside"), Some("cy\u{fffd}@example.com"))
+    );
+    let change = last_change(&org.db, &id).await;
+    assert_eq!(
+        (change.new_name.as_deref(), change.time_source.as_str()),
+        (Some("Nul\u{fffd}inside"), "audit_log")
+    );
+}
