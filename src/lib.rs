@@ -12,6 +12,7 @@ pub mod demo;
 #[cfg(feature = "dev-tools")]
 pub mod emulator;
 pub mod http;
+pub mod json_text;
 pub mod local_postgres;
 pub mod metric;
 pub mod secrets;

@@ -363,7 +363,7 @@ async fn store_and_apply(
 /// Postgres text refuses) is read again with U+FFFD in its place, fields included, and reported.
 /// Stored as it came, such an event would fail every poll after it.
 fn storable(event: &mut AuditEvent) {
-    let Some(safe) = store::jsonb_safe(&event.raw) else {
+    let Some(safe) = crate::json_text::jsonb_safe(&event.raw) else {
         return;
     };
     match AuditEvent::from_raw(&safe) {
@@ -428,7 +428,7 @@ async fn retrieve_all(
             tasks.spawn(
                 async move {
                     let result = match client.retrieve_project_raw(&id).await {
-                        Ok(raw) => Ok(Some(store::jsonb_safe(&raw).unwrap_or(raw))),
+                        Ok(raw) => Ok(Some(crate::json_text::jsonb_safe(&raw).unwrap_or(raw))),
                         Err(error)
                             if matches!(error.root(), ApiError::Status { status: 404, .. }) =>
                         {

@@ -261,6 +261,27 @@ impl CostPage {
 }
 
 /// Turns a page's fields into `Text`: spans of its body where the JSON wrote them plainly.
+/// The page's body with each escape Postgres refuses (`\u0000`, an unpaired surrogate) replaced
+/// by `\ufffd`, reported; a body without `\u` at all is returned as it is, after one search.
+///
+/// JSON allows both escapes; stored as they came, one result would fail every pass that read
+/// its day.
+fn storable(body: Vec<u8>) -> Vec<u8> {
+    if memchr::memmem::find(&body, b"\\u").is_none() {
+        return body;
+    }
+    let Some(safe) = std::str::from_utf8(&body)
+        .ok()
+        .and_then(crate::json_text::jsonb_safe)
+    else {
+        return body;
+    };
+    tracing::warn!(
+        "a costs page holds \\u0000 or an unpaired surrogate, which Postgres cannot store; read with U+FFFD in its place"
+    );
+    safe.into_bytes()
+}
+
 struct Texts<'b> {
     body: &'b [u8],
     unescaped: Vec<Box<str>>,
@@ -515,7 +536,7 @@ impl CostWalk {
             message,
             request_id: None,
         };
-        let body = std::mem::take(&mut page.body);
+        let body = storable(std::mem::take(&mut page.body));
         page.unescaped.clear();
         page.buckets.clear();
         page.results.clear();

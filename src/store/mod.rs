@@ -38,8 +38,7 @@ pub use runs::{
     last_success_started_at, start_run,
 };
 pub use walk::{
-    ApplyOutcome, GuardRefusal, Listing, WalkSession, content_digest, jsonb_safe,
-    walk_connect_options,
+    ApplyOutcome, GuardRefusal, Listing, WalkSession, content_digest, walk_connect_options,
 };
 
 /// Failures talking to Postgres, with the reason kept and the URL left out.

@@ -145,7 +145,7 @@ pub async fn finish_created(
         Err(e) => return Err(e.into()),
     };
     // As a walk stores it: jsonb refuses `\u0000`, and the digest is of the API's own text.
-    let storable = super::walk::jsonb_safe(project_raw);
+    let storable = crate::json_text::jsonb_safe(project_raw);
     sqlx::query("savepoint history").execute(&mut *tx).await?;
     sqlx::query(HISTORY_LOCK_WAIT).execute(&mut *tx).await?;
     let recorded = sqlx::query(concat!(

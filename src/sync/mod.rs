@@ -360,7 +360,7 @@ fn start_fetch(
 
 /// A listed project made storable, with the digest of the text that will be stored.
 fn prepare(mut project: ListedProject) -> (ListedProject, i64) {
-    if let Some(safe) = store::jsonb_safe(project.raw.get()) {
+    if let Some(safe) = crate::json_text::jsonb_safe(project.raw.get()) {
         match serde_json::value::RawValue::from_string(safe) {
             Ok(raw) => {
                 tracing::warn!(

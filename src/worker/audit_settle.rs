@@ -40,7 +40,7 @@ pub(super) async fn settle_from_audit_log(
         return Ok(true);
     }
     let raw = match deps.client.retrieve_project_raw(project_id).await {
-        Ok(raw) => store::jsonb_safe(&raw).unwrap_or(raw),
+        Ok(raw) => crate::json_text::jsonb_safe(&raw).unwrap_or(raw),
         Err(error) if matches!(error.root(), ApiError::Status { status: 404, .. }) => {
             return Ok(false);
         }

@@ -1740,3 +1740,79 @@ async fn a_current_day_whose_bucket_ends_at_the_moment_of_the_answer_is_read_as_
     );
     assert_eq!(wrong, 0, "every served figure stored exactly");
 }
+
+#[tokio::test]
+async fn a_cost_result_holding_a_nul_escape_or_an_unpaired_surrogate_is_stored_with_replacement_characters()
+ {
+    // JSON allows both; Postgres text and jsonb refuse them. One such result must not fail
+    // every pass that reads its day.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let time = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .and_then(|(_, value)| value.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let buckets: Vec<String> = (time("start_time")..time("end_time"))
+                    .step_by(86_400)
+                    .map(|day| {
+                        let results = if day == today() - DAY {
+                            r#"{"object":"organization.costs.result","amount":{"value":1.25,"currency":"usd"},"line_item":"in\u0000put","project_id":"proj_\ud800x"}"#
+                        } else {
+                            ""
+                        };
+                        format!(
+                            r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{results}]}}"#,
+                            day + 86_400
+                        )
+                    })
+                    .collect();
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    format!(
+                        r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
+                        buckets.join(",")
+                    ),
+                )
+            },
+        ),
+    );
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    pass(&deps).await;
+    let before = snapshot(&db.pool).await;
+    pass(&deps).await;
+
+    let stored: Vec<(Option<String>, Option<String>, String, Option<String>)> = sqlx::query_as(
+        "select project_id, line_item, amount::text, raw ->> 'line_item' from openai.costs",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("stored");
+    assert_eq!(
+        stored,
+        vec![(
+            Some("proj_\u{fffd}x".to_owned()),
+            Some("in\u{fffd}put".to_owned()),
+            "1.25".to_owned(),
+            Some("in\u{fffd}put".to_owned())
+        )]
+    );
+    assert_eq!(
+        snapshot(&db.pool).await,
+        before,
+        "read again the same way: nothing changed"
+    );
+}
