@@ -106,6 +106,37 @@ async fn last_change(db: &TestDb, project_id: &str) -> Change {
     .expect("a change")
 }
 
+/// Renames a project of `org` as cy@example.com with its event held back for 1.5 s, so that a
+/// walk sees the rename before the audit log shows it; returns the project's id.
+async fn rename_ahead_of_its_event(org: &Org) -> String {
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator.set_audit_delay(Duration::from_millis(1_500));
+    org.emulator
+        .rename_as(&id, "Seen by a walk first", "cy@example.com")
+        .expect("renamed");
+    id
+}
+
+/// Polls until the late event has corrected the walk's version of `id`.
+async fn await_correction(org: &Org, id: &str) {
+    eventually("the late event corrects the walk's version", || async {
+        audit_log::pass(&org.deps, "manual").await.expect("a pass");
+        last_change(&org.db, id).await.time_source == "audit_log"
+    })
+    .await;
+}
+
+/// The change `rename_ahead_of_its_event` makes, dated by its event.
+fn corrected_rename(event_at: DateTime<Utc>) -> Change {
+    Change {
+        change: "renamed".into(),
+        changed_at: event_at,
+        new_name: Some("Seen by a walk first".into()),
+        changed_by: Some("cy@example.com".into()),
+        time_source: "audit_log".into(),
+    }
+}
+
 async fn watermark(db: &TestDb) -> Option<DateTime<Utc>> {
     store::audit_log_state(&db.pool)
         .await
@@ -210,12 +241,8 @@ async fn a_rename_an_archive_and_a_create_appear_with_the_events_time_and_author
 async fn a_change_first_seen_by_a_walk_is_corrected_to_the_events_time_and_author() {
     let org = org(4).await;
     walk(&org).await;
-    let id = active_ids(&org.emulator)[0].clone();
     // The event shows up only later, with its true time.
-    org.emulator.set_audit_delay(Duration::from_millis(1_500));
-    org.emulator
-        .rename_as(&id, "Seen by a walk first", "cy@example.com")
-        .expect("renamed");
+    let id = rename_ahead_of_its_event(&org).await;
     assert!(
         matches!(pass(&org).await, AuditOutcome::Idle { .. }),
         "the event is not visible yet"
@@ -227,22 +254,9 @@ async fn a_change_first_seen_by_a_walk_is_corrected_to_the_events_time_and_autho
     let event_at = time_of(&event_of(&org.emulator, "project.updated", &id));
     assert!(observed.changed_at > event_at);
 
-    eventually("the late event corrects the walk's version", || async {
-        audit_log::pass(&org.deps, "manual").await.expect("a pass");
-        last_change(&org.db, &id).await.time_source == "audit_log"
-    })
-    .await;
+    await_correction(&org, &id).await;
 
-    assert_eq!(
-        last_change(&org.db, &id).await,
-        Change {
-            change: "renamed".into(),
-            changed_at: event_at,
-            new_name: Some("Seen by a walk first".into()),
-            changed_by: Some("cy@example.com".into()),
-            time_source: "audit_log".into(),
-        }
-    );
+    assert_eq!(last_change(&org.db, &id).await, corrected_rename(event_at));
     let (ends_at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
         "select valid_to from openai.project_versions where project_id = $1 and change = 'created'",
     )
@@ -985,11 +999,7 @@ async fn a_correction_holds_when_the_server_has_since_started_leaving_null_field
     // them left out, which the spec allows: the same object, so the same version, corrected.
     let org = org(4).await;
     walk(&org).await;
-    let id = active_ids(&org.emulator)[0].clone();
-    org.emulator.set_audit_delay(Duration::from_millis(1_500));
-    org.emulator
-        .rename_as(&id, "Seen by a walk first", "cy@example.com")
-        .expect("renamed");
+    let id = rename_ahead_of_its_event(&org).await;
     walk(&org).await;
     assert_eq!(last_change(&org.db, &id).await.time_source, "observed");
     let mut freedoms = org.emulator.freedoms();
@@ -997,22 +1007,9 @@ async fn a_correction_holds_when_the_server_has_since_started_leaving_null_field
     org.emulator.set_freedoms(freedoms);
     let event_at = time_of(&event_of(&org.emulator, "project.updated", &id));
 
-    eventually("the late event corrects the walk's version", || async {
-        audit_log::pass(&org.deps, "manual").await.expect("a pass");
-        last_change(&org.db, &id).await.time_source == "audit_log"
-    })
-    .await;
+    await_correction(&org, &id).await;
 
-    assert_eq!(
-        last_change(&org.db, &id).await,
-        Change {
-            change: "renamed".into(),
-            changed_at: event_at,
-            new_name: Some("Seen by a walk first".into()),
-            changed_by: Some("cy@example.com".into()),
-            time_source: "audit_log".into(),
-        }
-    );
+    assert_eq!(last_change(&org.db, &id).await, corrected_rename(event_at));
     let versions = count(
         &org.db,
         &format!("select count(*) from openai.project_versions where project_id = '{id}'"),
