@@ -1917,3 +1917,57 @@ async fn a_server_that_starts_leaving_null_fields_out_of_cost_results_rewrites_n
     assert_eq!(summary.counts.updated, 0, "{summary:?}");
     assert_eq!(snapshot(&f.db.pool).await, before, "no row rewritten");
 }
+
+#[tokio::test]
+async fn bucket_times_written_as_whole_floats_are_read_as_the_same_seconds() {
+    // JSON has one number type: `1787529600.0` is that integer to a JSON Schema, as the walk
+    // already reads project times.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let time = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .and_then(|(_, value)| value.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let buckets: Vec<String> = (time("start_time")..time("end_time"))
+                    .step_by(86_400)
+                    .map(|day| {
+                        format!(
+                            r#"{{"object":"bucket","start_time":{day}.0,"end_time":{}.0,"results":[{{"object":"organization.costs.result","amount":{{"value":0.25,"currency":"usd"}},"line_item":"input","project_id":"proj_a"}}]}}"#,
+                            day + 86_400
+                        )
+                    })
+                    .collect();
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    format!(
+                        r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
+                        buckets.join(",")
+                    ),
+                )
+            },
+        ),
+    );
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (days,): (i64,) = sqlx::query_as("select count(distinct bucket_start) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(days, 2);
+}
