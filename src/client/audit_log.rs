@@ -68,6 +68,7 @@ struct Required {
     id: String,
     #[serde(rename = "type")]
     kind: String,
+    #[serde(deserialize_with = "super::project::unix_seconds")]
     effective_at: i64,
 }
 

@@ -370,7 +370,9 @@ struct PageBody<'a> {
 
 #[derive(Deserialize)]
 struct BucketBody<'a> {
+    #[serde(deserialize_with = "super::project::whole_unix_seconds")]
     start_time: i64,
+    #[serde(deserialize_with = "super::project::whole_unix_seconds")]
     end_time: i64,
     /// The results array as received, read one result at a time by `each_element`.
     #[serde(borrow, default, deserialize_with = "raw_present")]
