@@ -1795,7 +1795,8 @@ async fn a_cost_result_holding_a_nul_escape_or_an_unpaired_surrogate_is_stored_w
     let before = snapshot(&db.pool).await;
     pass(&deps).await;
 
-    let stored: Vec<(Option<String>, Option<String>, String, Option<String>)> = sqlx::query_as(
+    type Stored = (Option<String>, Option<String>, String, Option<String>);
+    let stored: Vec<Stored> = sqlx::query_as(
         "select project_id, line_item, amount::text, raw ->> 'line_item' from openai.costs",
     )
     .fetch_all(&db.pool)
