@@ -147,9 +147,6 @@ async fn pass_inner(
             return Err(AuditError::Api(error));
         }
     };
-    for event in &mut window.events {
-        storable(event);
-    }
     // An event dated outside the calendar's range cannot be stored: left out, or every poll
     // would find it new again and no poll would ever be idle.
     let readable = window.events.len();
@@ -359,27 +356,6 @@ async fn store_and_apply(
 /// Of the events of a pending project's latest second, takes the one that describes the
 /// project's state now (an update to its name, or an archive of an archived project) as its
 /// latest: within one second the log's order says nothing.
-/// Makes an event storable: JSON holding `\u0000` or an unpaired surrogate (which JSON allows and
-/// Postgres text refuses) is read again with U+FFFD in its place, fields included, and reported.
-/// Stored as it came, such an event would fail every poll after it.
-fn storable(event: &mut AuditEvent) {
-    let Some(safe) = crate::json_text::jsonb_safe(&event.raw) else {
-        return;
-    };
-    match AuditEvent::from_raw(&safe) {
-        Ok(readable) => {
-            tracing::warn!(
-                event_id = %readable.id,
-                "the audit event's JSON holds \\u0000 or an unpaired surrogate, which Postgres cannot store; stored with U+FFFD in its place"
-            );
-            *event = readable;
-        }
-        Err(e) => {
-            tracing::warn!(event_id = %event.id, error = %e, "could not replace \\u0000 in the audit event's JSON")
-        }
-    }
-}
-
 fn prefer_event_describing(target: &mut store::PendingTarget, raw: &str) {
     let state: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
     let name = state.get("name").and_then(serde_json::Value::as_str);

@@ -4,6 +4,7 @@
 //! every event's `type` is checked here, events are deduplicated by `id`, and nothing relies
 //! on the order within or across pages. Event types are free text: the list keeps growing.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use reqwest::Method;
@@ -67,6 +68,7 @@ struct Required {
     id: String,
     #[serde(rename = "type")]
     kind: String,
+    #[serde(deserialize_with = "super::project::unix_seconds")]
     effective_at: i64,
 }
 
@@ -143,6 +145,22 @@ impl AuditEvent {
     }
 }
 
+/// An event's JSON as it can be read and stored: `\u0000` and unpaired surrogates (which JSON
+/// allows, and which neither a Rust string nor Postgres text holds) replaced by U+FFFD, reported.
+/// Read as it came, such an event would fail every poll after it; read before its id is, so
+/// every poll dedupes and stores it under the same id.
+fn storable(raw: &str) -> Cow<'_, str> {
+    match crate::json_text::jsonb_safe(raw) {
+        Some(safe) => {
+            tracing::warn!(
+                "an audit event's JSON holds \\u0000 or an unpaired surrogate, which Postgres cannot store; read with U+FFFD in its place"
+            );
+            Cow::Owned(safe)
+        }
+        None => Cow::Borrowed(raw),
+    }
+}
+
 /// Every event of a window, deduplicated, with the pages it took.
 #[derive(Debug, Clone, Default)]
 pub struct AuditWindow {
@@ -187,11 +205,12 @@ impl AdminClient {
             };
             let mut last = None;
             for raw in &page.data {
-                let event =
-                    AuditEvent::from_raw(raw.get()).map_err(|message| ApiError::Decode {
+                let event = AuditEvent::from_raw(&storable(raw.get())).map_err(|message| {
+                    ApiError::Decode {
                         message,
                         request_id: None,
-                    })?;
+                    }
+                })?;
                 last = Some(event.id.clone());
                 if !types.contains(&event.kind.as_str()) {
                     window.unasked = window.unasked.saturating_add(1);

@@ -260,28 +260,43 @@ impl CostPage {
     }
 }
 
-/// Turns a page's fields into `Text`: spans of its body where the JSON wrote them plainly.
 /// The page's body with each escape Postgres refuses (`\u0000`, an unpaired surrogate) replaced
-/// by `\ufffd`, reported; a body without `\u` at all is returned as it is, after one search.
+/// by `\ufffd`, reported, with the body as received when anything was; a body without `\u` at
+/// all is returned as it is, after one search.
 ///
 /// JSON allows both escapes; stored as they came, one result would fail every pass that read
 /// its day.
-fn storable(body: Vec<u8>) -> Vec<u8> {
+fn storable(body: Vec<u8>) -> (Vec<u8>, Option<Vec<u8>>) {
     if memchr::memmem::find(&body, b"\\u").is_none() {
-        return body;
+        return (body, None);
     }
     let Some(safe) = std::str::from_utf8(&body)
         .ok()
         .and_then(crate::json_text::jsonb_safe)
     else {
-        return body;
+        return (body, None);
     };
     tracing::warn!(
         "a costs page holds \\u0000 or an unpaired surrogate, which Postgres cannot store; read with U+FFFD in its place"
     );
-    safe.into_bytes()
+    (safe.into_bytes(), Some(body))
 }
 
+/// The page's `next_page` exactly as the API wrote it: a token is opaque and bound to its
+/// query, so it goes back unchanged whatever the rest of the page needed replaced. `None` when
+/// it cannot be read as a string (an unpaired surrogate in the token itself).
+fn token_as_written(body: &[u8]) -> Option<Option<String>> {
+    #[derive(Deserialize)]
+    struct Token {
+        #[serde(default)]
+        next_page: Option<String>,
+    }
+    serde_json::from_slice::<Token>(body)
+        .ok()
+        .map(|t| t.next_page)
+}
+
+/// Turns a page's fields into `Text`: spans of its body where the JSON wrote them plainly.
 struct Texts<'b> {
     body: &'b [u8],
     unescaped: Vec<Box<str>>,
@@ -355,7 +370,9 @@ struct PageBody<'a> {
 
 #[derive(Deserialize)]
 struct BucketBody<'a> {
+    #[serde(deserialize_with = "super::project::whole_unix_seconds")]
     start_time: i64,
+    #[serde(deserialize_with = "super::project::whole_unix_seconds")]
     end_time: i64,
     /// The results array as received, read one result at a time by `each_element`.
     #[serde(borrow, default, deserialize_with = "raw_present")]
@@ -536,7 +553,7 @@ impl CostWalk {
             message,
             request_id: None,
         };
-        let body = storable(std::mem::take(&mut page.body));
+        let (body, as_received) = storable(std::mem::take(&mut page.body));
         page.unescaped.clear();
         page.buckets.clear();
         page.results.clear();
@@ -635,7 +652,11 @@ impl CostWalk {
             });
         }
         page.unescaped = texts.unescaped;
-        let (has_more, next_page) = (parsed.has_more, parsed.next_page);
+        let has_more = parsed.has_more;
+        let next_page = match as_received.as_deref().and_then(token_as_written) {
+            Some(written) => written,
+            None => parsed.next_page,
+        };
         page.body = body;
         if !has_more {
             self.done = true;

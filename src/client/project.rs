@@ -106,7 +106,7 @@ pub(super) struct RequiredFields {
 /// A time in unix seconds as the API writes it: an integer, or a float (JSON has one number
 /// type, and `1697013376.0` is that integer to a JSON Schema); a fraction is dropped here, while
 /// the stored JSON keeps the number as written.
-fn unix_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub(super) fn unix_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     let number = serde_json::Number::deserialize(deserializer)?;
     seconds_of(&number)
         .ok_or_else(|| D::Error::custom(format!("{number} is not a time in unix seconds")))
@@ -133,4 +133,15 @@ fn seconds_of(number: &serde_json::Number) -> Option<i64> {
             .filter(|f| f.is_finite() && f.abs() < LIMIT)
             .map(|f| f.floor() as i64)
     })
+}
+
+/// `unix_seconds` for a time that must be a whole second (a cost bucket's bounds): a float is
+/// read only when it has no fraction, which the checks on a bucket would otherwise not see.
+pub(super) fn whole_unix_seconds<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    seconds_of(&number)
+        .filter(|_| number.as_f64().is_none_or(|f| f.fract() == 0.0))
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole time in unix seconds")))
 }

@@ -1052,3 +1052,120 @@ async fn an_event_whose_json_holds_a_nul_escape_is_stored_with_a_replacement_cha
         (Some("Nul\u{fffd}inside"), "audit_log")
     );
 }
+
+#[tokio::test]
+async fn an_event_whose_json_holds_an_unpaired_surrogate_is_stored_with_a_replacement_character() {
+    // JSON allows a lone `\ud83d` (a title cut in the middle of an emoji); Rust strings and
+    // Postgres text do not. One such event must not fail every poll after it.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let at = Utc::now().timestamp() - 60;
+    let event = format!(
+        r#"{{"id":"audit_log-cut","type":"project.updated","effective_at":{at},"actor":{{"type":"session","session":{{"user":{{"id":"user_cy","email":"cy@example.com"}}}}}},"project.updated":{{"id":"proj_cut","changes_requested":{{"title":"cut \ud83d"}}}}}}"#
+    );
+    let project = format!(
+        r#"{{"id":"proj_cut","object":"organization.project","name":"cut \ud83d","created_at":{},"status":"active","archived_at":null}}"#,
+        at - 3600
+    );
+    let json = |body: String| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v1/organization/audit_logs",
+            axum::routing::get(move || {
+                let event = event.clone();
+                async move {
+                    json(format!(
+                        r#"{{"object":"list","data":[{event}],"first_id":"audit_log-cut","last_id":"audit_log-cut","has_more":false}}"#
+                    ))
+                }
+            }),
+        )
+        .route(
+            "/v1/organization/projects/proj_cut",
+            axum::routing::get(move || {
+                let project = project.clone();
+                async move { json(project) }
+            }),
+        );
+    let deps = AuditDeps {
+        pool: db.pool.clone(),
+        client: crate::client::serve_scripted(app).await,
+        enabled: AuditLogEnabled::On,
+        overlap: Duration::from_secs(3600),
+    };
+
+    let first = audit_log::pass(&deps, "manual").await;
+    let again = audit_log::pass(&deps, "manual").await;
+
+    assert!(matches!(first, Ok(AuditOutcome::Applied(_))), "{first:?}");
+    assert!(matches!(again, Ok(AuditOutcome::Idle { .. })), "{again:?}");
+    let (title,): (Option<String>,) = sqlx::query_as(
+        "select raw -> 'project.updated' -> 'changes_requested' ->> 'title' \
+         from openai.audit_events where id = 'audit_log-cut'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the event is stored");
+    assert_eq!(title.as_deref(), Some("cut \u{fffd}"));
+}
+
+#[tokio::test]
+async fn an_event_time_written_as_a_whole_float_is_read_as_the_same_seconds() {
+    // JSON has one number type: `1787754034.0` is that integer, as the walk reads project times.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let at = Utc::now().timestamp() - 60;
+    let event = format!(
+        r#"{{"id":"audit_log-f","type":"project.archived","effective_at":{at}.0,"project.archived":{{"id":"proj_f"}}}}"#
+    );
+    let project = format!(
+        r#"{{"id":"proj_f","object":"organization.project","name":"Floats","created_at":{},"status":"archived","archived_at":{at}}}"#,
+        at - 3600
+    );
+    let json = |body: String| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v1/organization/audit_logs",
+            axum::routing::get(move || {
+                let event = event.clone();
+                async move {
+                    json(format!(
+                        r#"{{"object":"list","data":[{event}],"first_id":"audit_log-f","last_id":"audit_log-f","has_more":false}}"#
+                    ))
+                }
+            }),
+        )
+        .route(
+            "/v1/organization/projects/proj_f",
+            axum::routing::get(move || {
+                let project = project.clone();
+                async move { json(project) }
+            }),
+        );
+    let deps = AuditDeps {
+        pool: db.pool.clone(),
+        client: crate::client::serve_scripted(app).await,
+        enabled: AuditLogEnabled::On,
+        overlap: Duration::from_secs(3600),
+    };
+
+    let first = audit_log::pass(&deps, "manual").await;
+
+    assert!(matches!(first, Ok(AuditOutcome::Applied(_))), "{first:?}");
+    let (stored_at,): (DateTime<Utc>,) =
+        sqlx::query_as("select effective_at from openai.audit_events where id = 'audit_log-f'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the event is stored");
+    assert_eq!(stored_at.timestamp(), at);
+}

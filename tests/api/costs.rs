@@ -1795,7 +1795,8 @@ async fn a_cost_result_holding_a_nul_escape_or_an_unpaired_surrogate_is_stored_w
     let before = snapshot(&db.pool).await;
     pass(&deps).await;
 
-    let stored: Vec<(Option<String>, Option<String>, String, Option<String>)> = sqlx::query_as(
+    type Stored = (Option<String>, Option<String>, String, Option<String>);
+    let stored: Vec<Stored> = sqlx::query_as(
         "select project_id, line_item, amount::text, raw ->> 'line_item' from openai.costs",
     )
     .fetch_all(&db.pool)
@@ -1815,4 +1816,159 @@ async fn a_cost_result_holding_a_nul_escape_or_an_unpaired_surrogate_is_stored_w
         before,
         "read again the same way: nothing changed"
     );
+}
+
+#[tokio::test]
+async fn a_page_token_holding_a_nul_escape_is_sent_back_as_the_api_wrote_it() {
+    // `next_page` is opaque and bound to the query: whatever the page's JSON needed replaced for
+    // Postgres, the token must go back unchanged, or the next page is refused on every pass.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let value = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, value)| value.clone())
+                };
+                let time = |name: &str| {
+                    value(name)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let (start, end) = (time("start_time"), time("end_time"));
+                let bucket = |day: i64| {
+                    format!(
+                        r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{{"object":"organization.costs.result","amount":{{"value":"0.5","currency":"usd"}},"line_item":"input","project_id":"proj_a"}}]}}"#,
+                        day + 86_400
+                    )
+                };
+                let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                let last = end - 86_400;
+                match value("page").as_deref() {
+                    None => {
+                        let first: Vec<String> = (start..last).step_by(86_400).map(bucket).collect();
+                        (
+                            axum::http::StatusCode::OK,
+                            json,
+                            format!(
+                                r#"{{"object":"page","data":[{}],"has_more":true,"next_page":"tok\u0000en"}}"#,
+                                first.join(",")
+                            ),
+                        )
+                    }
+                    Some("tok\u{0}en") => (
+                        axum::http::StatusCode::OK,
+                        json,
+                        format!(
+                            r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
+                            bucket(last)
+                        ),
+                    ),
+                    Some(_) => (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        json,
+                        r#"{"error":{"message":"Invalid page token","type":"invalid_request_error","param":"page","code":null}}"#.to_owned(),
+                    ),
+                }
+            },
+        ),
+    );
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (days,): (i64,) = sqlx::query_as("select count(distinct bucket_start) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(days, 2, "yesterday and today, one a page");
+}
+
+#[tokio::test]
+async fn a_server_that_starts_leaving_null_fields_out_of_cost_results_rewrites_no_row() {
+    // The spec lets a server write an optional field as null or leave it out, as the walk
+    // already allows for projects: the same result, so a re-read that finds it writes nothing.
+    let f = fixture(6).await;
+    let deps = f.costs(7, None);
+    pass(&deps).await;
+    let (with_nulls,): (i64,) =
+        sqlx::query_as("select count(*) from openai.costs where raw::text like '%: null%'")
+            .fetch_one(&f.db.pool)
+            .await
+            .expect("count");
+    let before = snapshot(&f.db.pool).await;
+    let mut freedoms = f.emulator.freedoms();
+    freedoms.omit_nulls = true;
+    f.emulator.set_freedoms(freedoms);
+
+    let summary = pass(&deps).await;
+
+    assert!(with_nulls > 0, "some stored result wrote a null field");
+    assert_eq!(summary.counts.updated, 0, "{summary:?}");
+    assert_eq!(snapshot(&f.db.pool).await, before, "no row rewritten");
+}
+
+#[tokio::test]
+async fn bucket_times_written_as_whole_floats_are_read_as_the_same_seconds() {
+    // JSON has one number type: `1787529600.0` is that integer to a JSON Schema, as the walk
+    // already reads project times.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let time = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .and_then(|(_, value)| value.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let buckets: Vec<String> = (time("start_time")..time("end_time"))
+                    .step_by(86_400)
+                    .map(|day| {
+                        format!(
+                            r#"{{"object":"bucket","start_time":{day}.0,"end_time":{}.0,"results":[{{"object":"organization.costs.result","amount":{{"value":0.25,"currency":"usd"}},"line_item":"input","project_id":"proj_a"}}]}}"#,
+                            day + 86_400
+                        )
+                    })
+                    .collect();
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    format!(
+                        r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
+                        buckets.join(",")
+                    ),
+                )
+            },
+        ),
+    );
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (days,): (i64,) = sqlx::query_as("select count(distinct bucket_start) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(days, 2);
 }
