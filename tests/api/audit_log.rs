@@ -137,6 +137,47 @@ fn corrected_rename(event_at: DateTime<Utc>) -> Change {
     }
 }
 
+/// Audit passes against a scripted server whose log holds the one event `event` (with id
+/// `event_id`), and which answers a retrieve of `project_id` with `project`.
+async fn scripted_audit_passes(
+    db: &TestDb,
+    event_id: &str,
+    event: String,
+    project_id: &str,
+    project: String,
+) -> AuditDeps {
+    let json = |body: String| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+    };
+    let page = format!(
+        r#"{{"object":"list","data":[{event}],"first_id":"{event_id}","last_id":"{event_id}","has_more":false}}"#
+    );
+    let app = axum::Router::new()
+        .route(
+            "/v1/organization/audit_logs",
+            axum::routing::get(move || {
+                let page = page.clone();
+                async move { json(page) }
+            }),
+        )
+        .route(
+            &format!("/v1/organization/projects/{project_id}"),
+            axum::routing::get(move || {
+                let project = project.clone();
+                async move { json(project) }
+            }),
+        );
+    AuditDeps {
+        pool: db.pool.clone(),
+        client: crate::client::serve_scripted(app).await,
+        enabled: AuditLogEnabled::On,
+        overlap: Duration::from_secs(3600),
+    }
+}
+
 async fn watermark(db: &TestDb) -> Option<DateTime<Utc>> {
     store::audit_log_state(&db.pool)
         .await
@@ -1067,37 +1108,7 @@ async fn an_event_whose_json_holds_an_unpaired_surrogate_is_stored_with_a_replac
         r#"{{"id":"proj_cut","object":"organization.project","name":"cut \ud83d","created_at":{},"status":"active","archived_at":null}}"#,
         at - 3600
     );
-    let json = |body: String| {
-        (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-    };
-    let app = axum::Router::new()
-        .route(
-            "/v1/organization/audit_logs",
-            axum::routing::get(move || {
-                let event = event.clone();
-                async move {
-                    json(format!(
-                        r#"{{"object":"list","data":[{event}],"first_id":"audit_log-cut","last_id":"audit_log-cut","has_more":false}}"#
-                    ))
-                }
-            }),
-        )
-        .route(
-            "/v1/organization/projects/proj_cut",
-            axum::routing::get(move || {
-                let project = project.clone();
-                async move { json(project) }
-            }),
-        );
-    let deps = AuditDeps {
-        pool: db.pool.clone(),
-        client: crate::client::serve_scripted(app).await,
-        enabled: AuditLogEnabled::On,
-        overlap: Duration::from_secs(3600),
-    };
+    let deps = scripted_audit_passes(&db, "audit_log-cut", event, "proj_cut", project).await;
 
     let first = audit_log::pass(&deps, "manual").await;
     let again = audit_log::pass(&deps, "manual").await;
@@ -1127,37 +1138,7 @@ async fn an_event_time_written_as_a_whole_float_is_read_as_the_same_seconds() {
         r#"{{"id":"proj_f","object":"organization.project","name":"Floats","created_at":{},"status":"archived","archived_at":{at}}}"#,
         at - 3600
     );
-    let json = |body: String| {
-        (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-    };
-    let app = axum::Router::new()
-        .route(
-            "/v1/organization/audit_logs",
-            axum::routing::get(move || {
-                let event = event.clone();
-                async move {
-                    json(format!(
-                        r#"{{"object":"list","data":[{event}],"first_id":"audit_log-f","last_id":"audit_log-f","has_more":false}}"#
-                    ))
-                }
-            }),
-        )
-        .route(
-            "/v1/organization/projects/proj_f",
-            axum::routing::get(move || {
-                let project = project.clone();
-                async move { json(project) }
-            }),
-        );
-    let deps = AuditDeps {
-        pool: db.pool.clone(),
-        client: crate::client::serve_scripted(app).await,
-        enabled: AuditLogEnabled::On,
-        overlap: Duration::from_secs(3600),
-    };
+    let deps = scripted_audit_passes(&db, "audit_log-f", event, "proj_f", project).await;
 
     let first = audit_log::pass(&deps, "manual").await;
 

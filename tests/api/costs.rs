@@ -96,6 +96,49 @@ fn is_zero(text: &str) -> bool {
     text.starts_with("0E") || text.chars().all(|c| c == '0' || c == '.')
 }
 
+/// Cost passes (one day of lookback, no backfill) against a scripted server that answers every
+/// query in one page, each UTC day of the asked window as the bucket `bucket(day)` writes.
+async fn scripted_cost_passes(
+    db: &TestDb,
+    bucket: impl Fn(i64) -> String + Clone + Send + Sync + 'static,
+) -> CostDeps {
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            move |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| {
+                let bucket = bucket.clone();
+                async move {
+                    let time = |name: &str| {
+                        query
+                            .iter()
+                            .find(|(key, _)| key == name)
+                            .and_then(|(_, value)| value.parse::<i64>().ok())
+                            .expect("the pass names its window")
+                    };
+                    let buckets: Vec<String> = (time("start_time")..time("end_time"))
+                        .step_by(86_400)
+                        .map(&bucket)
+                        .collect();
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        format!(
+                            r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
+                            buckets.join(",")
+                        ),
+                    )
+                }
+            },
+        ),
+    );
+    CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    }
+}
+
 async fn pass(deps: &CostDeps) -> CostSummary {
     costs::run_pass(deps, Trigger::Manual, &CancellationToken::new())
         .await
@@ -1748,48 +1791,18 @@ async fn a_cost_result_holding_a_nul_escape_or_an_unpaired_surrogate_is_stored_w
     // every pass that reads its day.
     let db = TestDb::new().await;
     store::migrate(&db.pool).await.expect("migrations apply");
-    let app = axum::Router::new().route(
-        "/v1/organization/costs",
-        axum::routing::get(
-            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
-                let time = |name: &str| {
-                    query
-                        .iter()
-                        .find(|(key, _)| key == name)
-                        .and_then(|(_, value)| value.parse::<i64>().ok())
-                        .expect("the pass names its window")
-                };
-                let buckets: Vec<String> = (time("start_time")..time("end_time"))
-                    .step_by(86_400)
-                    .map(|day| {
-                        let results = if day == today() - DAY {
-                            r#"{"object":"organization.costs.result","amount":{"value":1.25,"currency":"usd"},"line_item":"in\u0000put","project_id":"proj_\ud800x"}"#
-                        } else {
-                            ""
-                        };
-                        format!(
-                            r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{results}]}}"#,
-                            day + 86_400
-                        )
-                    })
-                    .collect();
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    format!(
-                        r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
-                        buckets.join(",")
-                    ),
-                )
-            },
-        ),
-    );
-    let deps = CostDeps {
-        pool: db.pool.clone(),
-        connect: db.url.parse().expect("test URL parses"),
-        client: crate::client::serve_scripted(app).await,
-        lookback_days: 1,
-        backfill_from: None,
-    };
+    let deps = scripted_cost_passes(&db, |day| {
+        let results = if day == today() - DAY {
+            r#"{"object":"organization.costs.result","amount":{"value":1.25,"currency":"usd"},"line_item":"in\u0000put","project_id":"proj_\ud800x"}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{results}]}}"#,
+            day + 86_400
+        )
+    })
+    .await;
 
     pass(&deps).await;
     let before = snapshot(&db.pool).await;
@@ -1925,43 +1938,13 @@ async fn bucket_times_written_as_whole_floats_are_read_as_the_same_seconds() {
     // already reads project times.
     let db = TestDb::new().await;
     store::migrate(&db.pool).await.expect("migrations apply");
-    let app = axum::Router::new().route(
-        "/v1/organization/costs",
-        axum::routing::get(
-            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
-                let time = |name: &str| {
-                    query
-                        .iter()
-                        .find(|(key, _)| key == name)
-                        .and_then(|(_, value)| value.parse::<i64>().ok())
-                        .expect("the pass names its window")
-                };
-                let buckets: Vec<String> = (time("start_time")..time("end_time"))
-                    .step_by(86_400)
-                    .map(|day| {
-                        format!(
-                            r#"{{"object":"bucket","start_time":{day}.0,"end_time":{}.0,"results":[{{"object":"organization.costs.result","amount":{{"value":0.25,"currency":"usd"}},"line_item":"input","project_id":"proj_a"}}]}}"#,
-                            day + 86_400
-                        )
-                    })
-                    .collect();
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    format!(
-                        r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
-                        buckets.join(",")
-                    ),
-                )
-            },
-        ),
-    );
-    let deps = CostDeps {
-        pool: db.pool.clone(),
-        connect: db.url.parse().expect("test URL parses"),
-        client: crate::client::serve_scripted(app).await,
-        lookback_days: 1,
-        backfill_from: None,
-    };
+    let deps = scripted_cost_passes(&db, |day| {
+        format!(
+            r#"{{"object":"bucket","start_time":{day}.0,"end_time":{}.0,"results":[{{"object":"organization.costs.result","amount":{{"value":0.25,"currency":"usd"}},"line_item":"input","project_id":"proj_a"}}]}}"#,
+            day + 86_400
+        )
+    })
+    .await;
 
     let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
 
