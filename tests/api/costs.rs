@@ -139,6 +139,18 @@ async fn scripted_cost_passes(
     }
 }
 
+/// A migrated database and a cost session holding its lock.
+async fn migrated_with_cost_session() -> (TestDb, CostSession) {
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let connect = db.url.parse().expect("test URL parses");
+    let session = CostSession::open(&connect)
+        .await
+        .expect("connect")
+        .expect("the lock is free");
+    (db, session)
+}
+
 async fn pass(deps: &CostDeps) -> CostSummary {
     costs::run_pass(deps, Trigger::Manual, &CancellationToken::new())
         .await
@@ -695,13 +707,7 @@ fn cost_row<'a>(
 #[tokio::test]
 async fn a_backfill_page_copies_any_decimal_exactly_and_leaves_one_too_long_to_the_comparing_path()
 {
-    let db = TestDb::new().await;
-    store::migrate(&db.pool).await.expect("migrations apply");
-    let connect = db.url.parse().expect("test URL parses");
-    let mut session = CostSession::open(&connect)
-        .await
-        .expect("connect")
-        .expect("the lock is free");
+    let (db, mut session) = migrated_with_cost_session().await;
     let day = DateTime::from_timestamp(today() - 40 * DAY, 0).expect("a day");
     let too_long = format!("1.{}1", "0".repeat(13_000));
     let amounts: Vec<String> = [
@@ -772,13 +778,7 @@ async fn a_backfill_page_copies_any_decimal_exactly_and_leaves_one_too_long_to_t
 
 #[tokio::test]
 async fn a_key_listed_twice_on_a_backfill_page_is_refused_by_name_and_nothing_is_written() {
-    let db = TestDb::new().await;
-    store::migrate(&db.pool).await.expect("migrations apply");
-    let connect = db.url.parse().expect("test URL parses");
-    let mut session = CostSession::open(&connect)
-        .await
-        .expect("connect")
-        .expect("the lock is free");
+    let (db, mut session) = migrated_with_cost_session().await;
     let day = DateTime::from_timestamp(today() - 40 * DAY, 0).expect("a day");
     let rows = [
         cost_row(day, "proj_a", "1.5", "{}"),
@@ -1532,13 +1532,7 @@ fn adversarial_decimals() -> Vec<String> {
 
 #[tokio::test]
 async fn every_adversarial_decimal_is_copied_digit_for_digit_and_scale_for_scale() {
-    let db = TestDb::new().await;
-    store::migrate(&db.pool).await.expect("migrations apply");
-    let connect = db.url.parse().expect("test URL parses");
-    let mut session = CostSession::open(&connect)
-        .await
-        .expect("connect")
-        .expect("the lock is free");
+    let (db, mut session) = migrated_with_cost_session().await;
     let day = DateTime::from_timestamp(today() - 50 * DAY, 0).expect("a day");
     let amounts = adversarial_decimals();
     for text in &amounts {

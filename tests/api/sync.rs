@@ -94,6 +94,11 @@ async fn current(pool: &PgPool) -> BTreeMap<String, CurrentRow> {
         .collect()
 }
 
+/// The stored name of project `id`: `None` when the project is not stored.
+async fn stored_name(pool: &PgPool, id: &str) -> Option<Option<String>> {
+    current(pool).await.get(id).map(|r| r.0.clone())
+}
+
 /// The emulator's visible organization in the same shape.
 fn upstream(emulator: &EmulatorHandle) -> BTreeMap<String, CurrentRow> {
     emulator
@@ -1476,10 +1481,7 @@ async fn a_change_written_after_its_page_was_staged_is_compared_again_at_the_app
         "the listing is compared with the state at the apply, not at the staging"
     );
     assert_eq!(
-        current(&f.db.pool)
-            .await
-            .get("proj_edited")
-            .map(|r| r.0.clone()),
+        stored_name(&f.db.pool, "proj_edited").await,
         Some(Some("Original".to_owned())),
         "the complete walk's listing is the truth"
     );
@@ -1576,10 +1578,7 @@ async fn a_listing_of_a_project_the_worker_stored_during_the_apply_is_applied_li
         "the project is stored once, by the worker"
     );
     assert_eq!(
-        current(&f.db.pool)
-            .await
-            .get("proj_raced")
-            .map(|r| r.0.clone()),
+        stored_name(&f.db.pool, "proj_raced").await,
         Some(Some("Renamed since it was created".to_owned())),
         "the complete walk's listing is compared and applied, even with no other change in the walk"
     );
