@@ -20,4 +20,5 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod unix_time;
 pub mod worker;

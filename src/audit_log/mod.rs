@@ -15,6 +15,7 @@ use crate::client::{
 };
 use crate::config::AuditLogEnabled;
 use crate::store::{self, ApplyEvents, NewAuditEvent, RetrievedState, StoreError};
+use crate::unix_time;
 
 /// How long an organization found without audit logging goes before it is checked again.
 pub const RECHECK_OFF_AFTER: Duration = Duration::from_secs(3600);
@@ -147,12 +148,12 @@ async fn pass_inner(
             return Err(AuditError::Api(error));
         }
     };
-    // An event dated outside the calendar's range cannot be stored: left out, or every poll
-    // would find it new again and no poll would ever be idle.
+    // An event dated outside the years 1 to 9999 cannot be stored as a time: left out, or every
+    // poll would fail on it or find it new again, and no poll would ever be idle.
     let readable = window.events.len();
     window
         .events
-        .retain(|e| DateTime::from_timestamp(e.effective_at, 0).is_some());
+        .retain(|e| unix_time::storable(e.effective_at).is_some());
     if window.events.len() < readable {
         tracing::warn!(
             left_out = readable - window.events.len(),
@@ -191,7 +192,7 @@ async fn pass_inner(
         .iter()
         .map(|e| e.effective_at)
         .max()
-        .and_then(|at| DateTime::from_timestamp(at, 0))
+        .and_then(unix_time::storable)
         .map(|at| at.min(poll_began));
     let ids: Vec<&str> = window.events.iter().map(|e| e.id.as_str()).collect();
     let unstored = store::unstored_audit_events(&deps.pool, &ids).await?;
@@ -302,7 +303,7 @@ async fn store_and_apply(
         .iter()
         .filter(|e| unstored.contains(&e.id))
         .filter_map(|e| {
-            let effective_at = DateTime::from_timestamp(e.effective_at, 0)?;
+            let effective_at = unix_time::storable(e.effective_at)?;
             Some(NewAuditEvent {
                 id: &e.id,
                 kind: &e.kind,

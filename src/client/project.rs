@@ -106,24 +106,36 @@ pub(super) struct RequiredFields {
 /// A time in unix seconds as the API writes it: an integer, or a float (JSON has one number
 /// type, and `1697013376.0` is that integer to a JSON Schema); a fraction is dropped here, while
 /// the stored JSON keeps the number as written.
+///
+/// Any number is read, a number beyond a 64-bit integer as its nearest bound: the spec says only
+/// "integer", and one absurd time must not fail every walk. Whether it is a time the product can
+/// store is `unix_time::storable`'s question.
 pub(super) fn unix_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    let number = serde_json::Number::deserialize(deserializer)?;
-    seconds_of(&number)
-        .ok_or_else(|| D::Error::custom(format!("{number} is not a time in unix seconds")))
+    Ok(saturating_seconds_of(&serde_json::Number::deserialize(
+        deserializer,
+    )?))
 }
 
 /// `unix_seconds` for a field that may be absent or null.
 fn optional_unix_seconds<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
-    match Option::<serde_json::Number>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(number) => seconds_of(&number)
-            .map(Some)
-            .ok_or_else(|| D::Error::custom(format!("{number} is not a time in unix seconds"))),
+    Ok(Option::<serde_json::Number>::deserialize(deserializer)?
+        .as_ref()
+        .map(saturating_seconds_of))
+}
+
+fn saturating_seconds_of(number: &serde_json::Number) -> i64 {
+    match (number.as_i64(), number.as_u64(), number.as_f64()) {
+        (Some(seconds), _, _) => seconds,
+        (None, Some(_), _) => i64::MAX,
+        // `as` saturates; JSON has no NaN or infinity.
+        (None, None, Some(f)) => f.floor() as i64,
+        (None, None, None) => i64::MAX,
     }
 }
 
+/// A number of seconds that is exactly an i64, a float being read only far inside that range.
 fn seconds_of(number: &serde_json::Number) -> Option<i64> {
     // Beyond about ±9.2e18 a float is no i64; far inside that it is no timestamp Postgres holds.
     const LIMIT: f64 = 9.2e18;

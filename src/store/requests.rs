@@ -331,8 +331,8 @@ pub struct StoredCandidate {
     pub raw: String,
 }
 
-/// Projects already stored whose comparable name is the request's, created since `since`, and
-/// linked to no request.
+/// Projects already stored whose comparable name is the request's, created since `since` (or at
+/// a time the API wrote that no calendar holds), and linked to no request.
 pub async fn stored_candidates(
     pool: &PgPool,
     name: &str,
@@ -340,7 +340,7 @@ pub async fn stored_candidates(
 ) -> Result<Vec<StoredCandidate>, StoreError> {
     Ok(sqlx::query_as(
         "select c.project_id, c.raw::text as raw from openai.project_current c \
-         where c.created_at >= $2 and openai.comparable_name(c.name) = openai.comparable_name($1) \
+         where (c.created_at >= $2 or c.created_at is null) and openai.comparable_name(c.name) = openai.comparable_name($1) \
            and not exists (select 1 from openai.project_requests r where r.project_id = c.project_id) \
          order by c.created_at, c.project_id",
     )

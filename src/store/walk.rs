@@ -58,7 +58,8 @@ pub struct Listing<'a> {
 
 /// The statement fragment that inserts the projects of a CTE `unknown (project_id, digest,
 /// raw)` and opens their first versions; `$1` is the walk's observation time, `$2` its run.
-/// An id that is already known is skipped (`on conflict`), never overwritten.
+/// An id that is already known is skipped (`on conflict`), never overwritten. A first version
+/// starts at `created_at`, or when observed where the API's `created_at` is no storable time.
 macro_rules! insert_unknown_sql {
     () => {
         "fresh as ( \
@@ -70,7 +71,7 @@ macro_rules! insert_unknown_sql {
             from unknown u cross join lateral openai.project_fields(u.raw) f \
             on conflict (project_id) do nothing \
             returning key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                      raw, (status = 'archived' and archived_at > created_at) as split \
+                      raw, coalesce(status = 'archived' and archived_at > created_at, false) as split \
          ), first_versions as ( \
             insert into openai.project_versions \
                 (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
@@ -79,7 +80,7 @@ macro_rules! insert_unknown_sql {
                    case when split then 'active' else status end, created_at, \
                    case when split then null else archived_at end, external_key_id, residency, \
                    case when split then raw || '{\"status\": \"active\", \"archived_at\": null}'::jsonb else raw end, \
-                   'created', created_at, case when split then archived_at end, $2, case when split then $2 end \
+                   'created', coalesce(created_at, $1), case when split then archived_at end, $2, case when split then $2 end \
             from fresh \
             union all \
             select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \

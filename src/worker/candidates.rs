@@ -110,9 +110,11 @@ pub fn region_family(value: &str) -> String {
 }
 
 /// Whether a project created at `created_at` (unix seconds) may be the result of an attempt
-/// begun at `since` (unix seconds), given how far the API's clock may be behind ours.
+/// begun at `since` (unix seconds), given how far the API's clock may be behind ours. A creation
+/// time outside the years the product stores tells nothing, and rules nothing out.
 pub fn created_since(created_at: i64, since: i64, clock_skew_secs: i64) -> bool {
-    created_at >= since.saturating_sub(clock_skew_secs)
+    crate::unix_time::storable(created_at).is_none()
+        || created_at >= since.saturating_sub(clock_skew_secs)
 }
 
 #[cfg(test)]
@@ -140,5 +142,19 @@ mod tests {
         assert_eq!(region_family("jp"), region_family("JP_STORAGE_PROCESSING"));
         assert_ne!(region_family("EU"), region_family("US_STORAGE_PROCESSING"));
         assert_ne!(region_family("EU"), region_family("GLOBAL"));
+    }
+
+    #[test]
+    fn a_creation_time_outside_the_stored_years_rules_no_project_out() {
+        let since = 1_700_000_000;
+        assert!(!created_since(since - 3_600, since, 60));
+        assert!(created_since(since - 30, since, 60));
+        assert!(created_since(-300_000_000_000, since, 60));
+        let listed = Candidate::from_raw(
+            r#"{"id":"proj_x","object":"organization.project","name":"X","created_at":-1e20}"#
+                .to_owned(),
+        );
+        assert!(listed.readable);
+        assert!(created_since(listed.project.created_at, since, 60));
     }
 }

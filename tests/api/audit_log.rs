@@ -1150,3 +1150,60 @@ async fn an_event_time_written_as_a_whole_float_is_read_as_the_same_seconds() {
             .expect("the event is stored");
     assert_eq!(stored_at.timestamp(), at);
 }
+
+#[tokio::test]
+async fn an_event_dated_in_a_year_no_calendar_of_the_database_holds_is_left_out_and_fails_no_poll()
+{
+    // -3e12 s is a year before any Postgres holds, though a 64-bit calendar still counts it.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let event = r#"{"id":"audit_log-old","type":"project.archived","effective_at":-3000000000000,"project.archived":{"id":"proj_old"}}"#;
+    let project = r#"{"id":"proj_old","object":"organization.project","name":"Old","created_at":1697013376,"status":"archived","archived_at":1697013400}"#;
+    let deps = scripted_audit_passes(
+        &db,
+        "audit_log-old",
+        event.to_owned(),
+        "proj_old",
+        project.to_owned(),
+    )
+    .await;
+
+    let first = audit_log::pass(&deps, "manual").await;
+    let again = audit_log::pass(&deps, "manual").await;
+
+    assert!(matches!(first, Ok(AuditOutcome::Idle { .. })), "{first:?}");
+    assert!(matches!(again, Ok(AuditOutcome::Idle { .. })), "{again:?}");
+    assert_eq!(
+        count(&db, "select count(*) from openai.audit_events").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_project_an_event_names_whose_creation_time_no_calendar_holds_is_stored_with_it_unknown()
+{
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let at = Utc::now().timestamp() - 60;
+    let event = format!(
+        r#"{{"id":"audit_log-far","type":"project.archived","effective_at":{at},"project.archived":{{"id":"proj_far"}}}}"#
+    );
+    let project = format!(
+        r#"{{"id":"proj_far","object":"organization.project","name":"Far","created_at":1e13,"status":"archived","archived_at":{at}}}"#
+    );
+    let deps = scripted_audit_passes(&db, "audit_log-far", event, "proj_far", project).await;
+
+    let first = audit_log::pass(&deps, "manual").await;
+
+    assert!(matches!(first, Ok(AuditOutcome::Applied(_))), "{first:?}");
+    let (created_at, archived_at): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select created_at, archived_at from openai.projects where project_id = 'proj_far'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the project is stored");
+    assert_eq!(
+        (created_at, archived_at.map(|t| t.timestamp())),
+        (None, Some(at))
+    );
+}

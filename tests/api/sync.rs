@@ -2034,6 +2034,105 @@ async fn unix_times_written_as_whole_floats_are_read_as_the_same_seconds() {
 }
 
 #[tokio::test]
+async fn a_unix_time_no_calendar_of_the_database_holds_is_stored_as_unknown_and_fails_no_walk() {
+    // The spec says only "integer". 1e13 s is past the last year Postgres holds, 1e20 past any
+    // 64-bit integer, and 3e11 s (year 11476) past what a year of four digits writes, which most
+    // clients of the database (Python's datetime among them) cannot read back. One such project
+    // must not fail every walk: it is stored, its time unknown, its history starting when seen.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let page = r#"{"object":"list","data":[
+        {"id":"proj_far","object":"organization.project","name":"Far","created_at":1e13,"status":"active"},
+        {"id":"proj_huge","object":"organization.project","name":"Huge","created_at":100000000000000000000,"status":"active"},
+        {"id":"proj_y11476","object":"organization.project","name":"Five digits","created_at":300000000000,"status":"active"},
+        {"id":"proj_early","object":"organization.project","name":"Early","created_at":-300000000000,"status":"active"},
+        {"id":"proj_arch","object":"organization.project","name":"Archived","created_at":1697013376,"status":"archived","archived_at":9300000000000}
+        ],"first_id":"proj_far","last_id":"proj_arch","has_more":false}"#;
+    let app = axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        }),
+    );
+    let deps = sync_deps(&db, serve_scripted(app).await, 100);
+
+    let first = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
+        .await
+        .expect("the walk applies");
+    let again = sync(&deps).await;
+
+    assert_eq!((first.counts.inserted, again.counts.unchanged), (5, 5));
+    type Times = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>, bool);
+    let stored: Vec<Times> = sqlx::query_as(
+        "select project_id, created_at, archived_at, raw -> 'created_at' = $1::jsonb \
+             from openai.projects where project_id <> 'proj_arch' order by project_id",
+    )
+    .bind(serde_json::json!(1e13))
+    .fetch_all(&db.pool)
+    .await
+    .expect("stored");
+    let unknown = |id: &str, as_written: bool| (id.to_owned(), None, None, as_written);
+    assert_eq!(
+        stored,
+        vec![
+            unknown("proj_early", false),
+            unknown("proj_far", true),
+            unknown("proj_huge", false),
+            unknown("proj_y11476", false),
+        ]
+    );
+    let (archived_at, status): (Option<DateTime<Utc>>, Option<String>) = sqlx::query_as(
+        "select archived_at, status from openai.projects where project_id = 'proj_arch'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("stored");
+    assert_eq!((archived_at, status.as_deref()), (None, Some("archived")));
+    // Each history starts once: when the walk saw it, where its creation time is unknown. An
+    // archive of unknown time is no change of its own, as for an archived project without one.
+    let starts: Vec<(String, String, String, bool)> = sqlx::query_as(
+        "select c.project_id, c.change, c.time_source, c.changed_at = p.first_seen_at \
+         from openai.project_changes c join openai.projects p using (project_id) \
+         order by c.project_id, c.changed_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("history");
+    let created = |id: &str, source: &str, when_seen: bool| {
+        (
+            id.to_owned(),
+            "created".to_owned(),
+            source.to_owned(),
+            when_seen,
+        )
+    };
+    assert_eq!(
+        starts,
+        vec![
+            created("proj_arch", "api", false),
+            created("proj_early", "observed", true),
+            created("proj_far", "observed", true),
+            created("proj_huge", "observed", true),
+            created("proj_y11476", "observed", true),
+        ]
+    );
+    // Nor does an unknown creation time rule the project out for a request of its name.
+    let candidates = store::stored_candidates(&db.pool, "Far", Utc::now())
+        .await
+        .expect("candidates");
+    assert_eq!(
+        candidates
+            .iter()
+            .map(|c| c.project_id.as_str())
+            .collect::<Vec<_>>(),
+        ["proj_far"]
+    );
+}
+
+#[tokio::test]
 async fn a_database_reaping_idle_sessions_does_not_cut_a_walk_waiting_for_its_next_page() {
     // A DBA's idle_session_timeout would end the walk's connection, outside any transaction,
     // while a page is slow to come (a 429's retry-after, say): every such walk would fail.
