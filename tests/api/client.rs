@@ -617,6 +617,23 @@ pub(crate) fn scripted_project(id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "object": "organization.project", "name": id, "created_at": 1700000000, "status": "active"})
 }
 
+/// A client of a project list that is the one page `page`, its JSON text sent exactly as written
+/// (numbers and escapes a JSON value would rewrite included).
+pub(crate) async fn serve_one_list_page(
+    page: &'static str,
+) -> openai_project_sync::client::AdminClient {
+    serve_scripted(axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        }),
+    ))
+    .await
+}
+
 /// A list API whose first page is `first` and whose every later page (`after` given) is `rest`.
 pub(crate) fn scripted_list(first: serde_json::Value, rest: serde_json::Value) -> axum::Router {
     axum::Router::new().route(

@@ -12,7 +12,7 @@ use openai_project_sync::sync::{SyncDeps, SyncError, Trigger, walk_and_apply};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{scripted_list, scripted_project, serve_scripted};
+use crate::client::{scripted_list, scripted_project, serve_one_list_page, serve_scripted};
 use crate::helpers::{
     TEST_KEY, TestDb, client_for, client_with, eventually, row_identities, start_emulator_with,
     sync, sync_deps,
@@ -1710,16 +1710,7 @@ async fn a_project_whose_name_holds_an_unpaired_surrogate_does_not_fail_every_wa
         {"id":"proj_ok","object":"organization.project","name":"fine","created_at":1700000000,"status":"active"},
         {"id":"proj_odd","object":"organization.project","name":"emoji cut \ud83d","created_at":1700000000,"status":"active"}
         ],"first_id":"proj_ok","last_id":"proj_odd","has_more":false}"#;
-    let app = axum::Router::new().route(
-        "/v1/organization/projects",
-        axum::routing::get(move || async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                page,
-            )
-        }),
-    );
-    let deps = sync_deps(&db, serve_scripted(app).await, 100);
+    let deps = sync_deps(&db, serve_one_list_page(page).await, 100);
 
     sync(&deps).await;
     let summary = sync(&deps).await;
@@ -1992,16 +1983,7 @@ async fn unix_times_written_as_whole_floats_are_read_as_the_same_seconds() {
     let page = r#"{"object":"list","data":[
         {"id":"proj_float","object":"organization.project","name":"Floats","created_at":1697013376.0,"status":"archived","archived_at":1.6971e9}
         ],"first_id":"proj_float","last_id":"proj_float","has_more":false}"#;
-    let app = axum::Router::new().route(
-        "/v1/organization/projects",
-        axum::routing::get(move || async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                page,
-            )
-        }),
-    );
-    let client = serve_scripted(app).await;
+    let client = serve_one_list_page(page).await;
     let typed = client
         .walk_projects(100, true)
         .next_page()
@@ -2048,16 +2030,7 @@ async fn a_unix_time_no_calendar_of_the_database_holds_is_stored_as_unknown_and_
         {"id":"proj_early","object":"organization.project","name":"Early","created_at":-300000000000,"status":"active"},
         {"id":"proj_arch","object":"organization.project","name":"Archived","created_at":1697013376,"status":"archived","archived_at":9300000000000}
         ],"first_id":"proj_far","last_id":"proj_arch","has_more":false}"#;
-    let app = axum::Router::new().route(
-        "/v1/organization/projects",
-        axum::routing::get(move || async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                page,
-            )
-        }),
-    );
-    let deps = sync_deps(&db, serve_scripted(app).await, 100);
+    let deps = sync_deps(&db, serve_one_list_page(page).await, 100);
 
     let first = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ())
         .await
