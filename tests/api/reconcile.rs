@@ -575,3 +575,68 @@ async fn a_project_the_queue_created_that_the_list_does_not_show_yet_is_not_mark
 
     assert_eq!(walk.counts.vanished, 0);
 }
+
+static PAUSED_BEFORE_SENDING: AtomicBool = AtomicBool::new(false);
+static RESUME_SENDING: AtomicBool = AtomicBool::new(false);
+
+/// Holds the first create of "Paused before sending" until the test lets it go, as a process
+/// stopped between its claim and its call (SIGSTOP, a frozen VM, a long stall) would be.
+fn pause_before_sending(request: &ClaimedRequest) {
+    if request.name != "Paused before sending" || PAUSED_BEFORE_SENDING.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !RESUME_SENDING.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test]
+async fn a_replica_stalled_between_its_claim_and_its_create_past_its_lease_sends_no_second_create()
+{
+    let mut q = queue(5).await;
+    q.deps.lease = Duration::from_secs(1);
+    let id = request(&q.db.pool, "Paused before sending").await;
+    // The stalled replica is a process of its own: a runtime, a pool and connections of its own.
+    let (url, deps) = (q.db.url.clone(), q.deps.clone());
+    let stalled_replica = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let stalled = WorkerDeps {
+                pool: sqlx::PgPool::connect(&url).await.expect("own pool"),
+                client: deps.client.with_own_connections().expect("own client"),
+                before_create: Some(pause_before_sending),
+                ..deps
+            };
+            worker::tick(&stalled, &CancellationToken::new())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    });
+    eventually("the stalled replica has claimed the request", || async {
+        PAUSED_BEFORE_SENDING.load(Ordering::SeqCst)
+    })
+    .await;
+
+    // Another replica: the lease runs out, two walks find nothing, the request is tried again.
+    let (status, _, error) = settle(&q, id).await;
+    assert_eq!(status, "created", "{error:?}");
+    RESUME_SENDING.store(true, Ordering::SeqCst);
+    let stalled = tokio::task::spawn_blocking(move || stalled_replica.join())
+        .await
+        .expect("join")
+        .expect("the stalled replica's thread");
+    stalled.expect("the stalled replica's tick");
+
+    assert_eq!(
+        upstream_named(&q.emulator, "Paused before sending"),
+        1,
+        "the stalled attempt, whose lease had run out, sent its create after all"
+    );
+    assert_eq!(q.emulator.stats().create_calls, 1);
+}
