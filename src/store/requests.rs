@@ -176,6 +176,28 @@ pub async fn finish_created(
     Ok(Linked::Done)
 }
 
+/// Renews the attempt's lease just before its create is sent, if the attempt still owns its
+/// request; `false` when it does not (its lease ran out and another worker took the request
+/// over), and then the create must not be sent.
+pub async fn renew_lease_before_sending(
+    pool: &PgPool,
+    request_id: i64,
+    attempt_id: &str,
+    lease: Duration,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "update openai.project_requests set lease_until = now() + make_interval(secs => $3), \
+            updated_at = now() \
+         where id = $1 and attempt_id = $2::uuid and status = 'creating'",
+    )
+    .bind(request_id)
+    .bind(attempt_id)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Ends the attempt's request as failed with its reason; `false` when the attempt no longer owns it.
 pub async fn fail_request(
     pool: &PgPool,
