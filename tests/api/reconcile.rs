@@ -640,3 +640,79 @@ async fn a_replica_stalled_between_its_claim_and_its_create_past_its_lease_sends
     );
     assert_eq!(q.emulator.stats().create_calls, 1);
 }
+
+#[tokio::test]
+async fn a_same_name_project_appearing_while_our_create_is_still_landing_is_not_adopted_in_its_place()
+ {
+    let mut q = queue(10).await;
+    q.deps.reconcile_grace = Duration::from_secs(3);
+    q.deps.client = client_with(&q.emulator.base_url(), TEST_KEY, Duration::from_millis(300));
+    creates_land_after(&q, 1_500);
+    let id = request(&q.db.pool, "Landing while another appears").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, id).await, "unknown");
+    // Someone else makes a project of the same name while ours is still on its way.
+    let theirs = q.emulator.create("Landing while another appears");
+
+    tick(&q).await;
+    eventually("our create lands too", || async {
+        upstream_named(&q.emulator, "Landing while another appears") == 2
+    })
+    .await;
+    let (status, project_id, error) = settle(&q, id).await;
+
+    let ours = q
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("Landing while another appears") && p.id != theirs.id)
+        .expect("our create landed");
+    let error = error.unwrap_or_default();
+    assert!(
+        project_id.as_deref() == Some(ours.id.as_str())
+            || (status == "failed" && error.contains(&ours.id) && error.contains(&theirs.id)),
+        "the request ended {status} with {project_id:?} ({error}): our own project {} is linked to \
+         nothing, and the other one ({}) was taken as the request's",
+        ours.id,
+        theirs.id
+    );
+    assert_eq!(q.emulator.stats().create_calls, 1);
+}
+
+#[tokio::test]
+async fn a_request_put_back_after_an_unconfirmed_attempt_is_not_cancelled_as_if_nothing_was_made() {
+    let mut q = queue(5).await;
+    // Put back to pending, it stays there: its next attempt is an hour away.
+    q.deps.retry_base_delay = Duration::from_secs(3_600);
+    creates_land_after(&q, 2_500);
+    let id = request(&q.db.pool, "Cancelled after a lost create").await;
+    eventually(
+        "two fruitless walks put the request back to pending",
+        || async {
+            tick(&q).await;
+            status_of(&q.db.pool, id).await == "pending"
+        },
+    )
+    .await;
+
+    let cancelled =
+        sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
+            .bind(id)
+            .execute(&q.db.pool)
+            .await;
+    eventually("the first attempt's create lands", || async {
+        upstream_named(&q.emulator, "Cancelled after a lost create") == 1
+    })
+    .await;
+
+    let (status, next_step): (String, String) =
+        sqlx::query_as("select status, next_step from openai.project_request_status where id = $1")
+            .bind(id)
+            .fetch_one(&q.db.pool)
+            .await
+            .expect("status view");
+    assert!(
+        cancelled.is_err() || !next_step.contains("nothing was created"),
+        "cancelled: {cancelled:?}; the row is {status}: {next_step:?}, yet its first attempt made a project"
+    );
+}
