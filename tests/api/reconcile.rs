@@ -716,3 +716,50 @@ async fn a_request_put_back_after_an_unconfirmed_attempt_is_not_cancelled_as_if_
         "cancelled: {cancelled:?}; the row is {status}: {next_step:?}, yet its first attempt made a project"
     );
 }
+
+#[tokio::test]
+async fn names_holding_invisible_direction_marks_or_overrides_are_refused_at_insert() {
+    let q = queue(0).await;
+    // Each shows exactly as "Payments", or as a reordered spoof of it, and compares as another name.
+    let names = [
+        "Payments\u{200E}",
+        "Pay\u{200F}ments",
+        "Pay\u{202E}stnem",
+        "Pay\u{2066}ments\u{2069}",
+        "Pay\u{2061}ments",
+    ];
+    let mut accepted = Vec::new();
+    for name in names {
+        let refused = sqlx::query("insert into openai.project_requests (name) values ($1)")
+            .bind(name)
+            .execute(&q.db.pool)
+            .await;
+        if refused.is_ok() {
+            accepted.push(name.escape_unicode().to_string());
+        }
+    }
+    assert!(accepted.is_empty(), "accepted at insert: {accepted:?}");
+}
+
+#[tokio::test]
+async fn the_database_and_the_worker_compare_names_of_recent_unicode_the_same_way() {
+    let q = queue(0).await;
+    // Kirat Rai and Tulu-Tigalari vowel signs written as the two signs they compose from.
+    let names = [
+        "Team \u{16D63}\u{16D67}",
+        "Team \u{16D67}\u{16D67}",
+        "Team \u{113C2}\u{113C2}",
+    ];
+    for name in names {
+        let in_sql = store::comparable_name(&q.db.pool, name)
+            .await
+            .expect("sql")
+            .unwrap_or_default();
+        assert_eq!(
+            in_sql.escape_unicode().to_string(),
+            worker::comparable_name(name).escape_unicode().to_string(),
+            "{}",
+            name.escape_unicode()
+        );
+    }
+}
