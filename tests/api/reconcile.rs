@@ -763,3 +763,67 @@ async fn the_database_and_the_worker_compare_names_of_recent_unicode_the_same_wa
         );
     }
 }
+
+#[tokio::test]
+async fn a_new_row_is_created_within_seconds_while_the_project_an_audit_event_names_cannot_be_read()
+{
+    use openai_project_sync::audit_log::{self, AuditDeps};
+    use openai_project_sync::config::AuditLogEnabled;
+
+    let mut q = queue(5).await;
+    q.deps.client = client_with(
+        &q.emulator.base_url(),
+        TEST_KEY,
+        Duration::from_millis(1_500),
+    );
+    let audit = AuditDeps {
+        pool: q.db.pool.clone(),
+        client: q.deps.client.clone(),
+        enabled: AuditLogEnabled::Auto,
+        overlap: Duration::from_secs(3600),
+    };
+    // An answered create teaches the daemon its own key; the next create's answer is lost.
+    let known = request(&q.db.pool, "Answered create").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, known).await, "created");
+    lose_next_create(&q);
+    let lost = request(&q.db.pool, "Lost, named by its event").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, lost).await, "unknown");
+    audit_log::pass(&audit, "manual")
+        .await
+        .expect("an audit pass");
+    // Retrieving that project now hangs, as a slow or stuck server would.
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Retrieve,
+        skip: 0,
+        times: None,
+        fault: Fault::Hang,
+    });
+    let stop = CancellationToken::new();
+    let daemon_worker = tokio::spawn(worker::run(
+        q.deps.clone(),
+        Duration::from_millis(100),
+        stop.clone(),
+    ));
+    eventually("the worker is retrieving the event's project", || async {
+        q.emulator.stats().retrieve_calls > 0
+    })
+    .await;
+
+    let fresh = request(&q.db.pool, "Inserted while a retrieve hangs").await;
+    let created_in_time = tokio::time::timeout(Duration::from_secs(2), async {
+        while status_of(&q.db.pool, fresh).await != "created" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    stop.cancel();
+    daemon_worker.abort();
+
+    assert!(
+        created_in_time.is_ok(),
+        "the new row waited behind the retrieve: still {} after 2 s",
+        status_of(&q.db.pool, fresh).await
+    );
+}
