@@ -286,14 +286,20 @@ async fn mark_unknown_counting(
     Ok(done.rows_affected() == 1)
 }
 
-/// Turns `creating` rows whose lease ran out (their worker died) into `unknown`.
+/// Turns `creating` rows whose lease ran out (their worker died) into `unknown`; a row someone
+/// holds locked is left for a later tick, so that one lock never holds up the whole queue.
 pub async fn expire_leases(pool: &PgPool) -> Result<u64, StoreError> {
     let done = sqlx::query(
-        "update openai.project_requests set status = 'unknown', lease_until = null, updated_at = now(), \
-            unknown_since = now(), candidates_since = coalesce(candidates_since, attempt_started_at), \
+        "with expired as ( \
+            select id from openai.project_requests \
+            where status = 'creating' and lease_until < now() \
+            for update skip locked \
+         ) \
+         update openai.project_requests r set status = 'unknown', lease_until = null, updated_at = now(), \
+            unknown_since = now(), candidates_since = coalesce(r.candidates_since, r.attempt_started_at), \
             first_fruitless_walk_at = null, reconcile_walks = 0, \
-            error = 'the worker of attempt ' || attempts || ' stopped before recording its outcome; checking the project list' \
-         where status = 'creating' and lease_until < now()",
+            error = 'the worker of attempt ' || r.attempts || ' stopped before recording its outcome; checking the project list' \
+         from expired where r.id = expired.id",
     )
     .execute(pool)
     .await?;
