@@ -827,3 +827,31 @@ async fn a_new_row_is_created_within_seconds_while_the_project_an_audit_event_na
         status_of(&q.db.pool, fresh).await
     );
 }
+
+#[tokio::test]
+async fn a_project_already_stored_before_the_attempt_began_is_never_adopted_as_its_result() {
+    let q = queue(5).await;
+    // A person made "Twin" a minute ago and a walk stored it; ops ask for a second "Twin".
+    let theirs = q.emulator.create("Twin");
+    sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+    // The create fails with a 500 before it takes effect: no project is made.
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::ServerError { status: 500 },
+    });
+    let id = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, allow_duplicate_name) values ('Twin', true) returning id",
+    )
+    .await;
+
+    let (status, project_id, error) = settle(&q, id).await;
+
+    assert_ne!(
+        project_id.as_deref(),
+        Some(theirs.id.as_str()),
+        "the request ended {status} with the project that existed before it ({error:?})"
+    );
+}
