@@ -176,6 +176,28 @@ pub async fn finish_created(
     Ok(Linked::Done)
 }
 
+/// Renews the attempt's lease just before its create is sent, if the attempt still owns its
+/// request; `false` when it does not (its lease ran out and another worker took the request
+/// over), and then the create must not be sent.
+pub async fn renew_lease_before_sending(
+    pool: &PgPool,
+    request_id: i64,
+    attempt_id: &str,
+    lease: Duration,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "update openai.project_requests set lease_until = now() + make_interval(secs => $3), \
+            updated_at = now() \
+         where id = $1 and attempt_id = $2::uuid and status = 'creating'",
+    )
+    .bind(request_id)
+    .bind(attempt_id)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Ends the attempt's request as failed with its reason; `false` when the attempt no longer owns it.
 pub async fn fail_request(
     pool: &PgPool,
@@ -264,14 +286,20 @@ async fn mark_unknown_counting(
     Ok(done.rows_affected() == 1)
 }
 
-/// Turns `creating` rows whose lease ran out (their worker died) into `unknown`.
+/// Turns `creating` rows whose lease ran out (their worker died) into `unknown`; a row someone
+/// holds locked is left for a later tick, so that one lock never holds up the whole queue.
 pub async fn expire_leases(pool: &PgPool) -> Result<u64, StoreError> {
     let done = sqlx::query(
-        "update openai.project_requests set status = 'unknown', lease_until = null, updated_at = now(), \
-            unknown_since = now(), candidates_since = coalesce(candidates_since, attempt_started_at), \
+        "with expired as ( \
+            select id from openai.project_requests \
+            where status = 'creating' and lease_until < now() \
+            for update skip locked \
+         ) \
+         update openai.project_requests r set status = 'unknown', lease_until = null, updated_at = now(), \
+            unknown_since = now(), candidates_since = coalesce(r.candidates_since, r.attempt_started_at), \
             first_fruitless_walk_at = null, reconcile_walks = 0, \
-            error = 'the worker of attempt ' || attempts || ' stopped before recording its outcome; checking the project list' \
-         where status = 'creating' and lease_until < now()",
+            error = 'the worker of attempt ' || r.attempts || ' stopped before recording its outcome; checking the project list' \
+         from expired where r.id = expired.id",
     )
     .execute(pool)
     .await?;

@@ -15,12 +15,14 @@ use crate::client::ApiError;
 use crate::store::{self, ClaimedRequest, Linked};
 
 /// Adopts the project the daemon's own key created for this request, if the audit log shows
-/// exactly one; `true` when the request was settled (or must wait for a same-name request).
+/// exactly one; `true` when the request was settled (or must wait for a same-name request, or,
+/// without `may_call_api`, for a pass that may retrieve the project).
 pub(super) async fn settle_from_audit_log(
     deps: &WorkerDeps,
     request: &ClaimedRequest,
     since: DateTime<Utc>,
     own_keys: &[String],
+    may_call_api: bool,
     report: &mut TickReport,
 ) -> Result<bool, WorkerError> {
     let Some(attempt_id) = request.attempt_id.as_deref() else {
@@ -37,6 +39,10 @@ pub(super) async fn settle_from_audit_log(
         return Ok(false);
     };
     if store::same_name_in_flight(&deps.pool, request).await? {
+        return Ok(true);
+    }
+    if !may_call_api {
+        // The worker's own pass: a retrieve that hangs would hold back every new row.
         return Ok(true);
     }
     let raw = match deps.client.retrieve_project_raw(project_id).await {

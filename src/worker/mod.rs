@@ -305,6 +305,12 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         geography: request.geography.clone(),
         residency: request.residency.clone(),
     };
+    // The claim's lease may have run out while this worker was stalled (a paused process, a
+    // slow database): another worker may have settled the request and tried it again since.
+    if !store::renew_lease_before_sending(&deps.pool, request.id, attempt_id, deps.lease).await? {
+        tracing::warn!("the attempt lost its request before its create was sent; nothing was sent");
+        return Ok(report);
+    }
     let outcome = deps.client.create_project(&body).await;
     let recorded = match &outcome {
         CreateOutcome::Created(created) => {

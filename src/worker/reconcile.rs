@@ -19,7 +19,7 @@ const CLOCK_SKEW_SECS: i64 = 300;
 /// Where one reconciliation pass may look for candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
-    /// Only projects already in `openai.project_current`: cheap, for every tick.
+    /// Only projects already in `openai.project_current`, and no API call: cheap, for every tick.
     StoredOnly,
     /// Stored projects, then a walk of the API's list when some request needs one.
     StoredThenList,
@@ -50,6 +50,7 @@ pub async fn settle_unknown(
             &request,
             since - skew,
             &own_keys,
+            lookup == Lookup::StoredThenList,
             report,
         )
         .await?

@@ -575,3 +575,283 @@ async fn a_project_the_queue_created_that_the_list_does_not_show_yet_is_not_mark
 
     assert_eq!(walk.counts.vanished, 0);
 }
+
+static PAUSED_BEFORE_SENDING: AtomicBool = AtomicBool::new(false);
+static RESUME_SENDING: AtomicBool = AtomicBool::new(false);
+
+/// Holds the first create of "Paused before sending" until the test lets it go, as a process
+/// stopped between its claim and its call (SIGSTOP, a frozen VM, a long stall) would be.
+fn pause_before_sending(request: &ClaimedRequest) {
+    if request.name != "Paused before sending" || PAUSED_BEFORE_SENDING.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !RESUME_SENDING.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test]
+async fn a_replica_stalled_between_its_claim_and_its_create_past_its_lease_sends_no_second_create()
+{
+    let mut q = queue(5).await;
+    q.deps.lease = Duration::from_secs(1);
+    let id = request(&q.db.pool, "Paused before sending").await;
+    // The stalled replica is a process of its own: a runtime, a pool and connections of its own.
+    let (url, deps) = (q.db.url.clone(), q.deps.clone());
+    let stalled_replica = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let stalled = WorkerDeps {
+                pool: sqlx::PgPool::connect(&url).await.expect("own pool"),
+                client: deps.client.with_own_connections().expect("own client"),
+                before_create: Some(pause_before_sending),
+                ..deps
+            };
+            worker::tick(&stalled, &CancellationToken::new())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    });
+    eventually("the stalled replica has claimed the request", || async {
+        PAUSED_BEFORE_SENDING.load(Ordering::SeqCst)
+    })
+    .await;
+
+    // Another replica: the lease runs out, two walks find nothing, the request is tried again.
+    let (status, _, error) = settle(&q, id).await;
+    assert_eq!(status, "created", "{error:?}");
+    RESUME_SENDING.store(true, Ordering::SeqCst);
+    let stalled = tokio::task::spawn_blocking(move || stalled_replica.join())
+        .await
+        .expect("join")
+        .expect("the stalled replica's thread");
+    stalled.expect("the stalled replica's tick");
+
+    assert_eq!(
+        upstream_named(&q.emulator, "Paused before sending"),
+        1,
+        "the stalled attempt, whose lease had run out, sent its create after all"
+    );
+    assert_eq!(q.emulator.stats().create_calls, 1);
+}
+
+#[tokio::test]
+async fn a_same_name_project_appearing_while_our_create_is_still_landing_is_not_adopted_in_its_place()
+ {
+    let mut q = queue(10).await;
+    q.deps.reconcile_grace = Duration::from_secs(3);
+    q.deps.client = client_with(&q.emulator.base_url(), TEST_KEY, Duration::from_millis(300));
+    creates_land_after(&q, 1_500);
+    let id = request(&q.db.pool, "Landing while another appears").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, id).await, "unknown");
+    // Someone else makes a project of the same name while ours is still on its way.
+    let theirs = q.emulator.create("Landing while another appears");
+
+    tick(&q).await;
+    eventually("our create lands too", || async {
+        upstream_named(&q.emulator, "Landing while another appears") == 2
+    })
+    .await;
+    let (status, project_id, error) = settle(&q, id).await;
+
+    let ours = q
+        .emulator
+        .projects()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("Landing while another appears") && p.id != theirs.id)
+        .expect("our create landed");
+    let error = error.unwrap_or_default();
+    assert!(
+        project_id.as_deref() == Some(ours.id.as_str())
+            || (status == "failed" && error.contains(&ours.id) && error.contains(&theirs.id)),
+        "the request ended {status} with {project_id:?} ({error}): our own project {} is linked to \
+         nothing, and the other one ({}) was taken as the request's",
+        ours.id,
+        theirs.id
+    );
+    assert_eq!(q.emulator.stats().create_calls, 1);
+}
+
+#[tokio::test]
+async fn a_request_put_back_after_an_unconfirmed_attempt_is_not_cancelled_as_if_nothing_was_made() {
+    let mut q = queue(5).await;
+    // Put back to pending, it stays there: its next attempt is an hour away.
+    q.deps.retry_base_delay = Duration::from_secs(3_600);
+    creates_land_after(&q, 2_500);
+    let id = request(&q.db.pool, "Cancelled after a lost create").await;
+    eventually(
+        "two fruitless walks put the request back to pending",
+        || async {
+            tick(&q).await;
+            status_of(&q.db.pool, id).await == "pending"
+        },
+    )
+    .await;
+
+    let cancelled =
+        sqlx::query("update openai.project_requests set status = 'cancelled' where id = $1")
+            .bind(id)
+            .execute(&q.db.pool)
+            .await;
+    eventually("the first attempt's create lands", || async {
+        upstream_named(&q.emulator, "Cancelled after a lost create") == 1
+    })
+    .await;
+
+    let (status, next_step): (String, String) =
+        sqlx::query_as("select status, next_step from openai.project_request_status where id = $1")
+            .bind(id)
+            .fetch_one(&q.db.pool)
+            .await
+            .expect("status view");
+    assert!(
+        cancelled.is_err() || !next_step.contains("nothing was created"),
+        "cancelled: {cancelled:?}; the row is {status}: {next_step:?}, yet its first attempt made a project"
+    );
+}
+
+#[tokio::test]
+async fn names_holding_invisible_direction_marks_or_overrides_are_refused_at_insert() {
+    let q = queue(0).await;
+    // Each shows exactly as "Payments", or as a reordered spoof of it, and compares as another name.
+    let names = [
+        "Payments\u{200E}",
+        "Pay\u{200F}ments",
+        "Pay\u{202E}stnem",
+        "Pay\u{2066}ments\u{2069}",
+        "Pay\u{2061}ments",
+    ];
+    let mut accepted = Vec::new();
+    for name in names {
+        let refused = sqlx::query("insert into openai.project_requests (name) values ($1)")
+            .bind(name)
+            .execute(&q.db.pool)
+            .await;
+        if refused.is_ok() {
+            accepted.push(name.escape_unicode().to_string());
+        }
+    }
+    assert!(accepted.is_empty(), "accepted at insert: {accepted:?}");
+}
+
+#[tokio::test]
+async fn the_database_and_the_worker_compare_names_of_recent_unicode_the_same_way() {
+    let q = queue(0).await;
+    // Kirat Rai and Tulu-Tigalari vowel signs written as the two signs they compose from.
+    let names = [
+        "Team \u{16D63}\u{16D67}",
+        "Team \u{16D67}\u{16D67}",
+        "Team \u{113C2}\u{113C2}",
+    ];
+    for name in names {
+        let in_sql = store::comparable_name(&q.db.pool, name)
+            .await
+            .expect("sql")
+            .unwrap_or_default();
+        assert_eq!(
+            in_sql.escape_unicode().to_string(),
+            worker::comparable_name(name).escape_unicode().to_string(),
+            "{}",
+            name.escape_unicode()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_new_row_is_created_within_seconds_while_the_project_an_audit_event_names_cannot_be_read()
+{
+    use openai_project_sync::audit_log::{self, AuditDeps};
+    use openai_project_sync::config::AuditLogEnabled;
+
+    let mut q = queue(5).await;
+    q.deps.client = client_with(
+        &q.emulator.base_url(),
+        TEST_KEY,
+        Duration::from_millis(1_500),
+    );
+    let audit = AuditDeps {
+        pool: q.db.pool.clone(),
+        client: q.deps.client.clone(),
+        enabled: AuditLogEnabled::Auto,
+        overlap: Duration::from_secs(3600),
+    };
+    // An answered create teaches the daemon its own key; the next create's answer is lost.
+    let known = request(&q.db.pool, "Answered create").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, known).await, "created");
+    lose_next_create(&q);
+    let lost = request(&q.db.pool, "Lost, named by its event").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, lost).await, "unknown");
+    audit_log::pass(&audit, "manual")
+        .await
+        .expect("an audit pass");
+    // Retrieving that project now hangs, as a slow or stuck server would.
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Retrieve,
+        skip: 0,
+        times: None,
+        fault: Fault::Hang,
+    });
+    let stop = CancellationToken::new();
+    let daemon_worker = tokio::spawn(worker::run(
+        q.deps.clone(),
+        Duration::from_millis(100),
+        stop.clone(),
+    ));
+    eventually("the worker is retrieving the event's project", || async {
+        q.emulator.stats().retrieve_calls > 0
+    })
+    .await;
+
+    let fresh = request(&q.db.pool, "Inserted while a retrieve hangs").await;
+    let created_in_time = tokio::time::timeout(Duration::from_secs(2), async {
+        while status_of(&q.db.pool, fresh).await != "created" {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    stop.cancel();
+    daemon_worker.abort();
+
+    assert!(
+        created_in_time.is_ok(),
+        "the new row waited behind the retrieve: still {} after 2 s",
+        status_of(&q.db.pool, fresh).await
+    );
+}
+
+#[tokio::test]
+async fn a_project_already_stored_before_the_attempt_began_is_never_adopted_as_its_result() {
+    let q = queue(5).await;
+    // A person made "Twin" a minute ago and a walk stored it; ops ask for a second "Twin".
+    let theirs = q.emulator.create("Twin");
+    sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+    // The create fails with a 500 before it takes effect: no project is made.
+    q.emulator.push_fault(FaultRule {
+        endpoint: Endpoint::Create,
+        skip: 0,
+        times: Some(1),
+        fault: Fault::ServerError { status: 500 },
+    });
+    let id = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, allow_duplicate_name) values ('Twin', true) returning id",
+    )
+    .await;
+
+    let (status, project_id, error) = settle(&q, id).await;
+
+    assert_ne!(
+        project_id.as_deref(),
+        Some(theirs.id.as_str()),
+        "the request ended {status} with the project that existed before it ({error:?})"
+    );
+}

@@ -909,3 +909,69 @@ async fn the_requests_command_drains_what_is_due_and_exits() {
         "what is not due yet waits"
     );
 }
+
+#[tokio::test]
+async fn an_operator_editing_a_creating_request_in_an_open_transaction_does_not_stop_the_queue_for_everyone()
+ {
+    let q = queue(0).await;
+    let suffix = q.db.url.rsplit('/').next().unwrap_or("x").to_owned();
+    let ops = format!("ops_lock_{suffix}");
+    sqlx::query(&format!("create role {ops} login in role openai_ops"))
+        .execute(&q.db.pool)
+        .await
+        .expect("create role");
+    // The operator's request, whose worker died mid-call: its lease has run out.
+    let (stuck,): (i64,) = sqlx::query_as(&format!(
+        "insert into openai.project_requests (name, requested_by) values ('Worker died', '{ops}') returning id"
+    ))
+    .fetch_one(&q.db.pool)
+    .await
+    .expect("insert");
+    sqlx::query(
+        "update openai.project_requests set status = 'creating', attempts = 1, attempt_id = gen_random_uuid(), \
+            attempt_started_at = now() - interval '1 minute', lease_until = now() - interval '1 second' \
+         where id = $1",
+    )
+    .bind(stuck)
+    .execute(&q.db.pool)
+    .await
+    .expect("claim");
+    // The operator opens it for editing in a client that locks what it edits (SELECT ... FOR
+    // UPDATE, which the status column's update grant allows) and leaves the transaction open.
+    let mut operator = q.db.pool.acquire().await.expect("connection");
+    set_role(&mut operator, &ops).await;
+    sqlx::query("begin")
+        .execute(&mut *operator)
+        .await
+        .expect("begin");
+    let locked = sqlx::query("select * from openai.project_requests where id = $1 for update")
+        .bind(stuck)
+        .execute(&mut *operator)
+        .await
+        .expect("ops may lock their own request");
+    assert_eq!(locked.rows_affected(), 1, "the operator holds the row");
+
+    let fresh = request(&q.db.pool, "Someone else's request").await;
+    let ticked = tokio::time::timeout(Duration::from_secs(5), tick(&q)).await;
+    let fresh_status = outcome(&q.db.pool, fresh).await.0;
+    sqlx::query("rollback")
+        .execute(&mut *operator)
+        .await
+        .expect("the operator rolls back");
+    set_role(&mut operator, "none").await;
+    drop(operator);
+    sqlx::query(&format!("drop role {ops}"))
+        .execute(&q.db.pool)
+        .await
+        .expect("drop the test role");
+
+    assert!(
+        ticked.is_ok() && fresh_status == "created",
+        "a tick waited on the operator's lock ({}), and the new request is {fresh_status}",
+        if ticked.is_ok() {
+            "it ended"
+        } else {
+            "still waiting after 5 s"
+        }
+    );
+}
