@@ -1,5 +1,6 @@
 //! Rows of `openai.project_requests`: claiming, fenced outcomes, and reconciliation bookkeeping.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -360,22 +361,40 @@ pub struct StoredCandidate {
 }
 
 /// Projects already stored whose comparable name is the request's, created since `since` (or at
-/// a time the API wrote that no calendar holds), and linked to no request.
+/// a time the API wrote that no calendar holds), stored no earlier than `attempt_began` (the
+/// database's time), and linked to no request.
 pub async fn stored_candidates(
     pool: &PgPool,
     name: &str,
     since: DateTime<Utc>,
+    attempt_began: DateTime<Utc>,
 ) -> Result<Vec<StoredCandidate>, StoreError> {
     Ok(sqlx::query_as(
         "select c.project_id, c.raw::text as raw from openai.project_current c \
-         where (c.created_at >= $2 or c.created_at is null) and openai.comparable_name(c.name) = openai.comparable_name($1) \
+         where (c.created_at >= $2 or c.created_at is null) and c.stored_at >= $3 \
+           and openai.comparable_name(c.name) = openai.comparable_name($1) \
            and not exists (select 1 from openai.project_requests r where r.project_id = c.project_id) \
          order by c.created_at, c.project_id",
     )
     .bind(name)
     .bind(since)
+    .bind(attempt_began)
     .fetch_all(pool)
     .await?)
+}
+
+/// When each of `project_ids` that is stored was first stored (the database's time).
+pub async fn stored_at(
+    pool: &PgPool,
+    project_ids: &[&str],
+) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
+    let stored: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "select project_id, stored_at from openai.project_current where project_id = any($1::text[])",
+    )
+    .bind(project_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(stored.into_iter().collect())
 }
 
 /// Whether another request under the same comparable name is being created right now, whose

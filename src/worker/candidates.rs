@@ -10,9 +10,14 @@ use unicode_normalization::UnicodeNormalization;
 use crate::client::Project;
 use crate::store::ClaimedRequest;
 
-/// Characters a comparison ignores: zero-width spaces, joiners and the byte-order mark.
-const ZERO_WIDTH: [char; 6] = [
-    '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{180E}',
+/// Characters a comparison ignores, and a request name may not hold: zero-width spaces and
+/// joiners, the byte-order mark, the soft hyphen, direction marks, embeddings, overrides and
+/// isolates, and invisible operators; `openai.comparable_name` drops the same.
+const INVISIBLE: [char; 29] = [
+    '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{180E}', '\u{00AD}', '\u{061C}',
+    '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2061}',
+    '\u{2062}', '\u{2063}', '\u{2064}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{206A}',
+    '\u{206B}', '\u{206C}', '\u{206D}', '\u{206E}', '\u{206F}',
 ];
 
 /// The form in which names are compared: NFC, zero-width characters removed, every run of
@@ -20,7 +25,7 @@ const ZERO_WIDTH: [char; 6] = [
 pub fn comparable_name(name: &str) -> String {
     let mut folded = String::with_capacity(name.len());
     let mut pending_space = false;
-    for c in name.nfc().filter(|c| !ZERO_WIDTH.contains(c)) {
+    for c in name.nfc().filter(|c| !INVISIBLE.contains(c)) {
         if c.is_whitespace() {
             pending_space = true;
             continue;

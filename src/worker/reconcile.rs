@@ -57,7 +57,8 @@ pub async fn settle_unknown(
         {
             continue;
         }
-        let stored = store::stored_candidates(&deps.pool, &request.name, since - skew).await?;
+        let stored =
+            store::stored_candidates(&deps.pool, &request.name, since - skew, since).await?;
         let candidates: Vec<Candidate> = stored
             .into_iter()
             .map(|c| Candidate::from_raw(c.raw))
@@ -89,10 +90,19 @@ pub async fn settle_unknown(
         .map(|c| c.project.id.as_str())
         .collect();
     let linked = store::linked_projects(&deps.pool, &ids).await?;
+    let stored_at = store::stored_at(&deps.pool, &ids).await?;
     for (request, candidates) in unsettled.iter().zip(found) {
+        // A project stored before the attempt began existed before it: not its result.
+        let began = candidates_since(request);
+        let existed_before = |id: &str| {
+            stored_at
+                .get(id)
+                .zip(began)
+                .is_some_and(|(stored, began)| *stored < began)
+        };
         let free: Vec<Candidate> = candidates
             .into_iter()
-            .filter(|c| !linked.contains(&c.project.id))
+            .filter(|c| !linked.contains(&c.project.id) && !existed_before(&c.project.id))
             .collect();
         if free.is_empty() {
             settle_not_found(deps, request, walk_started_at, report).await?;
@@ -113,7 +123,7 @@ pub(super) async fn stored_candidate_of_earlier_attempt(
         return Ok(None);
     };
     let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
-    let stored = store::stored_candidates(&deps.pool, &request.name, since - skew).await?;
+    let stored = store::stored_candidates(&deps.pool, &request.name, since - skew, since).await?;
     Ok(stored.into_iter().next().map(|c| c.project_id))
 }
 
@@ -142,6 +152,9 @@ async fn settle_with(
     }
     match candidates.as_slice() {
         [only] if only.fits(request) => {
+            if within_grace(deps, request).await? {
+                return Ok(());
+            }
             match store::finish_created(
                 &deps.pool,
                 request.id,
@@ -178,6 +191,25 @@ async fn settle_with(
         }
     }
     Ok(())
+}
+
+/// Whether the grace since the request's outcome became unknown is still running: its own create
+/// may still be landing, so a lone candidate may be a same-name project someone made meanwhile,
+/// and is not adopted yet (once ours lands, the two go to a person).
+async fn within_grace(deps: &WorkerDeps, request: &ClaimedRequest) -> Result<bool, WorkerError> {
+    let Some(unknown_since) = request.unknown_since else {
+        return Ok(false);
+    };
+    let grace = chrono::Duration::from_std(deps.reconcile_grace).unwrap_or(chrono::Duration::MAX);
+    let now = store::database_now(&deps.pool).await?;
+    let within = now.signed_duration_since(unknown_since) < grace;
+    if within {
+        tracing::debug!(
+            id = request.id,
+            "one candidate, found within the grace since the outcome became unknown; adopting it once the grace has passed"
+        );
+    }
+    Ok(within)
 }
 
 /// The reason a request goes to a person: every candidate with what the API said of it.

@@ -2093,7 +2093,7 @@ async fn a_unix_time_no_calendar_of_the_database_holds_is_stored_as_unknown_and_
         ]
     );
     // Nor does an unknown creation time rule the project out for a request of its name.
-    let candidates = store::stored_candidates(&db.pool, "Far", Utc::now())
+    let candidates = store::stored_candidates(&db.pool, "Far", Utc::now(), ts(0))
         .await
         .expect("candidates");
     assert_eq!(
