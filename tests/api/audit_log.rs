@@ -1207,3 +1207,100 @@ async fn a_project_an_event_names_whose_creation_time_no_calendar_holds_is_store
         (None, Some(at))
     );
 }
+
+#[tokio::test]
+async fn a_retrieve_answered_before_a_walk_that_saw_a_newer_state_never_reverts_it() {
+    // The audit pass retrieves a project, and its answer is slow to arrive; meanwhile the
+    // project is renamed again and a whole walk records the newer name. The slow answer is
+    // older than what the walk stored: applying it would put the old name back as current.
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::Notify;
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let now = Utc::now().timestamp();
+    let project = |name: &str| {
+        format!(
+            r#"{{"id":"proj_slow","object":"organization.project","name":"{name}","created_at":{},"status":"active","archived_at":null}}"#,
+            now - 7200
+        )
+    };
+    let state = Arc::new(Mutex::new(project("First")));
+    let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let event = format!(
+        r#"{{"id":"audit_log-slow","type":"project.updated","effective_at":{},"actor":{{"type":"session","session":{{"user":{{"id":"user-1","email":"ann@example.com"}}}}}},"project.updated":{{"id":"proj_slow","changes_requested":{{"title":"Second"}}}}}}"#,
+        now - 60
+    );
+    let json = |body: String| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+    };
+    let app = {
+        let (list_state, get_state) = (state.clone(), state.clone());
+        let (arrived, release) = (arrived.clone(), release.clone());
+        axum::Router::new()
+            .route(
+                "/v1/organization/audit_logs",
+                axum::routing::get(move || {
+                    let page = format!(
+                        r#"{{"object":"list","data":[{event}],"first_id":"audit_log-slow","last_id":"audit_log-slow","has_more":false}}"#
+                    );
+                    async move { json(page) }
+                }),
+            )
+            .route(
+                "/v1/organization/projects",
+                axum::routing::get(move || {
+                    let listed = list_state.lock().expect("state").clone();
+                    async move {
+                        json(format!(
+                            r#"{{"object":"list","data":[{listed}],"first_id":"proj_slow","last_id":"proj_slow","has_more":false}}"#
+                        ))
+                    }
+                }),
+            )
+            .route(
+                "/v1/organization/projects/proj_slow",
+                axum::routing::get(move || {
+                    // The state as the request found it; the answer arrives only when released.
+                    let answer = get_state.lock().expect("state").clone();
+                    let (arrived, release) = (arrived.clone(), release.clone());
+                    async move {
+                        arrived.notify_one();
+                        release.notified().await;
+                        json(answer)
+                    }
+                }),
+            )
+    };
+    let client = crate::client::serve_scripted(app).await;
+    let walk_deps = sync_deps(&db, client.clone(), 100);
+    sync(&walk_deps).await;
+    *state.lock().expect("state") = project("Second");
+    let deps = AuditDeps {
+        pool: db.pool.clone(),
+        client,
+        enabled: AuditLogEnabled::On,
+        overlap: Duration::from_secs(3600),
+    };
+    let poll = tokio::spawn(async move { audit_log::pass(&deps, "manual").await });
+    arrived.notified().await;
+    // Renamed again while the answer is on its way, and a walk records it.
+    *state.lock().expect("state") = project("Third");
+    sync(&walk_deps).await;
+    release.notify_one();
+    let outcome = poll.await.expect("the poll ran");
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (name,): (Option<String>,) =
+        sqlx::query_as("select name from openai.project_current where project_id = 'proj_slow'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the project");
+    assert_eq!(
+        name.as_deref(),
+        Some("Third"),
+        "the newer state stays current"
+    );
+}
