@@ -1304,3 +1304,65 @@ async fn a_retrieve_answered_before_a_walk_that_saw_a_newer_state_never_reverts_
         "the newer state stays current"
     );
 }
+
+#[tokio::test]
+async fn two_renames_each_seen_by_a_walk_before_any_poll_both_take_their_events_times() {
+    // The poller was not running (audit logging newly turned on in the config, or the log
+    // refusing for a while) while walks recorded two renames at the times they saw them. The
+    // first poll then reads both events: each tells the exact time of a version a walk already
+    // holds, and the exact time wins over an observed one, for the earlier version too.
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Middle", "ann@example.com")
+        .expect("renamed");
+    walk(&org).await;
+    let middle_seen = last_change(&org.db, &id).await.changed_at;
+    // Event times are whole seconds: the next rename happens in a later second than the walk.
+    eventually("a new second", || async {
+        Utc::now().timestamp() > middle_seen.timestamp()
+    })
+    .await;
+    org.emulator
+        .rename_as(&id, "Last", "bob@example.com")
+        .expect("renamed");
+    walk(&org).await;
+    let events: Vec<Value> = org
+        .emulator
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["type"] == "project.updated" && e["project.updated"]["id"] == id.as_str())
+        .collect();
+    let (first_at, last_at) = (time_of(&events[0]), time_of(&events[1]));
+
+    pass(&org).await;
+
+    let changes: Vec<Change> = sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 and change = 'renamed' order by changed_at",
+    )
+    .bind(&id)
+    .fetch_all(&org.db.pool)
+    .await
+    .expect("changes");
+    assert_eq!(
+        changes,
+        vec![
+            Change {
+                change: "renamed".into(),
+                changed_at: first_at,
+                new_name: Some("Middle".into()),
+                changed_by: Some("ann@example.com".into()),
+                time_source: "audit_log".into(),
+            },
+            Change {
+                change: "renamed".into(),
+                changed_at: last_at,
+                new_name: Some("Last".into()),
+                changed_by: Some("bob@example.com".into()),
+                time_source: "audit_log".into(),
+            },
+        ]
+    );
+}
