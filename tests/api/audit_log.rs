@@ -1366,3 +1366,54 @@ async fn two_renames_each_seen_by_a_walk_before_any_poll_both_take_their_events_
         ]
     );
 }
+
+#[tokio::test]
+async fn a_rename_then_an_archive_between_two_polls_each_take_their_events_time_and_author() {
+    // A common way to retire a project: rename it, then archive it, within one poll interval.
+    // Both events are in the log; the rename's event tells its exact time and author.
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "zz retired", "ann@example.com")
+        .expect("renamed");
+    let renamed_at = time_of(&event_of(&org.emulator, "project.updated", &id));
+    eventually("a new second", || async {
+        Utc::now().timestamp() > renamed_at.timestamp()
+    })
+    .await;
+    org.emulator
+        .archive_as(&id, "bob@example.com")
+        .expect("archived");
+
+    pass(&org).await;
+
+    let changes: Vec<Change> = sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 and change <> 'created' order by changed_at",
+    )
+    .bind(&id)
+    .fetch_all(&org.db.pool)
+    .await
+    .expect("changes");
+    let archived_at = time_of(&event_of(&org.emulator, "project.archived", &id));
+    assert_eq!(
+        changes,
+        vec![
+            Change {
+                change: "renamed".into(),
+                changed_at: renamed_at,
+                new_name: Some("zz retired".into()),
+                changed_by: Some("ann@example.com".into()),
+                time_source: "audit_log".into(),
+            },
+            Change {
+                change: "archived".into(),
+                changed_at: archived_at,
+                new_name: Some("zz retired".into()),
+                changed_by: Some("bob@example.com".into()),
+                time_source: "api".into(),
+            },
+        ]
+    );
+}
