@@ -1417,3 +1417,32 @@ async fn a_rename_then_an_archive_between_two_polls_each_take_their_events_time_
         ]
     );
 }
+
+#[tokio::test]
+async fn a_create_whose_project_does_not_show_yet_still_gets_its_author_once_it_does() {
+    // A new project can take a moment to show (the list lags its creates, and a retrieve
+    // right after one may answer 404). The event's author must not be lost for that.
+    let org = org(3).await;
+    walk(&org).await;
+    let fresh = org.emulator.create_as("Fresh", "fay@example.com");
+    org.emulator.set_hidden(&fresh.id, true);
+    pass(&org).await;
+    org.emulator.set_hidden(&fresh.id, false);
+
+    walk(&org).await;
+    pass(&org).await;
+
+    let created: Change = sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 and change = 'created'",
+    )
+    .bind(&fresh.id)
+    .fetch_one(&org.db.pool)
+    .await
+    .expect("the walk recorded the project");
+    assert_eq!(
+        created.changed_by.as_deref(),
+        Some("fay@example.com"),
+        "{created:?}"
+    );
+}
