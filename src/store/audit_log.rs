@@ -205,8 +205,8 @@ pub async fn pending_targets(pool: &PgPool) -> Result<Vec<PendingTarget>, StoreE
 /// lock so that no walk's older listing is applied over them; `WalkRunning` when a walk holds it.
 ///
 /// Unknown projects are inserted as a walk would; changed ones get a version starting at the
-/// event's time where the event describes the change; walk-observed changes the events describe
-/// get the event's time and author; creates and archives get their author. Every event of the
+/// event's time where the event describes the change; every observed change an event describes
+/// gets the event's time and author, an earlier one too; creates and archives get their author. Every event of the
 /// batch is marked applied, those of projects the API no longer shows too, except those of
 /// projects written since their events were read: these stay pending (`superseded`).
 pub async fn apply_retrieved_states(
@@ -275,15 +275,7 @@ pub async fn apply_retrieved_states(
         .fetch_one(&mut *tx)
         .await?;
 
-    let (corrected,): (i64,) = sqlx::query_as(include_str!("audit_log/correct_starts.sql"))
-        .bind(&ids)
-        .bind(&raws)
-        .bind(&times)
-        .bind(&kinds)
-        .bind(&titles)
-        .bind(&authors)
-        .fetch_one(&mut *tx)
-        .await?;
+    let corrected = correct_observed_starts(&mut tx, &ids, &raws).await?;
 
     // Creates and archives start at the API's own times; the events add who made them.
     let created_by: Vec<Option<&str>> = shown
@@ -327,6 +319,30 @@ pub async fn apply_retrieved_states(
         corrected: corrected.saturating_add(authored),
         superseded,
     }))
+}
+
+/// Moves every observed start of the projects `ids` (stored as `raws`) that one of their events
+/// dates exactly to that event's time, with its author; returns how many moved.
+async fn correct_observed_starts(
+    tx: &mut sqlx::PgConnection,
+    ids: &[&str],
+    raws: &[&str],
+) -> Result<i64, StoreError> {
+    // Each statement moves one version per project, the earliest, so that it writes only that
+    // version and the one before. A version it moves is no longer observed, so the repeats end,
+    // after as many rounds as one project has observed versions to move.
+    let mut corrected: i64 = 0;
+    loop {
+        let (moved,): (i64,) = sqlx::query_as(include_str!("audit_log/correct_starts.sql"))
+            .bind(ids)
+            .bind(raws)
+            .fetch_one(&mut *tx)
+            .await?;
+        if moved == 0 {
+            return Ok(corrected);
+        }
+        corrected = corrected.saturating_add(moved);
+    }
 }
 
 /// Of the retrieved states, the projects whose stored row was written since their events were
