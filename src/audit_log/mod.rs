@@ -67,7 +67,8 @@ pub struct AuditSummary {
     pub projects_inserted: i64,
     pub projects_changed: i64,
     pub versions_corrected: i64,
-    /// Projects whose events wait for the next pass (a walk held the lock, or a retrieve failed).
+    /// Projects whose events wait for the next pass (a walk held the lock or wrote the project
+    /// while it was retrieved, or a retrieve failed).
     pub projects_waiting: usize,
     pub duration: Duration,
 }
@@ -343,7 +344,16 @@ async fn store_and_apply(
     }
     let waiting = pending.len() - states.len();
     match store::apply_retrieved_states(&deps.pool, run_id, &states).await? {
-        ApplyEvents::Applied(counts) => Ok((new_events, counts, waiting)),
+        ApplyEvents::Applied(counts) => {
+            if counts.superseded > 0 {
+                tracing::info!(
+                    projects = counts.superseded,
+                    "a walk recorded these projects while they were retrieved; applying their audit events at the next poll"
+                );
+            }
+            let superseded = usize::try_from(counts.superseded).unwrap_or(usize::MAX);
+            Ok((new_events, counts, waiting.saturating_add(superseded)))
+        }
         ApplyEvents::WalkRunning => {
             tracing::info!(
                 projects = pending.len(),

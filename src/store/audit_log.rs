@@ -56,6 +56,9 @@ pub struct PendingTarget {
     pub same_second_types: Vec<String>,
     pub same_second_titles: Vec<Option<String>>,
     pub same_second_by: Vec<Option<String>>,
+    /// The stored project's row version when its events were read (`None`: not stored yet);
+    /// any write of the project since, a walk's above all, gives it another.
+    pub row_version: Option<i64>,
 }
 
 /// A pending project's state as the API returned it just now.
@@ -76,6 +79,9 @@ pub struct AppliedCounts {
     pub changed: i64,
     /// Versions a walk had opened whose start or author the events corrected.
     pub corrected: i64,
+    /// Projects written (by a walk) while their states were retrieved: what was retrieved may be
+    /// older than what is stored, so their events wait for the next pass to retrieve them again.
+    pub superseded: i64,
 }
 
 /// The outcome of applying a batch.
@@ -199,9 +205,10 @@ pub async fn pending_targets(pool: &PgPool) -> Result<Vec<PendingTarget>, StoreE
 /// lock so that no walk's older listing is applied over them; `WalkRunning` when a walk holds it.
 ///
 /// Unknown projects are inserted as a walk would; changed ones get a version starting at the
-/// event's time where the event describes the change; walk-observed changes the events describe
-/// get the event's time and author; creates and archives get their author. Every event of the
-/// batch is marked applied, those of projects the API no longer shows too.
+/// event's time where the event describes the change; every observed change an event describes
+/// gets the event's time and author, an earlier one too; creates and archives get their author. Every event of the
+/// batch is marked applied, those of projects the API no longer shows too, except those of
+/// projects written since their events were read: these stay pending (`superseded`).
 pub async fn apply_retrieved_states(
     pool: &PgPool,
     run_id: i64,
@@ -216,7 +223,16 @@ pub async fn apply_retrieved_states(
         tx.rollback().await?;
         return Ok(ApplyEvents::WalkRunning);
     }
-    let shown: Vec<&RetrievedState<'_>> = states.iter().filter(|s| s.raw.is_some()).collect();
+    // A walk that wrote a project while its state was on its way may hold a newer state than
+    // the one retrieved: applying the retrieved one would put an older state back as current.
+    let written = written_since_read(&mut tx, states).await?;
+    let superseded = i64::try_from(written.len()).unwrap_or(i64::MAX);
+    let states: Vec<&RetrievedState<'_>> = states
+        .iter()
+        .filter(|s| !written.contains(&s.target.target_id))
+        .collect();
+    let shown: Vec<&RetrievedState<'_>> =
+        states.iter().copied().filter(|s| s.raw.is_some()).collect();
     let ids: Vec<&str> = shown.iter().map(|s| s.target.target_id.as_str()).collect();
     let raws: Vec<&str> = shown.iter().filter_map(|s| s.raw).collect();
     let digests: Vec<i64> = shown.iter().map(|s| s.digest).collect();
@@ -259,15 +275,7 @@ pub async fn apply_retrieved_states(
         .fetch_one(&mut *tx)
         .await?;
 
-    let (corrected,): (i64,) = sqlx::query_as(include_str!("audit_log/correct_starts.sql"))
-        .bind(&ids)
-        .bind(&raws)
-        .bind(&times)
-        .bind(&kinds)
-        .bind(&titles)
-        .bind(&authors)
-        .fetch_one(&mut *tx)
-        .await?;
+    let corrected = correct_observed_starts(&mut tx, &ids, &raws).await?;
 
     // Creates and archives start at the API's own times; the events add who made them.
     let created_by: Vec<Option<&str>> = shown
@@ -309,7 +317,52 @@ pub async fn apply_retrieved_states(
         inserted,
         changed,
         corrected: corrected.saturating_add(authored),
+        superseded,
     }))
+}
+
+/// Moves every observed start of the projects `ids` (stored as `raws`) that one of their events
+/// dates exactly to that event's time, with its author; returns how many moved.
+async fn correct_observed_starts(
+    tx: &mut sqlx::PgConnection,
+    ids: &[&str],
+    raws: &[&str],
+) -> Result<i64, StoreError> {
+    // Each statement moves one version per project, the earliest, so that it writes only that
+    // version and the one before. A version it moves is no longer observed, so the repeats end,
+    // after as many rounds as one project has observed versions to move.
+    let mut corrected: i64 = 0;
+    loop {
+        let (moved,): (i64,) = sqlx::query_as(include_str!("audit_log/correct_starts.sql"))
+            .bind(ids)
+            .bind(raws)
+            .fetch_one(&mut *tx)
+            .await?;
+        if moved == 0 {
+            return Ok(corrected);
+        }
+        corrected = corrected.saturating_add(moved);
+    }
+}
+
+/// Of the retrieved states, the projects whose stored row was written since their events were
+/// read (or stored since, when they were not yet).
+async fn written_since_read(
+    tx: &mut sqlx::PgConnection,
+    states: &[RetrievedState<'_>],
+) -> Result<Vec<String>, StoreError> {
+    let ids: Vec<&str> = states.iter().map(|s| s.target.target_id.as_str()).collect();
+    let versions: Vec<Option<i64>> = states.iter().map(|s| s.target.row_version).collect();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "select x.project_id from unnest($1::text[], $2::bigint[]) as x(project_id, row_version) \
+         left join openai.project_current c on c.project_id = x.project_id \
+         where c.xmin::text::bigint is distinct from x.row_version",
+    )
+    .bind(&ids)
+    .bind(&versions)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Records a successful audit-log pass with its figures: pages read, events in the window,

@@ -60,6 +60,8 @@ pub struct Listing<'a> {
 /// raw)` and opens their first versions; `$1` is the walk's observation time, `$2` its run.
 /// An id that is already known is skipped (`on conflict`), never overwritten. A first version
 /// starts at `created_at`, or when observed where the API's `created_at` is no storable time.
+/// A created and an archived version take the author of the project's stored `project.created`
+/// and `project.archived` events: an event read before the project showed keeps its author.
 macro_rules! insert_unknown_sql {
     () => {
         "fresh as ( \
@@ -75,16 +77,22 @@ macro_rules! insert_unknown_sql {
          ), first_versions as ( \
             insert into openai.project_versions \
                 (project_key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                 raw, change, valid_from, valid_to, opened_by_run, closed_by_run) \
+                 raw, change, valid_from, valid_to, opened_by_run, closed_by_run, changed_by) \
             select key, project_id, name, \
                    case when split then 'active' else status end, created_at, \
                    case when split then null else archived_at end, external_key_id, residency, \
                    case when split then raw || '{\"status\": \"active\", \"archived_at\": null}'::jsonb else raw end, \
-                   'created', coalesce(created_at, $1), case when split then archived_at end, $2, case when split then $2 end \
+                   'created', coalesce(created_at, $1), case when split then archived_at end, $2, case when split then $2 end, \
+                   (select e.changed_by from openai.audit_events e \
+                    where e.target_id = fresh.project_id and e.type = 'project.created' \
+                    order by e.effective_at limit 1) \
             from fresh \
             union all \
             select key, project_id, name, status, created_at, archived_at, external_key_id, residency, \
-                   raw, 'archived', archived_at, null, $2, null \
+                   raw, 'archived', archived_at, null, $2, null, \
+                   (select e.changed_by from openai.audit_events e \
+                    where e.target_id = fresh.project_id and e.type = 'project.archived' \
+                    order by e.effective_at limit 1) \
             from fresh where split \
          )"
     };

@@ -1207,3 +1207,242 @@ async fn a_project_an_event_names_whose_creation_time_no_calendar_holds_is_store
         (None, Some(at))
     );
 }
+
+#[tokio::test]
+async fn a_retrieve_answered_before_a_walk_that_saw_a_newer_state_never_reverts_it() {
+    // The audit pass retrieves a project, and its answer is slow to arrive; meanwhile the
+    // project is renamed again and a whole walk records the newer name. The slow answer is
+    // older than what the walk stored: applying it would put the old name back as current.
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::Notify;
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let now = Utc::now().timestamp();
+    let project = |name: &str| {
+        format!(
+            r#"{{"id":"proj_slow","object":"organization.project","name":"{name}","created_at":{},"status":"active","archived_at":null}}"#,
+            now - 7200
+        )
+    };
+    let state = Arc::new(Mutex::new(project("First")));
+    let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let event = format!(
+        r#"{{"id":"audit_log-slow","type":"project.updated","effective_at":{},"actor":{{"type":"session","session":{{"user":{{"id":"user-1","email":"ann@example.com"}}}}}},"project.updated":{{"id":"proj_slow","changes_requested":{{"title":"Second"}}}}}}"#,
+        now - 60
+    );
+    let json = |body: String| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+    };
+    let app = {
+        let (list_state, get_state) = (state.clone(), state.clone());
+        let (arrived, release) = (arrived.clone(), release.clone());
+        axum::Router::new()
+            .route(
+                "/v1/organization/audit_logs",
+                axum::routing::get(move || {
+                    let page = format!(
+                        r#"{{"object":"list","data":[{event}],"first_id":"audit_log-slow","last_id":"audit_log-slow","has_more":false}}"#
+                    );
+                    async move { json(page) }
+                }),
+            )
+            .route(
+                "/v1/organization/projects",
+                axum::routing::get(move || {
+                    let listed = list_state.lock().expect("state").clone();
+                    async move {
+                        json(format!(
+                            r#"{{"object":"list","data":[{listed}],"first_id":"proj_slow","last_id":"proj_slow","has_more":false}}"#
+                        ))
+                    }
+                }),
+            )
+            .route(
+                "/v1/organization/projects/proj_slow",
+                axum::routing::get(move || {
+                    // The state as the request found it; the answer arrives only when released.
+                    let answer = get_state.lock().expect("state").clone();
+                    let (arrived, release) = (arrived.clone(), release.clone());
+                    async move {
+                        arrived.notify_one();
+                        release.notified().await;
+                        json(answer)
+                    }
+                }),
+            )
+    };
+    let client = crate::client::serve_scripted(app).await;
+    let walk_deps = sync_deps(&db, client.clone(), 100);
+    sync(&walk_deps).await;
+    *state.lock().expect("state") = project("Second");
+    let deps = AuditDeps {
+        pool: db.pool.clone(),
+        client,
+        enabled: AuditLogEnabled::On,
+        overlap: Duration::from_secs(3600),
+    };
+    let poll = tokio::spawn(async move { audit_log::pass(&deps, "manual").await });
+    arrived.notified().await;
+    // Renamed again while the answer is on its way, and a walk records it.
+    *state.lock().expect("state") = project("Third");
+    sync(&walk_deps).await;
+    release.notify_one();
+    let outcome = poll.await.expect("the poll ran");
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (name,): (Option<String>,) =
+        sqlx::query_as("select name from openai.project_current where project_id = 'proj_slow'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the project");
+    assert_eq!(
+        name.as_deref(),
+        Some("Third"),
+        "the newer state stays current"
+    );
+}
+
+#[tokio::test]
+async fn two_renames_each_seen_by_a_walk_before_any_poll_both_take_their_events_times() {
+    // The poller was not running (audit logging newly turned on in the config, or the log
+    // refusing for a while) while walks recorded two renames at the times they saw them. The
+    // first poll then reads both events: each tells the exact time of a version a walk already
+    // holds, and the exact time wins over an observed one, for the earlier version too.
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Middle", "ann@example.com")
+        .expect("renamed");
+    walk(&org).await;
+    let middle_seen = last_change(&org.db, &id).await.changed_at;
+    // Event times are whole seconds: the next rename happens in a later second than the walk.
+    eventually("a new second", || async {
+        Utc::now().timestamp() > middle_seen.timestamp()
+    })
+    .await;
+    org.emulator
+        .rename_as(&id, "Last", "bob@example.com")
+        .expect("renamed");
+    walk(&org).await;
+    let events: Vec<Value> = org
+        .emulator
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["type"] == "project.updated" && e["project.updated"]["id"] == id.as_str())
+        .collect();
+    let (first_at, last_at) = (time_of(&events[0]), time_of(&events[1]));
+
+    pass(&org).await;
+
+    let changes: Vec<Change> = sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 and change = 'renamed' order by changed_at",
+    )
+    .bind(&id)
+    .fetch_all(&org.db.pool)
+    .await
+    .expect("changes");
+    assert_eq!(
+        changes,
+        vec![
+            Change {
+                change: "renamed".into(),
+                changed_at: first_at,
+                new_name: Some("Middle".into()),
+                changed_by: Some("ann@example.com".into()),
+                time_source: "audit_log".into(),
+            },
+            Change {
+                change: "renamed".into(),
+                changed_at: last_at,
+                new_name: Some("Last".into()),
+                changed_by: Some("bob@example.com".into()),
+                time_source: "audit_log".into(),
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rename_then_an_archive_between_two_polls_each_take_their_events_time_and_author() {
+    // A common way to retire a project: rename it, then archive it, within one poll interval.
+    // Both events are in the log; the rename's event tells its exact time and author.
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "zz retired", "ann@example.com")
+        .expect("renamed");
+    let renamed_at = time_of(&event_of(&org.emulator, "project.updated", &id));
+    eventually("a new second", || async {
+        Utc::now().timestamp() > renamed_at.timestamp()
+    })
+    .await;
+    org.emulator
+        .archive_as(&id, "bob@example.com")
+        .expect("archived");
+
+    pass(&org).await;
+
+    let changes: Vec<Change> = sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 and change <> 'created' order by changed_at",
+    )
+    .bind(&id)
+    .fetch_all(&org.db.pool)
+    .await
+    .expect("changes");
+    let archived_at = time_of(&event_of(&org.emulator, "project.archived", &id));
+    assert_eq!(
+        changes,
+        vec![
+            Change {
+                change: "renamed".into(),
+                changed_at: renamed_at,
+                new_name: Some("zz retired".into()),
+                changed_by: Some("ann@example.com".into()),
+                time_source: "audit_log".into(),
+            },
+            Change {
+                change: "archived".into(),
+                changed_at: archived_at,
+                new_name: Some("zz retired".into()),
+                changed_by: Some("bob@example.com".into()),
+                time_source: "api".into(),
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_create_whose_project_does_not_show_yet_still_gets_its_author_once_it_does() {
+    // A new project can take a moment to show (the list lags its creates, and a retrieve
+    // right after one may answer 404). The event's author must not be lost for that.
+    let org = org(3).await;
+    walk(&org).await;
+    let fresh = org.emulator.create_as("Fresh", "fay@example.com");
+    org.emulator.set_hidden(&fresh.id, true);
+    pass(&org).await;
+    org.emulator.set_hidden(&fresh.id, false);
+
+    walk(&org).await;
+    pass(&org).await;
+
+    let created: Change = sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 and change = 'created'",
+    )
+    .bind(&fresh.id)
+    .fetch_one(&org.db.pool)
+    .await
+    .expect("the walk recorded the project");
+    assert_eq!(
+        created.changed_by.as_deref(),
+        Some("fay@example.com"),
+        "{created:?}"
+    );
+}

@@ -4,7 +4,9 @@
 -- another change at the latest event's `effective_at` when that event describes it (a
 -- `project.updated` whose title, if any, is the new name) and is later than the open version's
 -- start and not after now; otherwise when observed (`$1`). Never before the version it replaces. A rename seen
--- with an archive is two versions, as in a walk.
+-- with an archive is two versions, as in a walk: the rename is written as observed, just before
+-- the archive, and `correct_starts.sql`, in the same transaction, moves it to its own
+-- `project.updated` event's time with that event's author.
 -- $1 now, $2 run, $3 ids, $4 raw texts, $5 digests, $6 latest event times, $7 latest event
 -- types, $8 requested titles, $9 authors of the latest events.
 with input as (

@@ -1,40 +1,48 @@
--- Moves the start of a walk-observed change to the time its audit event gives, and records its
--- author: the project's stored state is already what the API says now (null fields and absent
--- ones alike, as the spec lets a server write either), its open version was
--- opened by a walk (`observed`), and the latest event describes it (a `project.updated` whose
--- title, if any, is the version's name), came after the previous version began, and is not
--- dated after now. The start moves to `effective_at`, never to or before
--- the previous version's start; the previous version's end moves with it. The row that shrinks
--- is written first, so the exclusion constraint never sees an overlap, and both rows are one
--- statement, so the gap check sees the history whole.
--- $1 ids, $2 raw texts, $3 latest event times, $4 latest event types, $5 requested titles,
--- $6 authors of the latest events.
+-- Moves the start of one walk-observed change per project to the time its audit event gives,
+-- and records its author: the project's stored state is already what the API says now (null
+-- fields and absent ones alike, as the spec lets a server write either), the version's start was
+-- observed (by a walk, or by a pass that had no event describing it), and one of the project's
+-- stored `project.updated` events describes it: its title, if any, is the version's name (an
+-- event with a title preferred, then the latest), it came after the previous version began,
+-- before the next one began, and is not dated after now. Of several such versions the earliest
+-- is moved; the caller repeats the statement until none is left, so that each statement moves
+-- two neighbouring rows only. The start moves to `effective_at`, never to or before the previous
+-- version's start; the previous version's end moves with it. The row that shrinks is written
+-- first, so the exclusion constraint never sees an overlap, and both rows are one statement, so
+-- the gap check sees the history whole.
+-- $1 ids, $2 raw texts.
 with input as (
-    select x.project_id, x.raw_text::jsonb as raw, x.event_at, x.event_type, x.event_title, x.event_by
-    from unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
-        as x(project_id, raw_text, event_at, event_type, event_title, event_by)
+    select x.project_id, x.raw_text::jsonb as raw
+    from unnest($1::text[], $2::text[]) as x(project_id, raw_text)
 ), target as materialized (
-    select x.project_id, x.event_by, v.ctid as version, v.valid_from as version_from, prev.ctid as previous,
-           greatest(x.event_at, prev.valid_from + interval '1 microsecond') as new_start
+    select distinct on (x.project_id)
+           x.project_id, e.changed_by as event_by, v.ctid as version, v.valid_from as version_from,
+           prev.ctid as previous, greatest(e.effective_at, prev.valid_from + interval '1 microsecond') as new_start
     from input x
     join openai.project_current c
       on c.project_id = x.project_id and jsonb_strip_nulls(c.raw) = jsonb_strip_nulls(x.raw)
-    cross join lateral (
-        select ctid, valid_from, name, change, time_source from openai.project_versions
-        where openai.spread_key(project_key) = openai.spread_key(c.key)
-          and project_key = c.key and valid_to is null limit 1
-    ) v
+    join openai.project_versions v
+      on v.project_id = x.project_id and v.project_key = c.key
+     and v.change in ('renamed', 'updated', 'unarchived', 'reappeared')
+     and coalesce(v.time_source, 'observed') = 'observed'
     cross join lateral (
         select p.ctid, p.valid_from from openai.project_versions p
         where p.project_id = x.project_id and p.valid_from < v.valid_from
         order by p.valid_from desc limit 1
     ) prev
-    where x.event_type = 'project.updated'
-      and x.event_at > prev.valid_from and x.event_at <= now()
-      and v.change in ('renamed', 'updated', 'unarchived', 'reappeared')
-      and coalesce(v.time_source, 'observed') = 'observed'
-      and (x.event_title is null
-           or openai.comparable_name(x.event_title) is not distinct from openai.comparable_name(v.name))
+    cross join lateral (
+        select e.effective_at, e.changed_by from openai.audit_events e
+        where e.target_id = x.project_id and e.type = 'project.updated'
+          and e.effective_at > prev.valid_from and e.effective_at <= now()
+          and (v.valid_to is null or e.effective_at < v.valid_to)
+          and (e.raw -> 'project.updated' -> 'changes_requested' ->> 'title' is null
+               or openai.comparable_name(e.raw -> 'project.updated' -> 'changes_requested' ->> 'title')
+                  is not distinct from openai.comparable_name(v.name))
+        order by e.raw -> 'project.updated' -> 'changes_requested' ->> 'title' is not null desc,
+                 e.effective_at desc, e.id desc
+        limit 1
+    ) e
+    order by x.project_id, v.valid_from
 ), shrunk as (
     update openai.project_versions p set
         valid_from = case when p.ctid = t.version then t.new_start else p.valid_from end,

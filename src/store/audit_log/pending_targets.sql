@@ -2,7 +2,8 @@
 -- (latest by `effective_at` not after now, a future-dated one only when there is no other,
 -- then create < update < archive, then id), the other project events
 -- of that same second (times are whole seconds: their order is unknown), the authors of its
--- create and archive events, and the ids of its events to apply.
+-- create and archive events, the ids of its events to apply, and the stored project's row
+-- version now (null: not stored), for the apply to tell whether a walk wrote it meanwhile.
 with pending as (
     select target_id, array_agg(id) as ids
     from openai.audit_events
@@ -29,7 +30,9 @@ select p.target_id, p.ids, l.effective_at, l.type,
        array(select e.changed_by from openai.audit_events e
              where e.target_id = p.target_id and e.effective_at = l.effective_at
                and e.type in ('project.created', 'project.updated', 'project.archived')
-             order by e.id) as same_second_by
+             order by e.id) as same_second_by,
+       (select c.xmin::text::bigint from openai.project_current c
+        where c.project_id = p.target_id) as row_version
 from pending p
 cross join lateral (
     select e.effective_at, e.type, e.raw, e.changed_by from openai.audit_events e
