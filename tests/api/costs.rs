@@ -1949,3 +1949,77 @@ async fn bucket_times_written_as_whole_floats_are_read_as_the_same_seconds() {
         .expect("count");
     assert_eq!(days, 2);
 }
+
+#[tokio::test]
+async fn a_current_day_that_ends_now_on_a_page_followed_by_an_empty_last_page_is_read_as_that_day_so_far()
+ {
+    // Two freedoms the spec leaves a server, together: the current day's bucket ends at the
+    // moment of the answer, and `has_more` is true on a full page whose next page turns out
+    // empty. Refused, today's bucket would fail every pass.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let value = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, value)| value.clone())
+                };
+                let time = |name: &str| {
+                    value(name)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let (start, end) = (time("start_time"), time("end_time"));
+                let now = Utc::now().timestamp();
+                let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                if value("page").is_some() {
+                    return (
+                        json,
+                        r#"{"object":"page","data":[],"has_more":false,"next_page":null}"#
+                            .to_owned(),
+                    );
+                }
+                let buckets: Vec<String> = (start..end)
+                    .step_by(86_400)
+                    .map(|day| {
+                        let bucket_end = if (day..day + 86_400).contains(&now) {
+                            now
+                        } else {
+                            day + 86_400
+                        };
+                        format!(
+                            r#"{{"object":"bucket","start_time":{day},"end_time":{bucket_end},"results":[{{"object":"organization.costs.result","amount":{{"value":"0.5","currency":"usd"}},"line_item":"input","project_id":"proj_a"}}]}}"#
+                        )
+                    })
+                    .collect();
+                (
+                    json,
+                    format!(
+                        r#"{{"object":"page","data":[{}],"has_more":true,"next_page":"page_2"}}"#,
+                        buckets.join(",")
+                    ),
+                )
+            },
+        ),
+    );
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (days,): (i64,) = sqlx::query_as("select count(distinct bucket_start) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(days, 2, "yesterday and today so far");
+}
