@@ -2023,3 +2023,73 @@ async fn a_current_day_that_ends_now_on_a_page_followed_by_an_empty_last_page_is
         .expect("count");
     assert_eq!(days, 2, "yesterday and today so far");
 }
+
+#[tokio::test]
+async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_not_provisional() {
+    // The daemon reads today every hour, so each day is first read while it fills up. A pass
+    // after midnight that reads the ended day and finds it unchanged writes nothing; a figure
+    // that changes days later is then a restatement of an ended day, whatever the row's last
+    // write says. Finance's "what changed after the fact" query (`not provisional`) must show it.
+    let days = ScriptedDays::default();
+    let day = today() - 2 * DAY;
+    let item = Some("gpt-5.4, input");
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("1.00")),
+            scripted_result(Some("proj_c"), item, json!("4")),
+        ],
+    );
+    let (db, deps) = scripted_fixture(3, 3, &days).await;
+    pass(&deps).await;
+    // That first reading was taken at 23:00 on the day itself, while it was still filling up.
+    let late_that_day = DateTime::from_timestamp(day + 23 * 3600, 0).expect("time");
+    sqlx::query(
+        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate rows");
+    sqlx::query("update openai.cost_days set first_read_at = $2 where bucket_start = $1")
+        .bind(DateTime::from_timestamp(day, 0).expect("time"))
+        .bind(late_that_day)
+        .execute(&db.pool)
+        .await
+        .expect("backdate day");
+    // After midnight the ended day reads the same: nothing is written.
+    let confirmed = pass(&deps).await;
+    // Days later the API restates it: one figure changes, one row appears, one goes away.
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("2")),
+            scripted_result(Some("proj_b"), item, json!("3")),
+        ],
+    );
+    let restated = pass(&deps).await;
+    let revisions: Vec<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
+        "select project_id, old_amount::text, new_amount::text, provisional from openai.cost_revisions \
+         where bucket_start = to_timestamp($1) order by project_id",
+    )
+    .bind(day as f64)
+    .fetch_all(&db.pool)
+    .await
+    .expect("revisions");
+
+    assert_eq!(
+        (confirmed.counts.updated, confirmed.counts.revisions),
+        (0, 0)
+    );
+    assert_eq!(restated.counts.revisions, 3, "{restated:?}");
+    assert_eq!(
+        revisions,
+        vec![
+            ("proj_a".into(), Some("1".into()), Some("2".into()), false),
+            ("proj_b".into(), None, Some("3".into()), false),
+            ("proj_c".into(), Some("4".into()), None, false),
+        ],
+        "each change came after a pass had read the whole ended day"
+    );
+}
