@@ -2093,3 +2093,76 @@ async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_no
         "each change came after a pass had read the whole ended day"
     );
 }
+
+#[tokio::test]
+async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
+    // Nothing in the spec says a bucket appears on one page only: a server that caps a page by
+    // results may list a busy day's first results at the end of one page and the rest in the
+    // same bucket at the start of the next. Refused, that day would fail every pass.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let value = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, value)| value.clone())
+                };
+                let time = |name: &str| {
+                    value(name)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let (start, end) = (time("start_time"), time("end_time"));
+                let bucket = |day: i64, project: &str| {
+                    format!(
+                        r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{{"object":"organization.costs.result","amount":{{"value":"0.5","currency":"usd"}},"line_item":"input","project_id":"{project}"}}]}}"#,
+                        day + 86_400
+                    )
+                };
+                let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                let last = end - 86_400;
+                match value("page") {
+                    None => {
+                        let first: Vec<String> =
+                            (start..end).step_by(86_400).map(|d| bucket(d, "proj_a")).collect();
+                        (
+                            json,
+                            format!(
+                                r#"{{"object":"page","data":[{}],"has_more":true,"next_page":"page_2"}}"#,
+                                first.join(",")
+                            ),
+                        )
+                    }
+                    Some(_) => (
+                        json,
+                        format!(
+                            r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
+                            bucket(last, "proj_b")
+                        ),
+                    ),
+                }
+            },
+        ),
+    );
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (rows,): (i64,) = sqlx::query_as("select count(*) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    // Yesterday and today (each its own query): proj_a from the first page, proj_b from the next.
+    assert_eq!(rows, 4);
+}
