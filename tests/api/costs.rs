@@ -2166,3 +2166,53 @@ async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
     // Yesterday and today (each its own query): proj_a from the first page, proj_b from the next.
     assert_eq!(rows, 4);
 }
+
+#[tokio::test]
+async fn a_day_last_read_while_it_was_filling_up_is_read_again_after_it_ended_even_past_the_lookback()
+ {
+    // The daemon read a day while it was in progress, then was down for longer than the
+    // lookback (or runs with `lookback_days = 0`). That day is recorded as read, but what
+    // was stored is its figure so far, not its total: it must be read once more now that it
+    // has ended, or its last hours of spend are missing for good.
+    let days = ScriptedDays::default();
+    let day = today() - 5 * DAY;
+    let item = Some("gpt-5.4, input");
+    days.lock().expect("days").insert(
+        day,
+        vec![scripted_result(Some("proj_a"), item, json!("1.25"))],
+    );
+    let (db, deps) = scripted_fixture(2, 6, &days).await;
+    pass(&deps).await;
+    // As a pass at 10:00 on the day itself left it: read, with the day's figure so far.
+    let that_morning = DateTime::from_timestamp(day + 10 * 3600, 0).expect("time");
+    let start = DateTime::from_timestamp(day, 0).expect("time");
+    sqlx::query(
+        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
+    )
+    .bind(start)
+    .bind(that_morning)
+    .execute(&db.pool)
+    .await
+    .expect("backdate rows");
+    sqlx::query("update openai.cost_days set first_read_at = $2 where bucket_start = $1")
+        .bind(start)
+        .bind(that_morning)
+        .execute(&db.pool)
+        .await
+        .expect("backdate day");
+    // The rest of that day's spend, which the API has had ever since the day ended.
+    days.lock().expect("days").insert(
+        day,
+        vec![scripted_result(Some("proj_a"), item, json!("3.75"))],
+    );
+
+    pass(&deps).await;
+
+    let (amount,): (String,) =
+        sqlx::query_as("select amount::text from openai.costs where bucket_start = $1")
+            .bind(start)
+            .fetch_one(&db.pool)
+            .await
+            .expect("the day's row");
+    assert_eq!(amount, "3.75", "the day's total, not its figure at 10:00");
+}
