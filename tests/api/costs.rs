@@ -2216,3 +2216,64 @@ async fn a_day_last_read_while_it_was_filling_up_is_read_again_after_it_ended_ev
             .expect("the day's row");
     assert_eq!(amount, "3.75", "the day's total, not its figure at 10:00");
 }
+
+/// Cost passes against a server whose yesterday lists one result of amount `odd` (a JSON
+/// number, as written) beside an ordinary one; every other day one ordinary result.
+async fn passes_with_one_odd_amount(db: &TestDb, odd: String) -> CostDeps {
+    scripted_cost_passes(db, move |day| {
+        let result = |project: &str, amount: &str| {
+            format!(
+                r#"{{"object":"organization.costs.result","amount":{{"value":{amount},"currency":"usd"}},"line_item":"input","project_id":"{project}"}}"#
+            )
+        };
+        let results = if day == today() - DAY {
+            format!("{},{}", result("proj_odd", &odd), result("proj_a", "0.5"))
+        } else {
+            result("proj_a", "0.5")
+        };
+        format!(
+            r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{results}]}}"#,
+            day + 86_400
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_very_large_amount_postgres_holds_is_stored_exactly() {
+    // `1e20000` is a JSON number and a `numeric` Postgres holds (it takes up to 131072 digits
+    // before the point). Refused as out of range, it would fail every pass that reads its day.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = passes_with_one_odd_amount(&db, "1e20000".into()).await;
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (exact,): (bool,) = sqlx::query_as(
+        "select amount = '1e20000'::numeric from openai.costs where project_id = 'proj_odd'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the row");
+    assert!(exact);
+}
+
+#[tokio::test]
+async fn an_amount_too_long_for_postgres_fails_no_pass_and_the_rest_of_its_day_is_stored() {
+    // A valid JSON number with more fraction digits than a `numeric` holds (16383). It cannot
+    // be stored exactly; failing the pass for it would fail every pass that reads its day.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = passes_with_one_odd_amount(&db, format!("0.{}", "1".repeat(16_390))).await;
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (ordinary,): (i64,) =
+        sqlx::query_as("select count(*) from openai.costs where project_id = 'proj_a'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(ordinary, 2, "yesterday's and today's ordinary results");
+}
