@@ -569,13 +569,13 @@ impl CostWalk {
         let buckets = parsed.data.len();
         for (n, bucket) in parsed.data.into_iter().enumerate() {
             // The server's current day may end at the moment of its answer: the last bucket of
-            // the last page, or of a page ending on the query's last day (a page may say
-            // has_more and the next turn out empty), shorter than a day, is that day so far,
-            // and is read as the day.
+            // a page, on the query's last day, shorter than a day, is that day so far, and is
+            // read as the day. (The page may say has_more and the next turn out empty.) A short
+            // bucket on any other day would say the days after it had not begun: refused.
             let length = bucket.end_time.checked_sub(bucket.start_time);
             let day_end = bucket.start_time.checked_add(DAY_SECONDS);
             let day_so_far = n + 1 == buckets
-                && (!parsed.has_more || day_end == Some(self.query.end_time))
+                && day_end == Some(self.query.end_time)
                 && length.is_some_and(|l| l > 0 && l < DAY_SECONDS);
             if bucket.start_time < self.cursor
                 || bucket.end_time > self.query.end_time

@@ -2025,6 +2025,47 @@ async fn a_current_day_that_ends_now_on_a_page_followed_by_an_empty_last_page_is
 }
 
 #[tokio::test]
+async fn a_bucket_shorter_than_a_day_before_the_querys_last_day_is_refused() {
+    // Only the day in progress may end early, and it is the query's last day. A short bucket
+    // on an earlier day, ending the answer, would record the days after it as read and empty.
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let start = query
+                    .iter()
+                    .find(|(key, _)| key == "start_time")
+                    .and_then(|(_, value)| value.parse::<i64>().ok())
+                    .expect("the query names its start");
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    format!(
+                        r#"{{"object":"page","data":[{{"object":"bucket","start_time":{start},"end_time":{},"results":[]}}],"has_more":false,"next_page":null}}"#,
+                        start + 3600
+                    ),
+                )
+            },
+        ),
+    );
+    let client = crate::client::serve_scripted(app).await;
+    let mut walk = client.cost_pages(openai_project_sync::client::CostQuery {
+        start_time: today() - DAY,
+        end_time: today() + DAY,
+        limit: 2,
+    });
+
+    let read = walk.next_page().await;
+
+    assert!(
+        matches!(
+            read,
+            Err(openai_project_sync::client::ApiError::Pagination { .. })
+        ),
+        "{read:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_not_provisional() {
     // The daemon reads today every hour, so each day is first read while it fills up. A pass
     // after midnight that reads the ended day and finds it unchanged writes nothing; a figure
