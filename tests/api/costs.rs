@@ -2093,12 +2093,15 @@ async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_no
     .execute(&db.pool)
     .await
     .expect("backdate rows");
-    sqlx::query("update openai.cost_days set first_read_at = $2 where bucket_start = $1")
-        .bind(DateTime::from_timestamp(day, 0).expect("time"))
-        .bind(late_that_day)
-        .execute(&db.pool)
-        .await
-        .expect("backdate day");
+    sqlx::query(
+        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
+         where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate day");
     // After midnight the ended day reads the same: nothing is written.
     let confirmed = pass(&deps).await;
     // Days later the API restates it: one figure changes, one row appears, one goes away.
@@ -2235,12 +2238,15 @@ async fn a_day_last_read_while_it_was_filling_up_is_read_again_after_it_ended_ev
     .execute(&db.pool)
     .await
     .expect("backdate rows");
-    sqlx::query("update openai.cost_days set first_read_at = $2 where bucket_start = $1")
-        .bind(start)
-        .bind(that_morning)
-        .execute(&db.pool)
-        .await
-        .expect("backdate day");
+    sqlx::query(
+        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
+         where bucket_start = $1",
+    )
+    .bind(start)
+    .bind(that_morning)
+    .execute(&db.pool)
+    .await
+    .expect("backdate day");
     // The rest of that day's spend, which the API has had ever since the day ended.
     days.lock().expect("days").insert(
         day,
