@@ -2102,7 +2102,8 @@ async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_no
     .execute(&db.pool)
     .await
     .expect("backdate day");
-    // After midnight the ended day reads the same: nothing is written.
+    // After midnight the ended day reads the same: no cost row or revision is written (only,
+    // once, that the day has been read after its end).
     let confirmed = pass(&deps).await;
     // Days later the API restates it: one figure changes, one row appears, one goes away.
     days.lock().expect("days").insert(
@@ -2135,6 +2136,81 @@ async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_no
             ("proj_c".into(), Some("4".into()), None, false),
         ],
         "each change came after a pass had read the whole ended day"
+    );
+}
+
+#[tokio::test]
+async fn a_change_found_by_the_first_reading_of_a_day_after_it_ended_is_provisional() {
+    // A day last read at 23:00 while it filled up: what the first reading after midnight finds
+    // changed or added is the day's last hour, not a restatement. Only later changes are.
+    let days = ScriptedDays::default();
+    let day = today() - 2 * DAY;
+    let item = Some("gpt-5.4, input");
+    days.lock().expect("days").insert(
+        day,
+        vec![scripted_result(Some("proj_a"), item, json!("1.00"))],
+    );
+    let (db, deps) = scripted_fixture(3, 3, &days).await;
+    pass(&deps).await;
+    let late_that_day = DateTime::from_timestamp(day + 23 * 3600, 0).expect("time");
+    sqlx::query(
+        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate rows");
+    sqlx::query(
+        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
+         where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate day");
+    // The day's last hour: proj_a spent more, proj_b started.
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("1.5")),
+            scripted_result(Some("proj_b"), item, json!("0.25")),
+        ],
+    );
+    pass(&deps).await;
+    // Days later, a restatement.
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("1.25")),
+            scripted_result(Some("proj_b"), item, json!("0.25")),
+        ],
+    );
+    pass(&deps).await;
+    let revisions: Vec<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
+        "select project_id, old_amount::text, new_amount::text, provisional from openai.cost_revisions \
+         where bucket_start = to_timestamp($1) order by id",
+    )
+    .bind(day as f64)
+    .fetch_all(&db.pool)
+    .await
+    .expect("revisions");
+
+    let mut found = revisions.clone();
+    found[..2].sort();
+    assert_eq!(
+        found,
+        vec![
+            ("proj_a".into(), Some("1".into()), Some("1.5".into()), true),
+            ("proj_b".into(), None, Some("0.25".into()), true),
+            (
+                "proj_a".into(),
+                Some("1.5".into()),
+                Some("1.25".into()),
+                false
+            ),
+        ]
     );
 }
 
