@@ -319,6 +319,12 @@ async fn run_segments(
                             "cost results without an amount were skipped, not stored as 0"
                         );
                     }
+                    if page.beyond_numeric > 0 {
+                        tracing::warn!(
+                            results = page.beyond_numeric,
+                            "cost results with an amount or quantity of more digits than Postgres numeric holds were skipped; their days keep what is stored"
+                        );
+                    }
                     if phase == Phase::Backfill {
                         session.begin().await?;
                         let days = backfill_page(
@@ -484,7 +490,8 @@ fn page_rows(page: &CostPage) -> impl Iterator<Item = CostRow<'_>> + Clone {
 }
 
 /// Stages a page's results and the days it answered for; returns how many days that is. A day
-/// that listed a result without an amount is incomplete: nothing stored for it is removed.
+/// that listed a result left out (without an amount, or with a figure Postgres `numeric`
+/// cannot hold) is incomplete: nothing stored for it is removed.
 async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, StoreError> {
     let readable = page_rows(page).count();
     if readable != page.results() {
@@ -497,15 +504,11 @@ async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, S
     let mut buckets = page.buckets().peekable();
     let mut day = page.covers.0;
     while day < page.covers.1 {
-        let (results, incomplete) =
-            buckets
-                .next_if(|(b, _)| b.start_time == day)
-                .map_or((0, false), |(b, r)| {
-                    (
-                        i32::try_from(r.len()).unwrap_or(i32::MAX),
-                        b.without_amount > 0,
-                    )
-                });
+        let (results, incomplete) = buckets
+            .next_if(|(b, _)| b.start_time == day)
+            .map_or((0, false), |(b, r)| {
+                (i32::try_from(r.len()).unwrap_or(i32::MAX), b.left_out > 0)
+            });
         days.push((at(day), results, incomplete));
         day += DAY_SECONDS;
     }

@@ -267,7 +267,8 @@ impl CostSession {
     }
 
     /// Stages a page's rows and the days it answered for, with each day's result count and
-    /// whether it listed results without an amount (then no stored row of it is removed).
+    /// whether it listed results left out, without an amount or with a figure `numeric`
+    /// cannot hold (then no stored row of it is removed).
     pub async fn stage<'r>(
         &mut self,
         rows: impl Iterator<Item = CostRow<'r>>,

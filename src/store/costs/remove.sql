@@ -1,5 +1,6 @@
 -- Removes the rows the API no longer lists on a day it answered with results, recording each
--- as a revision; a day answered empty, or listing a result without an amount, keeps its rows.
+-- as a revision; a day answered empty, or listing a result left out (without an amount, or
+-- with a figure numeric cannot hold), keeps its rows.
 -- Provisional when no pass before this one had read the day after it ended (its days are
 -- recorded after this). $1 observed at, $2 run, [$3, $4) the days.
 with gone as (
