@@ -225,8 +225,9 @@ pub struct CostBucket {
 /// One page of a cost query, checked: whole UTC days, ascending, inside the query's window.
 ///
 /// The results' text stays in the body as received: a page holds its body once, not a copy
-/// of every field. A page read can be handed back to `CostWalk::next_page_reusing`, which
-/// reads the next one into its buffers: a pass then allocates its pages once.
+/// of every field (a day held back from the page before comes first, its texts copied). A
+/// page read can be handed back to `CostWalk::next_page_reusing`, which reads the next one
+/// into its buffers: a pass then allocates its pages once.
 #[derive(Debug, Clone, Default)]
 pub struct CostPage {
     body: Vec<u8>,
@@ -239,8 +240,8 @@ pub struct CostPage {
     /// Results left out because their amount or quantity has more digits than Postgres
     /// `numeric` holds, so it could not be stored exactly.
     pub beyond_numeric: u64,
-    /// The days this page answers for: from where the last page ended to its last bucket's
-    /// end, or to the query's end on the last page.
+    /// The days this page answers for: from where the last page ended to where its last day,
+    /// held back for the next page, starts, or to the query's end on the last page.
     pub covers: (i64, i64),
 }
 
@@ -516,6 +517,7 @@ impl AdminClient {
             query,
             next_page: None,
             tokens_seen: Default::default(),
+            held: None,
             pages: 0,
             done: false,
         }
@@ -546,10 +548,89 @@ pub struct CostWalk {
     query: CostQuery,
     next_page: Option<String>,
     tokens_seen: std::collections::HashSet<String>,
-    /// Where the next bucket may start: the end of the last one.
+    /// Where the next bucket may start: the end of the last one, or the start of the day held.
     cursor: i64,
+    /// The last day of the page before, held back: the next page may continue it.
+    held: Option<HeldDay>,
     pages: u64,
     done: bool,
+}
+
+/// A page's last day, held back from it until the next page shows whether that one continues
+/// it (a server may cap a page by results and list the rest of a busy day in the same bucket at
+/// the start of the next). Its results' texts are copied out of the page it came in.
+#[derive(Debug)]
+struct HeldDay {
+    start_time: i64,
+    end_time: i64,
+    left_out: u32,
+    /// Per result: project, line item, amount, currency, quantity, quantity unit, raw.
+    results: Vec<[Option<Box<str>>; 7]>,
+}
+
+impl HeldDay {
+    /// Copies the page's last bucket out of it, and takes the bucket and its results off it.
+    fn take_last(page: &mut CostPage) -> Option<HeldDay> {
+        let bucket = page.buckets.pop()?;
+        let (from, count) = bucket.results;
+        let to = from.checked_add(count)?;
+        let results = page
+            .results
+            .get(from..to)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                [
+                    r.project_id,
+                    r.line_item,
+                    r.amount,
+                    r.currency,
+                    r.quantity,
+                    r.quantity_unit,
+                    r.raw,
+                ]
+                .map(|text| page.text(&text).map(Box::from))
+            })
+            .collect();
+        page.results.truncate(from);
+        Some(HeldDay {
+            start_time: bucket.start_time,
+            end_time: bucket.end_time,
+            left_out: bucket.left_out,
+            results,
+        })
+    }
+
+    /// Appends its results to `results`, their texts kept by `texts`; returns its bucket.
+    fn put_back(self, results: &mut Vec<CostResult>, texts: &mut Texts<'_>) -> CostBucket {
+        let first = results.len();
+        for fields in self.results {
+            let [
+                project_id,
+                line_item,
+                amount,
+                currency,
+                quantity,
+                quantity_unit,
+                raw,
+            ] = fields.map(|text| text.map_or(Text::NULL, |t| texts.keep(t)));
+            results.push(CostResult {
+                project_id,
+                line_item,
+                amount,
+                currency,
+                quantity,
+                quantity_unit,
+                raw,
+            });
+        }
+        CostBucket {
+            start_time: self.start_time,
+            end_time: self.end_time,
+            results: (first, results.len() - first),
+            left_out: self.left_out,
+        }
+    }
 }
 
 impl CostWalk {
@@ -622,7 +703,8 @@ impl CostWalk {
             body: &body,
             unescaped: std::mem::take(&mut page.unescaped),
         };
-        page.buckets.reserve_exact(parsed.data.len());
+        let mut held = self.held.take();
+        page.buckets.reserve_exact(parsed.data.len() + 1);
         let buckets = parsed.data.len();
         for (n, bucket) in parsed.data.into_iter().enumerate() {
             // The server's current day may end at the moment of its answer: the last bucket of
@@ -651,7 +733,18 @@ impl CostWalk {
             }
             let end_time = day_end.unwrap_or(bucket.end_time);
             self.cursor = end_time;
-            let first = page.results.len();
+            // The day held back from the page before goes first: continued by this bucket, or
+            // on its own before it.
+            let mut continued = None;
+            if let Some(day) = held.take() {
+                let back = day.put_back(&mut page.results, &mut texts);
+                if back.start_time == bucket.start_time {
+                    continued = Some(back);
+                } else {
+                    page.buckets.push(back);
+                }
+            }
+            let first = continued.map_or(page.results.len(), |b| b.results.0);
             let skipped_before = page.without_amount + page.beyond_numeric;
             let (results, without_amount, beyond_numeric) = (
                 &mut page.results,
@@ -717,8 +810,18 @@ impl CostWalk {
                 end_time,
                 results: (first, page.results.len() - first),
                 left_out: u32::try_from(page.without_amount + page.beyond_numeric - skipped_before)
-                    .unwrap_or(u32::MAX),
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(continued.map_or(0, |b| b.left_out)),
             });
+        }
+        if let Some(day) = held.take() {
+            // A page without buckets: the held day waits for the next one, or ends the query.
+            if parsed.has_more {
+                self.held = Some(day);
+            } else {
+                let back = day.put_back(&mut page.results, &mut texts);
+                page.buckets.push(back);
+            }
         }
         page.unescaped = texts.unescaped;
         let has_more = parsed.has_more;
@@ -744,6 +847,11 @@ impl CostWalk {
             )));
         }
         self.next_page = Some(token);
+        // The next page may continue this page's last day: it is held back until then.
+        if let Some(day) = HeldDay::take_last(&mut page) {
+            self.cursor = day.start_time;
+            self.held = Some(day);
+        }
         page.covers = (from, self.cursor);
         Ok(page)
     }

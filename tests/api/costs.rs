@@ -2237,14 +2237,10 @@ async fn a_change_found_by_the_first_reading_of_a_day_after_it_ended_is_provisio
     );
 }
 
-#[tokio::test]
-async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
-    // Nothing in the spec says a bucket appears on one page only: a server that caps a page by
-    // results may list a busy day's first results at the end of one page and the rest in the
-    // same bucket at the start of the next. Refused, that day would fail every pass.
-    let db = TestDb::new().await;
-    store::migrate(&db.pool).await.expect("migrations apply");
-    let app = axum::Router::new().route(
+/// A server that lists every day of a query on a first page (proj_a each) saying has_more,
+/// and continues the query's last day on the next (proj_b): a day split across two pages.
+fn last_day_continued_on_a_second_page() -> axum::Router {
+    axum::Router::new().route(
         "/v1/organization/costs",
         axum::routing::get(
             |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
@@ -2290,7 +2286,17 @@ async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
                 }
             },
         ),
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
+    // Nothing in the spec says a bucket appears on one page only: a server that caps a page by
+    // results may list a busy day's first results at the end of one page and the rest in the
+    // same bucket at the start of the next. Refused, that day would fail every pass.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = last_day_continued_on_a_second_page();
     let deps = CostDeps {
         pool: db.pool.clone(),
         connect: db.url.parse().expect("test URL parses"),
@@ -2308,6 +2314,37 @@ async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
         .expect("count");
     // Yesterday and today (each its own query): proj_a from the first page, proj_b from the next.
     assert_eq!(rows, 4);
+}
+
+#[tokio::test]
+async fn a_backfilled_day_whose_results_continue_on_the_next_page_is_stored_whole() {
+    // Each backfill page is committed on its own: the first half of a split day must not be
+    // written as the whole day and then removed when the second half is compared with it.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(last_day_continued_on_a_second_page()).await,
+        lookback_days: 0,
+        backfill_from: Some(date(today() - 5 * DAY)),
+    };
+
+    let summary = pass(&deps).await;
+
+    let (days_a, backfilled_b, revisions): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(distinct bucket_start) from openai.costs where project_id = 'proj_a'), \
+                (select count(*) from openai.costs where project_id = 'proj_b' and bucket_start < $1), \
+                (select count(*) from openai.cost_revisions)",
+    )
+    .bind(DateTime::from_timestamp(today(), 0).expect("time"))
+    .fetch_one(&db.pool)
+    .await
+    .expect("counts");
+    assert!(summary.backfilled_days == 5, "{summary:?}");
+    assert_eq!(days_a, 6, "every day keeps its first page's result");
+    assert!(backfilled_b > 0, "a backfilled day's second half is stored");
+    assert_eq!(revisions, 0, "nothing was removed or restated");
 }
 
 #[tokio::test]
