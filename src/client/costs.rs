@@ -20,14 +20,32 @@ pub const MAX_COST_LIMIT: u32 = 180;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExactNumber(String);
 
-/// Largest exponent magnitude accepted: beyond it Postgres `numeric` cannot hold the value.
-const MAX_EXPONENT: i64 = 16_000;
+/// Most digits a Postgres `numeric` holds before the decimal point.
+const NUMERIC_INTEGER_DIGITS: i64 = 131_072;
+
+/// Most digits a Postgres `numeric` holds after the decimal point (its largest display scale,
+/// counting the fraction's trailing zeros as written).
+const NUMERIC_FRACTION_DIGITS: i64 = 16_383;
+
+/// Postgres refuses an exponent of this magnitude or more whatever its digits, zero's too.
+const NUMERIC_EXPONENT_LIMIT: i64 = 1_073_741_823;
+
+/// Whether a decimal number is one Postgres `numeric` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Range {
+    Holds,
+    /// A decimal number all the same, with more digits before or after the point than
+    /// `numeric` holds: it cannot be stored exactly.
+    Beyond,
+}
 
 impl ExactNumber {
     /// The text if it is a plain or scientific decimal number Postgres `numeric` can hold.
     pub fn parse(text: &str) -> Result<ExactNumber, String> {
-        check_number(text)?;
-        Ok(ExactNumber(text.to_owned()))
+        match check_number(text)? {
+            Range::Holds => Ok(ExactNumber(text.to_owned())),
+            Range::Beyond => Err(beyond_numeric(text)),
+        }
     }
 
     /// The number's text, exactly as the API wrote it.
@@ -36,55 +54,89 @@ impl ExactNumber {
     }
 }
 
-/// Whether `text` is a plain or scientific decimal number Postgres `numeric` can hold.
-fn check_number(text: &str) -> Result<(), String> {
+fn beyond_numeric(text: &str) -> String {
+    format!(
+        "{text:?} has more digits than Postgres numeric holds ({NUMERIC_INTEGER_DIGITS} before the point, {NUMERIC_FRACTION_DIGITS} after)"
+    )
+}
+
+/// Whether `text` is a plain or scientific decimal number, and whether Postgres `numeric`
+/// holds it: its digits before the point, leading zeros aside, and after it, as written,
+/// once the exponent has moved the point.
+fn check_number(text: &str) -> Result<Range, String> {
+    let not_a_number = || format!("{text:?} is not a decimal number");
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    if bytes.first() == Some(&b'-') {
+        at += 1;
+    }
+    let digits = |from: usize| {
+        bytes
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    let integer = digits(at);
+    if integer == 0 {
+        return Err(not_a_number());
+    }
+    let mantissa_from = at;
+    at += integer;
+    let mut fraction = 0;
+    if bytes.get(at) == Some(&b'.') {
+        fraction = digits(at + 1);
+        if fraction == 0 {
+            return Err(not_a_number());
+        }
+        at += 1 + fraction;
+    }
+    let mantissa = bytes.get(mantissa_from..at).unwrap_or_default();
+    // `None`: beyond an i64, so beyond what Postgres takes.
+    let mut exponent = Some(0i64);
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(bytes.get(at + 1), Some(b'+' | b'-')));
+        let written = digits(at + 1 + sign);
+        if written == 0 {
+            return Err(not_a_number());
+        }
+        exponent = text
+            .get(at + 1..at + 1 + sign + written)
+            .and_then(|e| e.parse().ok());
+        at += 1 + sign + written;
+    }
+    if at != bytes.len() {
+        return Err(not_a_number());
+    }
+    let Some(exponent) =
+        exponent.filter(|e| (1 - NUMERIC_EXPONENT_LIMIT..NUMERIC_EXPONENT_LIMIT).contains(e))
+    else {
+        return Ok(Range::Beyond);
+    };
+    // Lengths of a page's text, far below an i64's range.
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let leading_zeros = mantissa
+        .iter()
+        .filter(|&&b| b != b'.')
+        .take_while(|&&b| b == b'0')
+        .count();
+    let is_zero = leading_zeros == integer + fraction;
+    let after_point = count(fraction).saturating_sub(exponent).max(0);
+    let before_point = count(integer)
+        .saturating_add(exponent)
+        .saturating_sub(count(leading_zeros));
+    if after_point > NUMERIC_FRACTION_DIGITS || (!is_zero && before_point > NUMERIC_INTEGER_DIGITS)
     {
-        let bytes = text.as_bytes();
-        let mut at = 0;
-        if bytes.first() == Some(&b'-') {
-            at += 1;
-        }
-        let digits = |from: usize| {
-            bytes[from..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count()
-        };
-        let integer = digits(at);
-        if integer == 0 {
-            return Err(format!("{text:?} is not a decimal number"));
-        }
-        at += integer;
-        if bytes.get(at) == Some(&b'.') {
-            let fraction = digits(at + 1);
-            if fraction == 0 {
-                return Err(format!("{text:?} is not a decimal number"));
-            }
-            at += 1 + fraction;
-        }
-        if matches!(bytes.get(at), Some(b'e' | b'E')) {
-            let sign = usize::from(matches!(bytes.get(at + 1), Some(b'+' | b'-')));
-            let exponent = digits(at + 1 + sign);
-            if exponent == 0 {
-                return Err(format!("{text:?} is not a decimal number"));
-            }
-            let value: i64 = text[at + 1..at + 1 + sign + exponent]
-                .parse()
-                .map_err(|_| format!("{text:?} has an exponent out of range"))?;
-            if !(-MAX_EXPONENT..=MAX_EXPONENT).contains(&value) {
-                return Err(format!("{text:?} has an exponent out of range"));
-            }
-            at += 1 + sign + exponent;
-        }
-        if at != bytes.len() {
-            return Err(format!("{text:?} is not a decimal number"));
-        }
-        Ok(())
+        Ok(Range::Beyond)
+    } else {
+        Ok(Range::Holds)
     }
 }
 
-/// The text of a JSON value holding a number or a numeric string, checked; `None` for null.
-fn number_text(raw: &RawValue) -> Result<Option<&str>, String> {
+/// The text of a JSON value holding a number or a numeric string, checked, with whether
+/// Postgres `numeric` holds it; `None` for null.
+fn number_text(raw: &RawValue) -> Result<Option<(&str, Range)>, String> {
     let text = raw.get().trim();
     if text == "null" {
         return Ok(None);
@@ -94,8 +146,8 @@ fn number_text(raw: &RawValue) -> Result<Option<&str>, String> {
         Some(inner) => inner.trim(),
         None => text,
     };
-    check_number(number)?;
-    Ok(Some(number))
+    let range = check_number(number)?;
+    Ok(Some((number, range)))
 }
 
 /// A piece of a page's text: a span of the body as received, one of the page's unescaped
@@ -165,15 +217,17 @@ pub struct CostBucket {
     pub end_time: i64,
     /// Where its results lie among the page's: from, count.
     results: (usize, usize),
-    /// Results of this day left out because they carried no amount.
-    pub without_amount: u32,
+    /// Results of this day left out: without an amount, or with a figure Postgres `numeric`
+    /// cannot hold. Nothing stored for such a day is removed.
+    pub left_out: u32,
 }
 
 /// One page of a cost query, checked: whole UTC days, ascending, inside the query's window.
 ///
 /// The results' text stays in the body as received: a page holds its body once, not a copy
-/// of every field. A page read can be handed back to `CostWalk::next_page_reusing`, which
-/// reads the next one into its buffers: a pass then allocates its pages once.
+/// of every field (a day held back from the page before comes first, its texts copied). A
+/// page read can be handed back to `CostWalk::next_page_reusing`, which reads the next one
+/// into its buffers: a pass then allocates its pages once.
 #[derive(Debug, Clone, Default)]
 pub struct CostPage {
     body: Vec<u8>,
@@ -183,8 +237,11 @@ pub struct CostPage {
     results: Vec<CostResult>,
     /// Results left out because they carried no amount (never stored as 0).
     pub without_amount: u64,
-    /// The days this page answers for: from where the last page ended to its last bucket's
-    /// end, or to the query's end on the last page.
+    /// Results left out because their amount or quantity has more digits than Postgres
+    /// `numeric` holds, so it could not be stored exactly.
+    pub beyond_numeric: u64,
+    /// The days this page answers for: from where the last page ended to where its last day,
+    /// held back for the next page, starts, or to the query's end on the last page.
     pub covers: (i64, i64),
 }
 
@@ -460,6 +517,7 @@ impl AdminClient {
             query,
             next_page: None,
             tokens_seen: Default::default(),
+            held: None,
             pages: 0,
             done: false,
         }
@@ -490,10 +548,89 @@ pub struct CostWalk {
     query: CostQuery,
     next_page: Option<String>,
     tokens_seen: std::collections::HashSet<String>,
-    /// Where the next bucket may start: the end of the last one.
+    /// Where the next bucket may start: the end of the last one, or the start of the day held.
     cursor: i64,
+    /// The last day of the page before, held back: the next page may continue it.
+    held: Option<HeldDay>,
     pages: u64,
     done: bool,
+}
+
+/// A page's last day, held back from it until the next page shows whether that one continues
+/// it (a server may cap a page by results and list the rest of a busy day in the same bucket at
+/// the start of the next). Its results' texts are copied out of the page it came in.
+#[derive(Debug)]
+struct HeldDay {
+    start_time: i64,
+    end_time: i64,
+    left_out: u32,
+    /// Per result: project, line item, amount, currency, quantity, quantity unit, raw.
+    results: Vec<[Option<Box<str>>; 7]>,
+}
+
+impl HeldDay {
+    /// Copies the page's last bucket out of it, and takes the bucket and its results off it.
+    fn take_last(page: &mut CostPage) -> Option<HeldDay> {
+        let bucket = page.buckets.pop()?;
+        let (from, count) = bucket.results;
+        let to = from.checked_add(count)?;
+        let results = page
+            .results
+            .get(from..to)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                [
+                    r.project_id,
+                    r.line_item,
+                    r.amount,
+                    r.currency,
+                    r.quantity,
+                    r.quantity_unit,
+                    r.raw,
+                ]
+                .map(|text| page.text(&text).map(Box::from))
+            })
+            .collect();
+        page.results.truncate(from);
+        Some(HeldDay {
+            start_time: bucket.start_time,
+            end_time: bucket.end_time,
+            left_out: bucket.left_out,
+            results,
+        })
+    }
+
+    /// Appends its results to `results`, their texts kept by `texts`; returns its bucket.
+    fn put_back(self, results: &mut Vec<CostResult>, texts: &mut Texts<'_>) -> CostBucket {
+        let first = results.len();
+        for fields in self.results {
+            let [
+                project_id,
+                line_item,
+                amount,
+                currency,
+                quantity,
+                quantity_unit,
+                raw,
+            ] = fields.map(|text| text.map_or(Text::NULL, |t| texts.keep(t)));
+            results.push(CostResult {
+                project_id,
+                line_item,
+                amount,
+                currency,
+                quantity,
+                quantity_unit,
+                raw,
+            });
+        }
+        CostBucket {
+            start_time: self.start_time,
+            end_time: self.end_time,
+            results: (first, results.len() - first),
+            left_out: self.left_out,
+        }
+    }
 }
 
 impl CostWalk {
@@ -558,6 +695,7 @@ impl CostWalk {
         page.buckets.clear();
         page.results.clear();
         page.without_amount = 0;
+        page.beyond_numeric = 0;
         let parsed: PageBody<'_> = serde_json::from_slice(&body)
             .map_err(|e| decode(format!("the costs page is not the documented shape: {e}")))?;
         let from = self.cursor;
@@ -565,16 +703,19 @@ impl CostWalk {
             body: &body,
             unescaped: std::mem::take(&mut page.unescaped),
         };
-        page.buckets.reserve_exact(parsed.data.len());
+        let mut held = self.held.take();
+        page.buckets.reserve_exact(parsed.data.len() + 1);
         let buckets = parsed.data.len();
         for (n, bucket) in parsed.data.into_iter().enumerate() {
             // The server's current day may end at the moment of its answer: the last bucket of
-            // the last page, shorter than a day, is that day so far, and is read as the day.
+            // a page, on the query's last day, shorter than a day, is that day so far, and is
+            // read as the day. (The page may say has_more and the next turn out empty.) A short
+            // bucket on any other day would say the days after it had not begun: refused.
             let length = bucket.end_time.checked_sub(bucket.start_time);
-            let day_so_far = !parsed.has_more
-                && n + 1 == buckets
-                && length.is_some_and(|l| l > 0 && l < DAY_SECONDS);
             let day_end = bucket.start_time.checked_add(DAY_SECONDS);
+            let day_so_far = n + 1 == buckets
+                && day_end == Some(self.query.end_time)
+                && length.is_some_and(|l| l > 0 && l < DAY_SECONDS);
             if bucket.start_time < self.cursor
                 || bucket.end_time > self.query.end_time
                 || day_end.is_none_or(|end| end > self.query.end_time)
@@ -592,9 +733,24 @@ impl CostWalk {
             }
             let end_time = day_end.unwrap_or(bucket.end_time);
             self.cursor = end_time;
-            let first = page.results.len();
-            let skipped_before = page.without_amount;
-            let (results, without_amount) = (&mut page.results, &mut page.without_amount);
+            // The day held back from the page before goes first: continued by this bucket, or
+            // on its own before it.
+            let mut continued = None;
+            if let Some(day) = held.take() {
+                let back = day.put_back(&mut page.results, &mut texts);
+                if back.start_time == bucket.start_time {
+                    continued = Some(back);
+                } else {
+                    page.buckets.push(back);
+                }
+            }
+            let first = continued.map_or(page.results.len(), |b| b.results.0);
+            let skipped_before = page.without_amount + page.beyond_numeric;
+            let (results, without_amount, beyond_numeric) = (
+                &mut page.results,
+                &mut page.without_amount,
+                &mut page.beyond_numeric,
+            );
             let mut read_one = |raw: &RawValue| -> Result<(), ApiError> {
                 let fields: ResultFields<'_> = serde_json::from_str(raw.get()).map_err(|e| {
                     decode(format!("a cost result is not the documented shape: {e}"))
@@ -609,7 +765,7 @@ impl CostWalk {
                         return Ok(());
                     }
                 };
-                let Some(amount) = number_text(value)
+                let Some((amount, amount_range)) = number_text(value)
                     .map_err(|e| decode(format!("a cost amount is not a number: {e}")))?
                 else {
                     *without_amount += 1;
@@ -620,6 +776,12 @@ impl CostWalk {
                         .map_err(|e| decode(format!("a cost quantity is not a number: {e}")))?,
                     None => None,
                 };
+                if amount_range == Range::Beyond
+                    || quantity.is_some_and(|(_, range)| range == Range::Beyond)
+                {
+                    *beyond_numeric += 1;
+                    return Ok(());
+                }
                 if results.len() == results.capacity() {
                     // By an eighth: the list is kept for the pass, at about its largest page.
                     results.reserve_exact(results.len() / 8 + 64);
@@ -629,7 +791,7 @@ impl CostWalk {
                     line_item: texts.string(fields.line_item),
                     amount: texts.of(amount),
                     currency: texts.string(currency),
-                    quantity: quantity.map_or(Text::NULL, |q| texts.of(q)),
+                    quantity: quantity.map_or(Text::NULL, |(q, _)| texts.of(q)),
                     quantity_unit: texts.string(fields.quantity_unit),
                     raw: texts.of(raw.get()),
                 });
@@ -647,9 +809,19 @@ impl CostWalk {
                 start_time: bucket.start_time,
                 end_time,
                 results: (first, page.results.len() - first),
-                without_amount: u32::try_from(page.without_amount - skipped_before)
-                    .unwrap_or(u32::MAX),
+                left_out: u32::try_from(page.without_amount + page.beyond_numeric - skipped_before)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(continued.map_or(0, |b| b.left_out)),
             });
+        }
+        if let Some(day) = held.take() {
+            // A page without buckets: the held day waits for the next one, or ends the query.
+            if parsed.has_more {
+                self.held = Some(day);
+            } else {
+                let back = day.put_back(&mut page.results, &mut texts);
+                page.buckets.push(back);
+            }
         }
         page.unescaped = texts.unescaped;
         let has_more = parsed.has_more;
@@ -675,6 +847,11 @@ impl CostWalk {
             )));
         }
         self.next_page = Some(token);
+        // The next page may continue this page's last day: it is held back until then.
+        if let Some(day) = HeldDay::take_last(&mut page) {
+            self.cursor = day.start_time;
+            self.held = Some(day);
+        }
         page.covers = (from, self.cursor);
         Ok(page)
     }

@@ -1,6 +1,6 @@
-//! One cost pass: backfill the days never read (committed page by page, so an interrupted
-//! backfill resumes), then re-read the window `[today − lookback_days, tomorrow)` and apply it
-//! in one transaction.
+//! One cost pass: backfill the days not read after they ended (committed page by page, so an
+//! interrupted backfill resumes), then re-read the window `[today − lookback_days, tomorrow)`
+//! and apply it in one transaction.
 
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,7 @@ const PAGES_IN_FLIGHT: usize = 1;
 /// Which part of a pass a page belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Days never read before the window: each page is committed on its own.
+    /// Days before the window not read after they ended: each page is committed on its own.
     Backfill,
     /// The window: every page is applied in one transaction at its end.
     Window,
@@ -319,6 +319,12 @@ async fn run_segments(
                             "cost results without an amount were skipped, not stored as 0"
                         );
                     }
+                    if page.beyond_numeric > 0 {
+                        tracing::warn!(
+                            results = page.beyond_numeric,
+                            "cost results with an amount or quantity of more digits than Postgres numeric holds were skipped; their days keep what is stored"
+                        );
+                    }
                     if phase == Phase::Backfill {
                         session.begin().await?;
                         let days = backfill_page(
@@ -406,8 +412,9 @@ fn apply_error(error: CostApplyError, backfilled_days: i64) -> CostError {
     }
 }
 
-/// Writes a page of days never read, in the open transaction: inserted as it came, or
-/// staged and applied when something is stored for its days after all. The page goes back to
+/// Writes a page of days to backfill, in the open transaction: inserted as it came when its
+/// days were never read, or staged and applied when something is stored for them (a day read
+/// while it was in progress, read again now that it has ended). The page goes back to
 /// the fetcher as soon as it is sent, so the next one is read while Postgres inserts this one.
 /// Returns its days.
 #[allow(clippy::too_many_arguments)]
@@ -439,7 +446,7 @@ async fn backfill_page(
     tracing::info!(
         from = %at(page.covers.0).date_naive(),
         until = %at(page.covers.1).date_naive(),
-        "days never read already have cost rows (or a figure too long to copy); comparing them"
+        "days to backfill were read before, or have cost rows (or a figure too long to copy); comparing them"
     );
     stage_page(session, &page).await?;
     recycle(spares, page);
@@ -483,7 +490,8 @@ fn page_rows(page: &CostPage) -> impl Iterator<Item = CostRow<'_>> + Clone {
 }
 
 /// Stages a page's results and the days it answered for; returns how many days that is. A day
-/// that listed a result without an amount is incomplete: nothing stored for it is removed.
+/// that listed a result left out (without an amount, or with a figure Postgres `numeric`
+/// cannot hold) is incomplete: nothing stored for it is removed.
 async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, StoreError> {
     let readable = page_rows(page).count();
     if readable != page.results() {
@@ -496,15 +504,11 @@ async fn stage_page(session: &mut CostSession, page: &CostPage) -> Result<i64, S
     let mut buckets = page.buckets().peekable();
     let mut day = page.covers.0;
     while day < page.covers.1 {
-        let (results, incomplete) =
-            buckets
-                .next_if(|(b, _)| b.start_time == day)
-                .map_or((0, false), |(b, r)| {
-                    (
-                        i32::try_from(r.len()).unwrap_or(i32::MAX),
-                        b.without_amount > 0,
-                    )
-                });
+        let (results, incomplete) = buckets
+            .next_if(|(b, _)| b.start_time == day)
+            .map_or((0, false), |(b, r)| {
+                (i32::try_from(r.len()).unwrap_or(i32::MAX), b.left_out > 0)
+            });
         days.push((at(day), results, incomplete));
         day += DAY_SECONDS;
     }

@@ -206,7 +206,8 @@ impl CostSession {
         Ok(oldest)
     }
 
-    /// The days in `[from, until)` never read from the Costs API, oldest first.
+    /// The days in `[from, until)` not read from the Costs API after they ended (never read,
+    /// or read only while still in progress, holding their figures so far), oldest first.
     pub async fn unread_days(
         &mut self,
         from: DateTime<Utc>,
@@ -266,7 +267,8 @@ impl CostSession {
     }
 
     /// Stages a page's rows and the days it answered for, with each day's result count and
-    /// whether it listed results without an amount (then no stored row of it is removed).
+    /// whether it listed results left out, without an amount or with a figure `numeric`
+    /// cannot hold (then no stored row of it is removed).
     pub async fn stage<'r>(
         &mut self,
         rows: impl Iterator<Item = CostRow<'r>>,
@@ -334,8 +336,8 @@ impl CostSession {
 
     /// Starts inserting a page of days never read (`days`, each a UTC midnight) straight into
     /// `openai.costs` with a binary `COPY`, inside the open transaction, and records the days
-    /// as read. Nothing to compare, revise or remove: unless something is stored for one of
-    /// these days after all, then nothing is written and the page is to be staged and applied
+    /// as read. Nothing to compare, revise or remove: unless one of these days was read before
+    /// (while it was in progress) or has rows stored after all, then nothing is written and the page is to be staged and applied
     /// (`Backfilled::Compare`), as it is when a figure is too long for a binary `numeric`.
     ///
     /// Once this returns `Sent`, every row is on its way and the page may be let go of while
@@ -525,20 +527,17 @@ impl CostSession {
         Ok(applied)
     }
 
-    /// Records the staged days as read, unless they were already.
+    /// Records the staged days as read, and once as read after they ended where they had.
     async fn record_days(
         &mut self,
         run_id: i64,
         observed_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "insert into openai.cost_days (bucket_start, first_read_at, first_run) \
-             select bucket_start, $1, $2 from cost_stage_days on conflict (bucket_start) do nothing",
-        )
-        .bind(observed_at)
-        .bind(run_id)
-        .execute(&mut self.connection)
-        .await?;
+        sqlx::query(include_str!("costs/record_days.sql"))
+            .bind(observed_at)
+            .bind(run_id)
+            .execute(&mut self.connection)
+            .await?;
         Ok(())
     }
 

@@ -1432,6 +1432,11 @@ fn only_decimal_numbers_postgres_can_hold_pass_as_amounts() {
         "1.23456789012345678901234567",
         "4.5e+3",
         "7E2",
+        "1E+99999",
+        "1e131071",
+        "0.001e131074",
+        "1e-16383",
+        "0e99999999",
     ] {
         assert_eq!(
             ExactNumber::parse(good).map(|n| n.as_str().to_owned()),
@@ -1439,7 +1444,25 @@ fn only_decimal_numbers_postgres_can_hold_pass_as_amounts() {
         );
     }
     for bad in [
-        "", " 1", "1 ", "1.", ".5", "+1", "1e", "1e+", "NaN", "Infinity", "0x10", "1E+99999", "1,5",
+        "",
+        " 1",
+        "1 ",
+        "1.",
+        ".5",
+        "+1",
+        "1e",
+        "1e+",
+        "NaN",
+        "Infinity",
+        "0x10",
+        "1,5",
+        "1e131072",
+        "10e131071",
+        "1e-16384",
+        "1.0e-16383",
+        "0e-16384",
+        "0e1073741823",
+        "1e99999999999999999999",
     ] {
         assert!(ExactNumber::parse(bad).is_err(), "{bad:?} accepted");
     }
@@ -1948,4 +1971,492 @@ async fn bucket_times_written_as_whole_floats_are_read_as_the_same_seconds() {
         .await
         .expect("count");
     assert_eq!(days, 2);
+}
+
+#[tokio::test]
+async fn a_current_day_that_ends_now_on_a_page_followed_by_an_empty_last_page_is_read_as_that_day_so_far()
+ {
+    // Two freedoms the spec leaves a server, together: the current day's bucket ends at the
+    // moment of the answer, and `has_more` is true on a full page whose next page turns out
+    // empty. Refused, today's bucket would fail every pass.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let value = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, value)| value.clone())
+                };
+                let time = |name: &str| {
+                    value(name)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let (start, end) = (time("start_time"), time("end_time"));
+                let now = Utc::now().timestamp();
+                let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                if value("page").is_some() {
+                    return (
+                        json,
+                        r#"{"object":"page","data":[],"has_more":false,"next_page":null}"#
+                            .to_owned(),
+                    );
+                }
+                let buckets: Vec<String> = (start..end)
+                    .step_by(86_400)
+                    .map(|day| {
+                        let bucket_end = if (day..day + 86_400).contains(&now) {
+                            now
+                        } else {
+                            day + 86_400
+                        };
+                        format!(
+                            r#"{{"object":"bucket","start_time":{day},"end_time":{bucket_end},"results":[{{"object":"organization.costs.result","amount":{{"value":"0.5","currency":"usd"}},"line_item":"input","project_id":"proj_a"}}]}}"#
+                        )
+                    })
+                    .collect();
+                (
+                    json,
+                    format!(
+                        r#"{{"object":"page","data":[{}],"has_more":true,"next_page":"page_2"}}"#,
+                        buckets.join(",")
+                    ),
+                )
+            },
+        ),
+    );
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (days,): (i64,) = sqlx::query_as("select count(distinct bucket_start) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(days, 2, "yesterday and today so far");
+}
+
+#[tokio::test]
+async fn a_bucket_shorter_than_a_day_before_the_querys_last_day_is_refused() {
+    // Only the day in progress may end early, and it is the query's last day. A short bucket
+    // on an earlier day, ending the answer, would record the days after it as read and empty.
+    let app = axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let start = query
+                    .iter()
+                    .find(|(key, _)| key == "start_time")
+                    .and_then(|(_, value)| value.parse::<i64>().ok())
+                    .expect("the query names its start");
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    format!(
+                        r#"{{"object":"page","data":[{{"object":"bucket","start_time":{start},"end_time":{},"results":[]}}],"has_more":false,"next_page":null}}"#,
+                        start + 3600
+                    ),
+                )
+            },
+        ),
+    );
+    let client = crate::client::serve_scripted(app).await;
+    let mut walk = client.cost_pages(openai_project_sync::client::CostQuery {
+        start_time: today() - DAY,
+        end_time: today() + DAY,
+        limit: 2,
+    });
+
+    let read = walk.next_page().await;
+
+    assert!(
+        matches!(
+            read,
+            Err(openai_project_sync::client::ApiError::Pagination { .. })
+        ),
+        "{read:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_not_provisional() {
+    // The daemon reads today every hour, so each day is first read while it fills up. A pass
+    // after midnight that reads the ended day and finds it unchanged writes nothing; a figure
+    // that changes days later is then a restatement of an ended day, whatever the row's last
+    // write says. Finance's "what changed after the fact" query (`not provisional`) must show it.
+    let days = ScriptedDays::default();
+    let day = today() - 2 * DAY;
+    let item = Some("gpt-5.4, input");
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("1.00")),
+            scripted_result(Some("proj_c"), item, json!("4")),
+        ],
+    );
+    let (db, deps) = scripted_fixture(3, 3, &days).await;
+    pass(&deps).await;
+    // That first reading was taken at 23:00 on the day itself, while it was still filling up.
+    let late_that_day = DateTime::from_timestamp(day + 23 * 3600, 0).expect("time");
+    sqlx::query(
+        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate rows");
+    sqlx::query(
+        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
+         where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate day");
+    // After midnight the ended day reads the same: no cost row or revision is written (only,
+    // once, that the day has been read after its end).
+    let confirmed = pass(&deps).await;
+    // Days later the API restates it: one figure changes, one row appears, one goes away.
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("2")),
+            scripted_result(Some("proj_b"), item, json!("3")),
+        ],
+    );
+    let restated = pass(&deps).await;
+    let revisions: Vec<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
+        "select project_id, old_amount::text, new_amount::text, provisional from openai.cost_revisions \
+         where bucket_start = to_timestamp($1) order by project_id",
+    )
+    .bind(day as f64)
+    .fetch_all(&db.pool)
+    .await
+    .expect("revisions");
+
+    assert_eq!(
+        (confirmed.counts.updated, confirmed.counts.revisions),
+        (0, 0)
+    );
+    assert_eq!(restated.counts.revisions, 3, "{restated:?}");
+    assert_eq!(
+        revisions,
+        vec![
+            ("proj_a".into(), Some("1".into()), Some("2".into()), false),
+            ("proj_b".into(), None, Some("3".into()), false),
+            ("proj_c".into(), Some("4".into()), None, false),
+        ],
+        "each change came after a pass had read the whole ended day"
+    );
+}
+
+#[tokio::test]
+async fn a_change_found_by_the_first_reading_of_a_day_after_it_ended_is_provisional() {
+    // A day last read at 23:00 while it filled up: what the first reading after midnight finds
+    // changed or added is the day's last hour, not a restatement. Only later changes are.
+    let days = ScriptedDays::default();
+    let day = today() - 2 * DAY;
+    let item = Some("gpt-5.4, input");
+    days.lock().expect("days").insert(
+        day,
+        vec![scripted_result(Some("proj_a"), item, json!("1.00"))],
+    );
+    let (db, deps) = scripted_fixture(3, 3, &days).await;
+    pass(&deps).await;
+    let late_that_day = DateTime::from_timestamp(day + 23 * 3600, 0).expect("time");
+    sqlx::query(
+        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate rows");
+    sqlx::query(
+        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
+         where bucket_start = $1",
+    )
+    .bind(DateTime::from_timestamp(day, 0).expect("time"))
+    .bind(late_that_day)
+    .execute(&db.pool)
+    .await
+    .expect("backdate day");
+    // The day's last hour: proj_a spent more, proj_b started.
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("1.5")),
+            scripted_result(Some("proj_b"), item, json!("0.25")),
+        ],
+    );
+    pass(&deps).await;
+    // Days later, a restatement.
+    days.lock().expect("days").insert(
+        day,
+        vec![
+            scripted_result(Some("proj_a"), item, json!("1.25")),
+            scripted_result(Some("proj_b"), item, json!("0.25")),
+        ],
+    );
+    pass(&deps).await;
+    let revisions: Vec<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
+        "select project_id, old_amount::text, new_amount::text, provisional from openai.cost_revisions \
+         where bucket_start = to_timestamp($1) order by id",
+    )
+    .bind(day as f64)
+    .fetch_all(&db.pool)
+    .await
+    .expect("revisions");
+
+    let mut found = revisions.clone();
+    found[..2].sort();
+    assert_eq!(
+        found,
+        vec![
+            ("proj_a".into(), Some("1".into()), Some("1.5".into()), true),
+            ("proj_b".into(), None, Some("0.25".into()), true),
+            (
+                "proj_a".into(),
+                Some("1.5".into()),
+                Some("1.25".into()),
+                false
+            ),
+        ]
+    );
+}
+
+/// A server that lists every day of a query on a first page (proj_a each) saying has_more,
+/// and continues the query's last day on the next (proj_b): a day split across two pages.
+fn last_day_continued_on_a_second_page() -> axum::Router {
+    axum::Router::new().route(
+        "/v1/organization/costs",
+        axum::routing::get(
+            |axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>| async move {
+                let value = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, value)| value.clone())
+                };
+                let time = |name: &str| {
+                    value(name)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .expect("the pass names its window")
+                };
+                let (start, end) = (time("start_time"), time("end_time"));
+                let bucket = |day: i64, project: &str| {
+                    format!(
+                        r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{{"object":"organization.costs.result","amount":{{"value":"0.5","currency":"usd"}},"line_item":"input","project_id":"{project}"}}]}}"#,
+                        day + 86_400
+                    )
+                };
+                let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                let last = end - 86_400;
+                match value("page") {
+                    None => {
+                        let first: Vec<String> =
+                            (start..end).step_by(86_400).map(|d| bucket(d, "proj_a")).collect();
+                        (
+                            json,
+                            format!(
+                                r#"{{"object":"page","data":[{}],"has_more":true,"next_page":"page_2"}}"#,
+                                first.join(",")
+                            ),
+                        )
+                    }
+                    Some(_) => (
+                        json,
+                        format!(
+                            r#"{{"object":"page","data":[{}],"has_more":false,"next_page":null}}"#,
+                            bucket(last, "proj_b")
+                        ),
+                    ),
+                }
+            },
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
+    // Nothing in the spec says a bucket appears on one page only: a server that caps a page by
+    // results may list a busy day's first results at the end of one page and the rest in the
+    // same bucket at the start of the next. Refused, that day would fail every pass.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let app = last_day_continued_on_a_second_page();
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(app).await,
+        lookback_days: 1,
+        backfill_from: None,
+    };
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (rows,): (i64,) = sqlx::query_as("select count(*) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    // Yesterday and today (each its own query): proj_a from the first page, proj_b from the next.
+    assert_eq!(rows, 4);
+}
+
+#[tokio::test]
+async fn a_backfilled_day_whose_results_continue_on_the_next_page_is_stored_whole() {
+    // Each backfill page is committed on its own: the first half of a split day must not be
+    // written as the whole day and then removed when the second half is compared with it.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: crate::client::serve_scripted(last_day_continued_on_a_second_page()).await,
+        lookback_days: 0,
+        backfill_from: Some(date(today() - 5 * DAY)),
+    };
+
+    let summary = pass(&deps).await;
+
+    let (days_a, backfilled_b, revisions): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(distinct bucket_start) from openai.costs where project_id = 'proj_a'), \
+                (select count(*) from openai.costs where project_id = 'proj_b' and bucket_start < $1), \
+                (select count(*) from openai.cost_revisions)",
+    )
+    .bind(DateTime::from_timestamp(today(), 0).expect("time"))
+    .fetch_one(&db.pool)
+    .await
+    .expect("counts");
+    assert!(summary.backfilled_days == 5, "{summary:?}");
+    assert_eq!(days_a, 6, "every day keeps its first page's result");
+    assert!(backfilled_b > 0, "a backfilled day's second half is stored");
+    assert_eq!(revisions, 0, "nothing was removed or restated");
+}
+
+#[tokio::test]
+async fn a_day_last_read_while_it_was_filling_up_is_read_again_after_it_ended_even_past_the_lookback()
+ {
+    // The daemon read a day while it was in progress, then was down for longer than the
+    // lookback (or runs with `lookback_days = 0`). That day is recorded as read, but what
+    // was stored is its figure so far, not its total: it must be read once more now that it
+    // has ended, or its last hours of spend are missing for good.
+    let days = ScriptedDays::default();
+    let day = today() - 5 * DAY;
+    let item = Some("gpt-5.4, input");
+    days.lock().expect("days").insert(
+        day,
+        vec![scripted_result(Some("proj_a"), item, json!("1.25"))],
+    );
+    let (db, deps) = scripted_fixture(2, 6, &days).await;
+    pass(&deps).await;
+    // As a pass at 10:00 on the day itself left it: read, with the day's figure so far.
+    let that_morning = DateTime::from_timestamp(day + 10 * 3600, 0).expect("time");
+    let start = DateTime::from_timestamp(day, 0).expect("time");
+    sqlx::query(
+        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
+    )
+    .bind(start)
+    .bind(that_morning)
+    .execute(&db.pool)
+    .await
+    .expect("backdate rows");
+    sqlx::query(
+        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
+         where bucket_start = $1",
+    )
+    .bind(start)
+    .bind(that_morning)
+    .execute(&db.pool)
+    .await
+    .expect("backdate day");
+    // The rest of that day's spend, which the API has had ever since the day ended.
+    days.lock().expect("days").insert(
+        day,
+        vec![scripted_result(Some("proj_a"), item, json!("3.75"))],
+    );
+
+    pass(&deps).await;
+
+    let (amount,): (String,) =
+        sqlx::query_as("select amount::text from openai.costs where bucket_start = $1")
+            .bind(start)
+            .fetch_one(&db.pool)
+            .await
+            .expect("the day's row");
+    assert_eq!(amount, "3.75", "the day's total, not its figure at 10:00");
+}
+
+/// Cost passes against a server whose yesterday lists one result of amount `odd` (a JSON
+/// number, as written) beside an ordinary one; every other day one ordinary result.
+async fn passes_with_one_odd_amount(db: &TestDb, odd: String) -> CostDeps {
+    scripted_cost_passes(db, move |day| {
+        let result = |project: &str, amount: &str| {
+            format!(
+                r#"{{"object":"organization.costs.result","amount":{{"value":{amount},"currency":"usd"}},"line_item":"input","project_id":"{project}"}}"#
+            )
+        };
+        let results = if day == today() - DAY {
+            format!("{},{}", result("proj_odd", &odd), result("proj_a", "0.5"))
+        } else {
+            result("proj_a", "0.5")
+        };
+        format!(
+            r#"{{"object":"bucket","start_time":{day},"end_time":{},"results":[{results}]}}"#,
+            day + 86_400
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_very_large_amount_postgres_holds_is_stored_exactly() {
+    // `1e20000` is a JSON number and a `numeric` Postgres holds (it takes up to 131072 digits
+    // before the point). Refused as out of range, it would fail every pass that reads its day.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = passes_with_one_odd_amount(&db, "1e20000".into()).await;
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (exact,): (bool,) = sqlx::query_as(
+        "select amount = '1e20000'::numeric from openai.costs where project_id = 'proj_odd'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the row");
+    assert!(exact);
+}
+
+#[tokio::test]
+async fn an_amount_too_long_for_postgres_fails_no_pass_and_the_rest_of_its_day_is_stored() {
+    // A valid JSON number with more fraction digits than a `numeric` holds (16383). It cannot
+    // be stored exactly; failing the pass for it would fail every pass that reads its day.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = passes_with_one_odd_amount(&db, format!("0.{}", "1".repeat(16_390))).await;
+
+    let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let (ordinary,): (i64,) =
+        sqlx::query_as("select count(*) from openai.costs where project_id = 'proj_a'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(ordinary, 2, "yesterday's and today's ordinary results");
 }

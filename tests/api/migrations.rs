@@ -196,3 +196,59 @@ async fn requests_written_before_the_name_rules_keep_moving_through_the_queue() 
         Some("request_name_is_not_nfc_normalized")
     );
 }
+
+#[tokio::test]
+async fn upgrading_keeps_the_days_known_read_after_they_ended_and_reads_the_rest_again() {
+    // Before 0015 a day counted as read from its first reading, taken while it filled up or not.
+    let db = TestDb::new().await;
+    migrate_up_to(&db, 14).await;
+    let day = |n: i64| format!("2026-03-{n:02} 00:00:00+00");
+    for (start, first_read) in [
+        (day(1), "2026-03-02 01:00:00+00"),
+        (day(2), "2026-03-02 10:00:00+00"),
+        (day(3), "2026-03-03 10:00:00+00"),
+    ] {
+        sqlx::query(
+            "insert into openai.cost_days (bucket_start, first_read_at, first_run) \
+             values ($1::timestamptz, $2::timestamptz, 1)",
+        )
+        .bind(start)
+        .bind(first_read)
+        .execute(&db.pool)
+        .await
+        .expect("a read day");
+    }
+    // Day 2 was read at 10:00 while it filled up, then rewritten by a pass the morning after.
+    sqlx::query(
+        "insert into openai.costs (bucket_start, bucket_end, project_id, line_item, currency, amount, \
+         raw, first_fetched_at, last_fetched_at, first_run, last_run) \
+         values ($1::timestamptz, $1::timestamptz + interval '24 hours', 'proj_a', 'input', 'usd', 2, \
+         '{}', '2026-03-02 10:00:00+00', '2026-03-03 09:00:00+00', 1, 2)",
+    )
+    .bind(day(2))
+    .execute(&db.pool)
+    .await
+    .expect("a cost row");
+
+    store::migrate(&db.pool)
+        .await
+        .expect("the new migrations apply");
+
+    let days: Vec<(String, Option<String>)> = sqlx::query_as(
+        "select to_char(bucket_start at time zone 'UTC', 'DD'), \
+         to_char(read_after_end_at at time zone 'UTC', 'DD HH24:MI') \
+         from openai.cost_days order by bucket_start",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("days");
+    assert_eq!(
+        days,
+        vec![
+            ("01".into(), Some("02 01:00".into())),
+            ("02".into(), Some("03 09:00".into())),
+            ("03".into(), None),
+        ],
+        "first read after its end; written after its end; read only while in progress"
+    );
+}
