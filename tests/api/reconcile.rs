@@ -888,7 +888,10 @@ async fn a_listed_project_holding_a_number_beyond_any_float_is_still_a_candidate
     let app = axum::Router::new().route(
         "/v1/organization/projects",
         axum::routing::get(move || async move {
-            ([(axum::http::header::CONTENT_TYPE, "application/json")], page)
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
         })
         .post(move || {
             let counted = counted.clone();
