@@ -929,3 +929,30 @@ async fn a_listed_project_holding_a_number_beyond_any_float_is_still_a_candidate
         "a second create was sent for a request whose project is listed; it is now {status} ({error:?})"
     );
 }
+
+#[tokio::test]
+async fn a_lone_candidate_found_within_the_grace_is_not_walked_for_again_at_every_tick() {
+    // The outcome became unknown just now; a same-name project is listed but not stored yet.
+    let mut q = queue(20).await;
+    q.deps.reconcile_grace = Duration::from_secs(300);
+    q.emulator.create("Waiting out the grace");
+    insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
+            unknown_since, candidates_since, error) \
+         values ('Waiting out the grace', 'unknown', 1, gen_random_uuid(), now() - interval '10 seconds', \
+            now(), now() - interval '10 seconds', 'the create may have reached the API') \
+         returning id",
+    )
+    .await;
+
+    let mut walks = 0;
+    for _ in 0..5 {
+        walks += tick(&q).await.walks;
+    }
+
+    assert_eq!(
+        walks, 1,
+        "each tick within the grace walked the whole list again for the same lone candidate"
+    );
+}
