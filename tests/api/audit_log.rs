@@ -1221,7 +1221,10 @@ async fn an_event_dated_beyond_any_float_is_left_out_and_fails_no_poll() {
     let client = crate::client::serve_scripted(axum::Router::new().route(
         "/v1/organization/audit_logs",
         axum::routing::get(move || async move {
-            ([(axum::http::header::CONTENT_TYPE, "application/json")], page)
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
         }),
     ))
     .await;
