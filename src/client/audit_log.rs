@@ -68,7 +68,7 @@ struct Required {
     id: String,
     #[serde(rename = "type")]
     kind: String,
-    #[serde(deserialize_with = "super::project::unix_seconds")]
+    #[serde(deserialize_with = "super::project::any_unix_seconds")]
     effective_at: i64,
 }
 
@@ -85,10 +85,18 @@ impl AuditEvent {
     pub fn from_raw(raw: &str) -> Result<AuditEvent, String> {
         let required: Required = serde_json::from_str(raw)
             .map_err(|e| format!("an audit-log event lacks a required field: {e}"))?;
-        let value: Value = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+        // Field by field: a value serde cannot hold (a number beyond any float) in one field
+        // must not make the whole event unreadable.
+        let fields: std::collections::HashMap<String, Box<RawValue>> =
+            serde_json::from_str(raw).map_err(|e| e.to_string())?;
+        let field = |key: &str| {
+            fields
+                .get(key)
+                .and_then(|v| serde_json::from_str::<Value>(v.get()).ok())
+        };
         let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-        let payload = value.get(&required.kind);
-        let actor = value.get("actor");
+        let (payload, actor) = (field(&required.kind), field("actor"));
+        let (payload, actor) = (payload.as_ref(), actor.as_ref());
         let actor_type = text(actor.and_then(|a| a.get("type")));
         let session_user = actor
             .and_then(|a| a.get("session"))

@@ -99,8 +99,26 @@ pub(super) struct RequiredFields {
     pub id: String,
     pub object: String,
     #[allow(dead_code)]
-    #[serde(deserialize_with = "unix_seconds")]
+    #[serde(deserialize_with = "any_unix_seconds")]
     pub created_at: i64,
+}
+
+/// `unix_seconds` for a field read alone (no `flatten` around it), also where the number is
+/// beyond what a float holds (`1e400`): JSON sets no bound, and such a time names no calendar
+/// day either, so it reads as its nearest bound.
+pub(super) fn any_unix_seconds<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<i64, D::Error> {
+    let raw = Box::<RawValue>::deserialize(deserializer)?;
+    let text = raw.get();
+    match serde_json::from_str::<serde_json::Number>(text) {
+        Ok(number) => Ok(saturating_seconds_of(&number)),
+        Err(_) if text.starts_with('-') => Ok(i64::MIN),
+        Err(_) if text.starts_with(|c: char| c.is_ascii_digit()) => Ok(i64::MAX),
+        Err(_) => Err(D::Error::custom(format!(
+            "{text} is not a time in unix seconds"
+        ))),
+    }
 }
 
 /// A time in unix seconds as the API writes it: an integer, or a float (JSON has one number

@@ -60,8 +60,15 @@ impl Candidate {
                 readable: true,
             };
         }
-        let loose: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
-        let text = |key: &str| loose.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        // Field by field, unparsed: one value serde cannot hold (a number beyond any float)
+        // must not hide the name of a project that may be the request's.
+        let loose: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_str(&raw).unwrap_or_default();
+        let text = |key: &str| {
+            loose
+                .get(key)
+                .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+        };
         Candidate {
             project: Project {
                 id: text("id").unwrap_or_default(),

@@ -1446,3 +1446,35 @@ async fn a_create_whose_project_does_not_show_yet_still_gets_its_author_once_it_
         "{created:?}"
     );
 }
+
+#[tokio::test]
+async fn an_event_dated_beyond_any_float_is_left_out_and_fails_no_poll() {
+    // `effective_at` is an integer to the spec, and JSON bounds no number: `1e400` is one.
+    let db = crate::helpers::TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let page = r#"{"object":"list","data":[
+        {"id":"audit_vast","type":"user.added","effective_at":1e400,
+         "actor":{"type":"session","session":{"user":{"id":"user-1","email":"vast@example.com"}}},
+         "user.added":{"id":"user-1","data":{"role":"reader"}}}
+        ],"first_id":"audit_vast","last_id":"audit_vast","has_more":false}"#;
+    let client = crate::client::serve_scripted(axum::Router::new().route(
+        "/v1/organization/audit_logs",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        }),
+    ))
+    .await;
+    let deps = AuditDeps {
+        pool: db.pool.clone(),
+        client,
+        enabled: AuditLogEnabled::On,
+        overlap: Duration::from_secs(3600),
+    };
+
+    let first = audit_log::pass(&deps, "manual").await;
+
+    assert!(first.is_ok(), "{first:?}");
+}

@@ -252,3 +252,62 @@ async fn upgrading_keeps_the_days_known_read_after_they_ended_and_reads_the_rest
         "first read after its end; written after its end; read only while in progress"
     );
 }
+
+#[tokio::test]
+async fn upgrading_a_database_with_audit_events_and_waiting_requests_keeps_the_look_ups_by_name() {
+    let db = TestDb::new().await;
+    migrate_up_to(&db, 13).await;
+    // An event of a create whose name holds a direction mark, which this release drops in
+    // comparisons, and a project stored before the upgrade.
+    sqlx::query(
+        "insert into openai.audit_events (id, type, effective_at, target_id, actor_type, actor_id, raw) \
+         values ('audit_old', 'project.created', now() - interval '1 minute', 'proj_old', 'api_key', 'key_own', \
+                 jsonb_build_object('project.created', jsonb_build_object('id', 'proj_old', \
+                     'data', jsonb_build_object('name', U&'Ops\\200E'))))",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an event as the earlier release stored it");
+    sqlx::query(
+        "insert into openai.project_current \
+            (project_id, name, status, created_at, raw, raw_digest, first_seen_at, last_seen_at) \
+         values ('proj_kept', 'Kept', 'active', now() - interval '1 day', \
+                 '{\"id\":\"proj_kept\",\"name\":\"Kept\",\"created_at\":1}', 0, now(), now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a stored project");
+
+    store::migrate(&db.pool).await.expect("the upgrade applies");
+
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let found = store::created_by_keys(&db.pool, "Ops", since, &["key_own".to_owned()])
+        .await
+        .expect("look up by name");
+    assert_eq!(found, ["proj_old"]);
+    // The same look-up through the index on the comparable name, as a large table would run it.
+    let mut tx = db.pool.begin().await.expect("a transaction");
+    sqlx::query("set local enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .expect("prefer the index");
+    let (by_index,): (i64,) = sqlx::query_as(
+        "select count(*) from openai.audit_events where type = 'project.created' \
+           and openai.comparable_name(raw -> 'project.created' -> 'data' ->> 'name') = openai.comparable_name('Ops')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("look up by index");
+    assert_eq!(
+        by_index, 1,
+        "the index still holds the names as the earlier release compared them"
+    );
+    tx.rollback().await.expect("rollback");
+    let (stored_at_known,): (bool,) = sqlx::query_as(
+        "select stored_at is not null from openai.project_current where project_id = 'proj_kept'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("stored_at");
+    assert!(stored_at_known);
+}

@@ -868,3 +868,91 @@ async fn a_project_already_stored_before_the_attempt_began_is_never_adopted_as_i
         "the request ended {status} with the project that existed before it ({error:?})"
     );
 }
+
+#[tokio::test]
+async fn a_listed_project_holding_a_number_beyond_any_float_is_still_a_candidate() {
+    // A field the spec does not name, holding a number serde's floats cannot: the list is read,
+    // and that project must still count, by its name, as the lost create's candidate.
+    let mut q = queue(0).await;
+    let created_at = chrono::Utc::now().timestamp() - 30;
+    let page: &'static str = Box::leak(
+        format!(
+            r#"{{"object":"list","data":[
+            {{"id":"proj_vast","object":"organization.project","name":"Vast field","created_at":{created_at},"status":"active","spend_limit":1e400}}
+            ],"first_id":"proj_vast","last_id":"proj_vast","has_more":false}}"#
+        )
+        .into_boxed_str(),
+    );
+    let creates = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = creates.clone();
+    let app = axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        })
+        .post(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "{}")
+            }
+        }),
+    );
+    q.deps.client = crate::client::serve_scripted(app).await;
+    // Its create was lost a minute ago; the project it made is listed, not stored yet.
+    let id = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
+            unknown_since, candidates_since, error) \
+         values ('Vast field', 'unknown', 1, gen_random_uuid(), now() - interval '1 minute', \
+            now() - interval '1 minute', now() - interval '1 minute', 'the create may have reached the API') \
+         returning id",
+    )
+    .await;
+
+    eventually("the request leaves unknown", || async {
+        tick(&q).await;
+        status_of(&q.db.pool, id).await != "unknown"
+    })
+    .await;
+    for _ in 0..3 {
+        tick(&q).await;
+    }
+
+    let (status, _, error) = outcome(&q.db.pool, id).await;
+    assert_eq!(
+        creates.load(Ordering::SeqCst),
+        0,
+        "a second create was sent for a request whose project is listed; it is now {status} ({error:?})"
+    );
+}
+
+#[tokio::test]
+async fn a_lone_candidate_found_within_the_grace_is_not_walked_for_again_at_every_tick() {
+    // The outcome became unknown just now; a same-name project is listed but not stored yet.
+    let mut q = queue(20).await;
+    q.deps.reconcile_grace = Duration::from_secs(300);
+    q.emulator.create("Waiting out the grace");
+    insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
+            unknown_since, candidates_since, error) \
+         values ('Waiting out the grace', 'unknown', 1, gen_random_uuid(), now() - interval '10 seconds', \
+            now(), now() - interval '10 seconds', 'the create may have reached the API') \
+         returning id",
+    )
+    .await;
+
+    let mut walks = 0;
+    for _ in 0..5 {
+        walks += tick(&q).await.walks;
+    }
+
+    assert_eq!(
+        walks, 1,
+        "each tick within the grace walked the whole list again for the same lone candidate"
+    );
+}

@@ -2106,6 +2106,24 @@ async fn a_unix_time_no_calendar_of_the_database_holds_is_stored_as_unknown_and_
 }
 
 #[tokio::test]
+async fn a_unix_time_beyond_any_float_fails_no_walk() {
+    // JSON has no bound on a number: `1e400` is an integer to a JSON Schema, and Postgres's
+    // jsonb keeps it. As with 1e20, one such project is stored with its time unknown.
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let page = r#"{"object":"list","data":[
+        {"id":"proj_ok","object":"organization.project","name":"Fine","created_at":1700000000,"status":"active"},
+        {"id":"proj_vast","object":"organization.project","name":"Vast","created_at":1e400,"status":"active"}
+        ],"first_id":"proj_ok","last_id":"proj_vast","has_more":false}"#;
+    let deps = sync_deps(&db, serve_one_list_page(page).await, 100);
+
+    let walked = walk_and_apply(&deps, Trigger::Manual, &CancellationToken::new(), &mut ()).await;
+
+    let walked = walked.map(|s| s.counts.inserted).map_err(|e| e.to_string());
+    assert_eq!(walked, Ok(2), "one absurd time fails every walk");
+}
+
+#[tokio::test]
 async fn a_database_reaping_idle_sessions_does_not_cut_a_walk_waiting_for_its_next_page() {
     // A DBA's idle_session_timeout would end the walk's connection, outside any transaction,
     // while a page is slow to come (a 429's retry-after, say): every such walk would fail.
