@@ -54,7 +54,7 @@ begin
         end if;
         new.finished_at := now();
         new.updated_at := now();
-        if new.error is not distinct from old.error then
+        if new.error is null or new.error is not distinct from old.error then
             new.error := 'cancelled by ' || session_user;
         end if;
         if old.candidates_since is not null then

@@ -338,12 +338,33 @@ pub async fn note_fruitless_walk(
     .await?)
 }
 
-/// Whether some unknown request needs a list walk now: none has looked since it became unknown,
-/// or its second walk is due `grace` after the first.
+/// Notes that a lone candidate for the attempt was found before the grace since the outcome
+/// became unknown had passed, so that no walk is due for the request until it has.
+pub async fn note_candidate_within_grace(
+    pool: &PgPool,
+    request_id: i64,
+    attempt_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update openai.project_requests set candidate_seen_at = now() \
+         where id = $1 and attempt_id = $2::uuid and status = 'unknown'",
+    )
+    .bind(request_id)
+    .bind(attempt_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Whether some unknown request needs a list walk now: none has looked since it became unknown
+/// (a lone candidate found within the grace counts as looked, until the grace has passed), or
+/// its second walk is due `grace` after the first.
 pub async fn reconcile_walk_due(pool: &PgPool, grace: Duration) -> Result<bool, StoreError> {
     let (due,): (bool,) = sqlx::query_as(
         "select exists (select 1 from openai.project_requests where status = 'unknown' and \
-            (first_fruitless_walk_at is null \
+            ((first_fruitless_walk_at is null \
+              and not coalesce(candidate_seen_at >= unknown_since \
+                               and unknown_since + make_interval(secs => $1) > now(), false)) \
              or first_fruitless_walk_at + make_interval(secs => $1) <= now()))",
     )
     .bind(grace.as_secs_f64())

@@ -204,6 +204,9 @@ async fn within_grace(deps: &WorkerDeps, request: &ClaimedRequest) -> Result<boo
     let now = store::database_now(&deps.pool).await?;
     let within = now.signed_duration_since(unknown_since) < grace;
     if within {
+        if let Some(attempt_id) = request.attempt_id.as_deref() {
+            store::note_candidate_within_grace(&deps.pool, request.id, attempt_id).await?;
+        }
         tracing::debug!(
             id = request.id,
             "one candidate, found within the grace since the outcome became unknown; adopting it once the grace has passed"
