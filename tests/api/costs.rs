@@ -2107,24 +2107,7 @@ async fn a_change_to_a_day_already_read_whole_after_it_ended_is_a_restatement_no
     let (db, deps) = scripted_fixture(3, 3, &days).await;
     pass(&deps).await;
     // That first reading was taken at 23:00 on the day itself, while it was still filling up.
-    let late_that_day = DateTime::from_timestamp(day + 23 * 3600, 0).expect("time");
-    sqlx::query(
-        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
-    )
-    .bind(DateTime::from_timestamp(day, 0).expect("time"))
-    .bind(late_that_day)
-    .execute(&db.pool)
-    .await
-    .expect("backdate rows");
-    sqlx::query(
-        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
-         where bucket_start = $1",
-    )
-    .bind(DateTime::from_timestamp(day, 0).expect("time"))
-    .bind(late_that_day)
-    .execute(&db.pool)
-    .await
-    .expect("backdate day");
+    read_only_while_filling_up(&db, day, 23).await;
     // After midnight the ended day reads the same: no cost row or revision is written (only,
     // once, that the day has been read after its end).
     let confirmed = pass(&deps).await;
@@ -2175,24 +2158,7 @@ async fn a_change_found_by_the_first_reading_of_a_day_after_it_ended_is_provisio
     );
     let (db, deps) = scripted_fixture(3, 3, &days).await;
     pass(&deps).await;
-    let late_that_day = DateTime::from_timestamp(day + 23 * 3600, 0).expect("time");
-    sqlx::query(
-        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
-    )
-    .bind(DateTime::from_timestamp(day, 0).expect("time"))
-    .bind(late_that_day)
-    .execute(&db.pool)
-    .await
-    .expect("backdate rows");
-    sqlx::query(
-        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
-         where bucket_start = $1",
-    )
-    .bind(DateTime::from_timestamp(day, 0).expect("time"))
-    .bind(late_that_day)
-    .execute(&db.pool)
-    .await
-    .expect("backdate day");
+    read_only_while_filling_up(&db, day, 23).await;
     // The day's last hour: proj_a spent more, proj_b started.
     days.lock().expect("days").insert(
         day,
@@ -2364,25 +2330,7 @@ async fn a_day_last_read_while_it_was_filling_up_is_read_again_after_it_ended_ev
     let (db, deps) = scripted_fixture(2, 6, &days).await;
     pass(&deps).await;
     // As a pass at 10:00 on the day itself left it: read, with the day's figure so far.
-    let that_morning = DateTime::from_timestamp(day + 10 * 3600, 0).expect("time");
-    let start = DateTime::from_timestamp(day, 0).expect("time");
-    sqlx::query(
-        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
-    )
-    .bind(start)
-    .bind(that_morning)
-    .execute(&db.pool)
-    .await
-    .expect("backdate rows");
-    sqlx::query(
-        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
-         where bucket_start = $1",
-    )
-    .bind(start)
-    .bind(that_morning)
-    .execute(&db.pool)
-    .await
-    .expect("backdate day");
+    read_only_while_filling_up(&db, day, 10).await;
     // The rest of that day's spend, which the API has had ever since the day ended.
     days.lock().expect("days").insert(
         day,
@@ -2393,7 +2341,7 @@ async fn a_day_last_read_while_it_was_filling_up_is_read_again_after_it_ended_ev
 
     let (amount,): (String,) =
         sqlx::query_as("select amount::text from openai.costs where bucket_start = $1")
-            .bind(start)
+            .bind(DateTime::from_timestamp(day, 0).expect("time"))
             .fetch_one(&db.pool)
             .await
             .expect("the day's row");
@@ -2459,4 +2407,29 @@ async fn an_amount_too_long_for_postgres_fails_no_pass_and_the_rest_of_its_day_i
             .await
             .expect("count");
     assert_eq!(ordinary, 2, "yesterday's and today's ordinary results");
+}
+
+/// Makes the stored reading of `day` (unix seconds of its midnight) one taken `hours` into the
+/// day itself, while it was still filling up: its rows and the day fetched then, and the day not
+/// read since it ended.
+async fn read_only_while_filling_up(db: &TestDb, day: i64, hours: i64) {
+    let start = DateTime::from_timestamp(day, 0).expect("time");
+    let then = DateTime::from_timestamp(day + hours * 3600, 0).expect("time");
+    sqlx::query(
+        "update openai.costs set first_fetched_at = $2, last_fetched_at = $2 where bucket_start = $1",
+    )
+    .bind(start)
+    .bind(then)
+    .execute(&db.pool)
+    .await
+    .expect("backdate rows");
+    sqlx::query(
+        "update openai.cost_days set first_read_at = $2, read_after_end_at = null \
+         where bucket_start = $1",
+    )
+    .bind(start)
+    .bind(then)
+    .execute(&db.pool)
+    .await
+    .expect("backdate day");
 }
