@@ -22,3 +22,15 @@ from (
     group by bucket_start
 ) w
 where w.bucket_start = d.bucket_start and d.read_after_end_at is null;
+
+-- A day with a revision recorded after the day ended (a row removed, say, the rest unchanged)
+-- was read after it ended then, too.
+update openai.cost_days d
+set read_after_end_at = r.observed
+from (
+    select bucket_start, min(observed_at) as observed
+    from openai.cost_revisions
+    where observed_at >= bucket_start + interval '24 hours'
+    group by bucket_start
+) r
+where r.bucket_start = d.bucket_start and d.read_after_end_at is null;

@@ -1478,3 +1478,123 @@ async fn an_event_dated_beyond_any_float_is_left_out_and_fails_no_poll() {
 
     assert!(first.is_ok(), "{first:?}");
 }
+
+/// The `updated` and `renamed` changes of `id`, oldest first.
+async fn later_changes(db: &TestDb, id: &str) -> Vec<Change> {
+    sqlx::query_as(
+        "select change, changed_at, new_name, changed_by, time_source from openai.project_changes \
+         where project_id = $1 and change in ('updated', 'renamed') order by changed_at",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .expect("changes")
+}
+
+/// Waits for a whole second later than `after`, and returns it (an event's time).
+async fn next_second(after: DateTime<Utc>) -> DateTime<Utc> {
+    eventually("a new second", || async {
+        Utc::now().timestamp() > after.timestamp()
+    })
+    .await;
+    DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("a time")
+}
+
+#[tokio::test]
+async fn two_key_changes_each_seen_by_a_walk_before_any_poll_each_take_their_own_events_time() {
+    // A key change is a `project.updated` whose `changes_requested` holds no title (the
+    // emulator writes it so). Two of them, each seen by a walk before the first poll: the first
+    // version a walk saw must not take the time of the second event, a change after it was seen.
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    let key_change = json!({"id": id, "changes_requested": {}});
+    let first_at = next_second(Utc::now()).await;
+    org.emulator
+        .set_field(&id, "tier", json!("first"))
+        .expect("changed");
+    org.emulator.record_audit_event(
+        "project.updated",
+        first_at.timestamp(),
+        Some(&id),
+        "ann@example.com",
+        key_change.clone(),
+    );
+    walk(&org).await;
+    let first_seen = later_changes(&org.db, &id).await[0].changed_at;
+    let second_at = next_second(first_seen).await;
+    org.emulator
+        .set_field(&id, "tier", json!("second"))
+        .expect("changed");
+    org.emulator.record_audit_event(
+        "project.updated",
+        second_at.timestamp(),
+        Some(&id),
+        "bob@example.com",
+        key_change,
+    );
+    walk(&org).await;
+
+    pass(&org).await;
+
+    let changes = later_changes(&org.db, &id).await;
+    let times: Vec<(DateTime<Utc>, Option<String>, String)> = changes
+        .into_iter()
+        .map(|c| (c.changed_at, c.changed_by, c.time_source))
+        .collect();
+    assert_eq!(
+        times,
+        vec![
+            (first_at, Some("ann@example.com".into()), "audit_log".into()),
+            (
+                second_at,
+                Some("bob@example.com".into()),
+                "audit_log".into()
+            ),
+        ],
+        "each version a walk saw starts at its own event (the first was seen at {first_seen})"
+    );
+}
+
+#[tokio::test]
+async fn a_name_a_walk_saw_keeps_its_own_events_time_when_the_project_is_renamed_away_and_back() {
+    // Renamed to "Blue" (seen by a walk), then to "Red" and back to "Blue" between two walks:
+    // the last walk sees no change. Two events name "Blue"; the later one is after the walk
+    // that saw "Blue" and cannot be when that version began.
+    let org = org(3).await;
+    walk(&org).await;
+    let id = active_ids(&org.emulator)[0].clone();
+    org.emulator
+        .rename_as(&id, "Blue", "ann@example.com")
+        .expect("renamed");
+    let blue_at = time_of(&event_of(&org.emulator, "project.updated", &id));
+    walk(&org).await;
+    let blue_seen = last_change(&org.db, &id).await.changed_at;
+    next_second(blue_seen).await;
+    org.emulator
+        .rename_as(&id, "Red", "bob@example.com")
+        .expect("renamed");
+    let red_at = time_of(&event_of(&org.emulator, "project.updated", &id));
+    next_second(red_at).await;
+    org.emulator
+        .rename_as(&id, "Blue", "bob@example.com")
+        .expect("renamed");
+    walk(&org).await;
+
+    pass(&org).await;
+
+    let (name,): (Option<String>,) =
+        sqlx::query_as("select name from openai.projects_as_of($2) where project_id = $1")
+            .bind(&id)
+            .bind(blue_seen)
+            .fetch_one(&org.db.pool)
+            .await
+            .expect("the project as the walk saw it");
+    assert_eq!(
+        name.as_deref(),
+        Some("Blue"),
+        "a walk saw Blue at {blue_seen}; history: {:?}",
+        later_changes(&org.db, &id).await
+    );
+    assert_eq!(later_changes(&org.db, &id).await[0].changed_at, blue_at);
+}

@@ -2433,3 +2433,112 @@ async fn read_only_while_filling_up(db: &TestDb, day: i64, hours: i64) {
     .await
     .expect("backdate day");
 }
+
+/// A server that caps a page by results, one result a page, as the spec lets it: a busy day's
+/// results spread over as many pages, each in the same bucket, every page followed by an empty
+/// page that says `has_more`; days without spend are a bucket of their own.
+async fn one_result_a_page_costs(days: ScriptedDays) -> openai_project_sync::client::AdminClient {
+    use axum::extract::{Query, State};
+    let app = axum::Router::new()
+        .route(
+            "/v1/organization/costs",
+            axum::routing::get(
+                |State(days): State<ScriptedDays>,
+                 Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                    let start: i64 = q["start_time"].parse().expect("start");
+                    let end: i64 = q["end_time"].parse().expect("end");
+                    let days = days.lock().expect("days");
+                    // Each slot: a day and one of its results (or none for a day without).
+                    let slots: Vec<(i64, Option<Value>)> = (start..end)
+                        .step_by(86_400)
+                        .flat_map(|day| {
+                            let results = days.get(&day).cloned().unwrap_or_default();
+                            if results.is_empty() {
+                                vec![(day, None)]
+                            } else {
+                                results.into_iter().map(|r| (day, Some(r))).collect()
+                            }
+                        })
+                        .collect();
+                    let (at, empty) = match q.get("page") {
+                        None => (0, false),
+                        Some(token) => {
+                            let (kind, n) = token.split_at(1);
+                            (n.parse::<usize>().expect("offset"), kind == "e")
+                        }
+                    };
+                    if empty {
+                        return axum::Json(json!({"object": "page", "data": [], "has_more": true,
+                                                 "next_page": format!("p{at}")}));
+                    }
+                    let (day, result) = slots[at].clone();
+                    let data = vec![
+                        json!({"object": "bucket", "start_time": day, "end_time": day + DAY,
+                                            "results": result.into_iter().collect::<Vec<_>>()}),
+                    ];
+                    let more = at + 1 < slots.len();
+                    axum::Json(json!({"object": "page", "data": data, "has_more": more,
+                                      "next_page": more.then(|| format!("e{}", at + 1))}))
+                },
+            ),
+        )
+        .with_state(days);
+    crate::client::serve_scripted(app).await
+}
+
+#[tokio::test]
+async fn every_day_a_server_spreads_one_result_a_page_is_stored_whole_and_a_re_run_writes_nothing()
+{
+    let days = ScriptedDays::default();
+    {
+        let mut d = days.lock().expect("days");
+        for n in [6, 5, 3, 2, 1, 0] {
+            let day = today() - n * DAY;
+            let results = (0..(n % 4))
+                .map(|i| {
+                    scripted_result(
+                        Some(&format!("proj_{i}")),
+                        Some("input"),
+                        json!(format!("{n}.{i}")),
+                    )
+                })
+                .collect();
+            d.insert(day, results);
+        }
+    }
+    let db = TestDb::new().await;
+    store::migrate(&db.pool).await.expect("migrations apply");
+    let deps = CostDeps {
+        pool: db.pool.clone(),
+        connect: db.url.parse().expect("test URL parses"),
+        client: one_result_a_page_costs(days.clone()).await,
+        lookback_days: 2,
+        backfill_from: Some(date(today() - 6 * DAY)),
+    };
+
+    pass(&deps).await;
+    let stored = snapshot(&db.pool).await;
+    let again = pass(&deps).await;
+
+    let expected: i64 = [6i64, 5, 3, 2, 1, 0].iter().map(|n| n % 4).sum();
+    let (rows,): (i64,) = sqlx::query_as("select count(*) from openai.costs")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, expected, "every result of every day");
+    assert_eq!(
+        (
+            again.counts.inserted,
+            again.counts.updated,
+            again.counts.removed,
+            again.counts.revisions
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(snapshot(&db.pool).await, stored, "the re-run wrote nothing");
+    let (revisions,): (i64,) = sqlx::query_as("select count(*) from openai.cost_revisions")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(revisions, 0);
+}

@@ -311,3 +311,52 @@ async fn upgrading_a_database_with_audit_events_and_waiting_requests_keeps_the_l
     .expect("stored_at");
     assert!(stored_at_known);
 }
+
+#[tokio::test]
+async fn upgrading_keeps_a_day_read_after_it_ended_whose_only_trace_is_a_removal() {
+    // Read at 10:00 while it filled up with two rows; the pass the morning after found one of
+    // them gone: it removed that row with a revision and left the other as it was. The day was
+    // read after it ended then, though no stored cost row says so.
+    let db = TestDb::new().await;
+    migrate_up_to(&db, 14).await;
+    let day = "2026-03-02 00:00:00+00";
+    sqlx::query(
+        "insert into openai.cost_days (bucket_start, first_read_at, first_run) \
+         values ($1::timestamptz, '2026-03-02 10:00:00+00', 1)",
+    )
+    .bind(day)
+    .execute(&db.pool)
+    .await
+    .expect("a read day");
+    sqlx::query(
+        "insert into openai.costs (bucket_start, bucket_end, project_id, line_item, currency, amount, \
+         raw, first_fetched_at, last_fetched_at, first_run, last_run) \
+         values ($1::timestamptz, $1::timestamptz + interval '24 hours', 'proj_a', 'input', 'usd', 2, \
+         '{}', '2026-03-02 10:00:00+00', '2026-03-02 10:00:00+00', 1, 1)",
+    )
+    .bind(day)
+    .execute(&db.pool)
+    .await
+    .expect("the row that stayed");
+    sqlx::query(
+        "insert into openai.cost_revisions (bucket_start, project_id, line_item, currency, \
+         old_amount, new_amount, provisional, observed_at, run_id) \
+         values ($1::timestamptz, 'proj_b', 'input', 'usd', 1, null, true, '2026-03-03 09:00:00+00', 2)",
+    )
+    .bind(day)
+    .execute(&db.pool)
+    .await
+    .expect("the removal");
+
+    store::migrate(&db.pool)
+        .await
+        .expect("the new migrations apply");
+
+    let (read_after_end,): (Option<String>,) = sqlx::query_as(
+        "select to_char(read_after_end_at at time zone 'UTC', 'DD HH24:MI') from openai.cost_days",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the day");
+    assert_eq!(read_after_end.as_deref(), Some("03 09:00"));
+}

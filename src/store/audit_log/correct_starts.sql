@@ -3,7 +3,9 @@
 -- fields and absent ones alike, as the spec lets a server write either), the version's start was
 -- observed (by a walk, or by a pass that had no event describing it), and one of the project's
 -- stored `project.updated` events describes it: its title, if any, is the version's name (an
--- event with a title preferred, then the latest), it came after the previous version began,
+-- event with a title preferred, then one dated no later than the version was seen, as the
+-- change must have been, then the latest: a later one is the change to the next version, or
+-- a change back to this name), it came after the previous version began,
 -- before the next one began, and is not dated after now. Of several such versions the earliest
 -- is moved; the caller repeats the statement until none is left, so that each statement moves
 -- two neighbouring rows only. The start moves to `effective_at`, never to or before the previous
@@ -39,7 +41,7 @@ with input as (
                or openai.comparable_name(e.raw -> 'project.updated' -> 'changes_requested' ->> 'title')
                   is not distinct from openai.comparable_name(v.name))
         order by e.raw -> 'project.updated' -> 'changes_requested' ->> 'title' is not null desc,
-                 e.effective_at desc, e.id desc
+                 e.effective_at <= v.valid_from desc, e.effective_at desc, e.id desc
         limit 1
     ) e
     order by x.project_id, v.valid_from
