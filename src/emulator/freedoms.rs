@@ -43,6 +43,8 @@ pub struct Freedoms {
     pub default_residency: Option<String>,
     /// Leaves null-valued optional fields out of a project's JSON instead of writing `null`.
     pub omit_nulls: bool,
+    /// Leaves `name` out of every project's JSON: the spec marks it optional.
+    pub omit_names: bool,
     /// Adds fields the client does not model to every project and to every list page.
     pub unknown_fields: bool,
     /// Milliseconds a create takes to land; the server finishes it even if the caller gave up.
@@ -91,6 +93,7 @@ impl Freedoms {
             geography_answer: GeographyAnswer::NewVocabulary,
             default_residency: Some("GLOBAL".into()),
             omit_nulls: true,
+            omit_names: false,
             unknown_fields: true,
             create_delay_ms: 0,
             list_lag_ms: 0,

@@ -53,6 +53,8 @@ pub struct Rendering {
     pub omit_nulls: bool,
     /// Projects and list pages carry fields the client does not model.
     pub unknown_fields: bool,
+    /// Projects are written without their `name`.
+    pub omit_names: bool,
 }
 
 impl Rendering {
@@ -61,6 +63,7 @@ impl Rendering {
         Rendering {
             omit_nulls: freedoms.omit_nulls,
             unknown_fields: freedoms.unknown_fields,
+            omit_names: freedoms.omit_names,
         }
     }
 }
@@ -96,7 +99,9 @@ impl Serialize for Rendered<'_> {
         map.serialize_entry("id", &p.id)?;
         map.serialize_entry("object", &p.object)?;
         map.serialize_entry("created_at", &p.created_at)?;
-        optional(&mut map, "name", &p.name, omit)?;
+        if !self.rendering.omit_names {
+            optional(&mut map, "name", &p.name, omit)?;
+        }
         optional(&mut map, "status", &p.status, omit)?;
         optional(&mut map, "archived_at", &p.archived_at, omit)?;
         optional(&mut map, "external_key_id", &p.external_key_id, omit)?;

@@ -87,9 +87,10 @@ impl Candidate {
         }
     }
 
-    /// Whether the project agrees with what the request asked for, where the API echoed it.
+    /// Whether the project agrees with what the request asked for, where the API echoed it; a
+    /// project listed without its name cannot be told to be the request's.
     pub fn fits(&self, request: &ClaimedRequest) -> bool {
-        if !self.readable {
+        if !self.readable || self.project.name.is_none() {
             return false;
         }
         let key_fits = match (&request.external_key_id, &self.project.external_key_id) {

@@ -229,6 +229,8 @@ fn describe_candidates(request: &ClaimedRequest, candidates: &[Candidate]) -> St
                 p.external_key_id.as_deref().unwrap_or("none shown"),
                 if !c.readable {
                     ", could not be read as a project"
+                } else if p.name.is_none() {
+                    ", its name not shown by the API"
                 } else if c.fits(request) {
                     ""
                 } else {
@@ -307,8 +309,8 @@ async fn settle_not_found(
     Ok(())
 }
 
-/// One walk of the whole list, keeping per request the same-name projects created since its
-/// attempt began.
+/// One walk of the whole list, keeping per request the same-name projects (and those listed
+/// without a name) created since its attempt began.
 async fn list_candidates(
     deps: &WorkerDeps,
     unknown: &[ClaimedRequest],
@@ -320,18 +322,20 @@ async fn list_candidates(
             .or_default()
             .push(i);
     }
+    let every: Vec<usize> = (0..unknown.len()).collect();
     let mut candidates = vec![Vec::new(); unknown.len()];
     let mut walk = deps.client.walk_projects(deps.page_size, true);
     while let Some(page) = walk.next_raw_page().await? {
         for listed in page.projects {
             let candidate = Candidate::from_raw(listed.raw.get().to_owned());
-            let Some(indexes) = candidate
-                .project
-                .name
-                .as_deref()
-                .and_then(|name| by_name.get(&comparable_name(name)))
-            else {
-                continue;
+            // A project listed without its name (the spec lets a server leave it out) may be
+            // any request's: a candidate of each, which never fits.
+            let indexes = match candidate.project.name.as_deref() {
+                None => &every,
+                Some(name) => match by_name.get(&comparable_name(name)) {
+                    Some(indexes) => indexes,
+                    None => continue,
+                },
             };
             for &i in indexes {
                 let since = candidates_since(&unknown[i]).map(|at| at.timestamp());

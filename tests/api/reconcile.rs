@@ -956,3 +956,28 @@ async fn a_lone_candidate_found_within_the_grace_is_not_walked_for_again_at_ever
         "each tick within the grace walked the whole list again for the same lone candidate"
     );
 }
+
+#[tokio::test]
+async fn a_project_listed_without_its_name_is_never_taken_for_no_project_at_all() {
+    // The spec marks a project's name optional: a server may leave it out of every answer. The
+    // project of a lost create then cannot be matched by its name, but that is no proof that
+    // nothing was made: it goes to a person, never to a second create.
+    let q = queue(5).await;
+    q.emulator.set_freedoms(Freedoms {
+        omit_names: true,
+        ..Freedoms::hostile()
+    });
+    lose_next_create(&q);
+    let id = request(&q.db.pool, "Shown without a name").await;
+
+    let (status, project_id, error) = settle(&q, id).await;
+
+    let error = error.unwrap_or_default();
+    assert_eq!(
+        q.emulator.stats().create_calls,
+        1,
+        "a second create: the request ended {status} with {project_id:?} ({error})"
+    );
+    assert_eq!(status, "failed", "{error}");
+    assert!(error.contains("its name not shown"), "{error}");
+}
