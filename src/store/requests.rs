@@ -382,7 +382,7 @@ pub struct StoredCandidate {
 }
 
 /// Projects already stored whose comparable name is the request's (or that the API showed
-/// without a name), created since `since` (or at
+/// without a name, or a blank one), created since `since` (or at
 /// a time the API wrote that no calendar holds), stored no earlier than `attempt_began` (the
 /// database's time), and linked to no request.
 pub async fn stored_candidates(
@@ -394,7 +394,7 @@ pub async fn stored_candidates(
     Ok(sqlx::query_as(
         "select c.project_id, c.raw::text as raw from openai.project_current c \
          where (c.created_at >= $2 or c.created_at is null) and c.stored_at >= $3 \
-           and (c.name is null or openai.comparable_name(c.name) = openai.comparable_name($1)) \
+           and (coalesce(openai.comparable_name(c.name), '') in ('', openai.comparable_name($1))) \
            and not exists (select 1 from openai.project_requests r where r.project_id = c.project_id) \
          order by c.created_at, c.project_id",
     )

@@ -87,10 +87,19 @@ impl Candidate {
         }
     }
 
+    /// The comparable form of the project's name, unless the API showed none or a blank one.
+    pub fn shown_name(&self) -> Option<String> {
+        self.project
+            .name
+            .as_deref()
+            .map(comparable_name)
+            .filter(|name| !name.is_empty())
+    }
+
     /// Whether the project agrees with what the request asked for, where the API echoed it; a
-    /// project listed without its name cannot be told to be the request's.
+    /// project shown without a name cannot be told to be the request's.
     pub fn fits(&self, request: &ClaimedRequest) -> bool {
-        if !self.readable || self.project.name.is_none() {
+        if !self.readable || self.shown_name().is_none() {
             return false;
         }
         let key_fits = match (&request.external_key_id, &self.project.external_key_id) {
@@ -155,6 +164,21 @@ mod tests {
         assert_eq!(region_family("jp"), region_family("JP_STORAGE_PROCESSING"));
         assert_ne!(region_family("EU"), region_family("US_STORAGE_PROCESSING"));
         assert_ne!(region_family("EU"), region_family("GLOBAL"));
+    }
+
+    #[test]
+    fn a_project_shown_without_a_name_or_with_a_blank_one_shows_no_name() {
+        let shown = |raw: &str| Candidate::from_raw(raw.to_owned()).shown_name();
+        let project = |name: &str| {
+            format!(r#"{{"id":"proj_x","object":"organization.project","created_at":1{name}}}"#)
+        };
+        assert_eq!(shown(&project("")), None);
+        assert_eq!(shown(&project(r#","name":null"#)), None);
+        assert_eq!(shown(&project(r#","name":" \u200b ""#)), None);
+        assert_eq!(
+            shown(&project(r#","name":"Ops  A""#)).as_deref(),
+            Some("Ops A")
+        );
     }
 
     #[test]

@@ -229,7 +229,7 @@ fn describe_candidates(request: &ClaimedRequest, candidates: &[Candidate]) -> St
                 p.external_key_id.as_deref().unwrap_or("none shown"),
                 if !c.readable {
                     ", could not be read as a project"
-                } else if p.name.is_none() {
+                } else if c.shown_name().is_none() {
                     ", its name not shown by the API"
                 } else if c.fits(request) {
                     ""
@@ -328,11 +328,11 @@ async fn list_candidates(
     while let Some(page) = walk.next_raw_page().await? {
         for listed in page.projects {
             let candidate = Candidate::from_raw(listed.raw.get().to_owned());
-            // A project listed without its name (the spec lets a server leave it out) may be
-            // any request's: a candidate of each, which never fits.
-            let indexes = match candidate.project.name.as_deref() {
+            // A project listed without its name (the spec lets a server leave it out), or with
+            // a blank one, may be any request's: a candidate of each, which never fits.
+            let indexes = match candidate.shown_name() {
                 None => &every,
-                Some(name) => match by_name.get(&comparable_name(name)) {
+                Some(name) => match by_name.get(&name) {
                     Some(indexes) => indexes,
                     None => continue,
                 },
