@@ -513,7 +513,22 @@ fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     let ok = parsed
         .as_ref()
         .is_some_and(|u| matches!(u.scheme(), "postgres" | "postgresql"));
-    if ok {
+    // A `/`, `#` or `?` in an unescaped password ends the authority early: the URL then fails to
+    // parse, or reads part of the password as a port and the rest as the database name (which
+    // error messages show).
+    let split_password = url
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "postgres" | "postgresql"))
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .is_some_and(|(user_info, _)| user_info.contains(['/', '#', '?']));
+    if split_password {
+        // The value itself is not echoed: it holds a password.
+        Err(ConfigError::Invalid {
+            key: "database.url",
+            problem: "does not parse as user, password, host and database: the user name or password holds a character that URLs reserve".into(),
+            fix: "percent-encode those characters in the user name and password (/ as %2F, # as %23, ? as %3F, @ as %40, % as %25, : as %3A)",
+        })
+    } else if ok {
         Ok(())
     } else {
         // The value itself is not echoed: it may hold a password.
@@ -578,7 +593,14 @@ pub fn validate_schedule_of(key: &'static str, schedule: &str) -> Result<(), Con
             key,
             problem: format!("{schedule:?} is not a valid cron expression ({e})"),
             fix: "give 6 fields, seconds first, in UTC, e.g. \"0 */10 * * * *\"",
-        })
+        })?;
+    // Valid syntax may still name no time at all (the 30th of February): it would never fire.
+    schedule_period_of(key, schedule).map_err(|_| ConfigError::Invalid {
+        key,
+        problem: format!("{schedule:?} never fires (it names no day that exists)"),
+        fix: "give a schedule that names a real time, e.g. \"0 */10 * * * *\"",
+    })?;
+    Ok(())
 }
 
 /// Durations as configuration gives them: `250ms`, `30s`, `5m`, `1h 30m` (humantime), or a bare
