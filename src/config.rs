@@ -561,6 +561,38 @@ pub fn schedule_period_of(key: &'static str, schedule: &str) -> Result<Duration,
         .unwrap_or(Duration::from_secs(3600)))
 }
 
+/// The longest interval between two consecutive fire times of the schedule under `key`, over
+/// the coming year or so (a schedule of business hours waits a weekend between two walks).
+pub fn schedule_longest_gap_of(
+    key: &'static str,
+    schedule: &str,
+) -> Result<Duration, ConfigError> {
+    use std::str::FromStr;
+    let invalid = |problem: String| ConfigError::Invalid {
+        key,
+        problem,
+        fix: "give 6 fields, seconds first, in UTC, e.g. \"0 15 * * * *\"",
+    };
+    let cron = croner::Cron::from_str(schedule).map_err(|e| invalid(e.to_string()))?;
+    let start = chrono::Utc::now();
+    let horizon = start + chrono::Duration::days(400);
+    let mut previous = cron
+        .find_next_occurrence(&start, false)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut longest = chrono::Duration::zero();
+    for _ in 0..10_000 {
+        if previous > horizon {
+            break;
+        }
+        let Ok(next) = cron.find_next_occurrence(&previous, false) else {
+            break;
+        };
+        longest = longest.max(next - previous);
+        previous = next;
+    }
+    Ok(longest.to_std().unwrap_or(Duration::from_secs(3600)))
+}
+
 /// The longest `costs.lookback_days` accepted.
 const MAX_LOOKBACK_DAYS: u32 = 366;
 
