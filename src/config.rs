@@ -563,10 +563,7 @@ pub fn schedule_period_of(key: &'static str, schedule: &str) -> Result<Duration,
 
 /// The longest interval between two consecutive fire times of the schedule under `key`, over
 /// the coming year or so (a schedule of business hours waits a weekend between two walks).
-pub fn schedule_longest_gap_of(
-    key: &'static str,
-    schedule: &str,
-) -> Result<Duration, ConfigError> {
+pub fn schedule_longest_gap_of(key: &'static str, schedule: &str) -> Result<Duration, ConfigError> {
     use std::str::FromStr;
     let invalid = |problem: String| ConfigError::Invalid {
         key,
