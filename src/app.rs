@@ -204,6 +204,11 @@ pub async fn start_daemon(
         ..sync_deps(&settings).await?
     };
     let period = schedule_period(&settings.sync.schedule)?;
+    // Readiness allows the longest wait the schedule has, not the next one: an uneven schedule
+    // (business hours, say) would otherwise be unready every night.
+    let longest_gap =
+        crate::config::schedule_longest_gap_of("sync.schedule", &settings.sync.schedule)?
+            .max(period);
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
     let audit = tokio::spawn(crate::audit_log::run(
         audit_deps(&settings, deps.pool.clone(), deps.client.clone())?,
@@ -225,7 +230,7 @@ pub async fn start_daemon(
     let router = crate::http::router(crate::http::HealthState {
         pool: deps.pool.clone(),
         metrics,
-        max_sync_age: period * 2 + Duration::from_secs(60),
+        max_sync_age: longest_gap.saturating_mul(2) + Duration::from_secs(60),
         worker_running,
     });
     let http_shutdown = shutdown.clone();

@@ -272,12 +272,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Run => {
             let settings = load_settings(&cli)?;
             let shutdown = crate::shutdown::on_signal();
-            let daemon = crate::app::start_daemon(settings, shutdown)
-                .await
-                .map_err(|e| match e.downcast::<ConfigError>() {
-                    Ok(config) => Failure::from(config),
-                    Err(other) => Failure::Runtime(other),
-                })?;
+            // Starting waits on Postgres (another replica's migration, say): a signal meanwhile
+            // stops it; a migration cut short is rolled back by its transaction.
+            let started = tokio::select! {
+                started = crate::app::start_daemon(settings, shutdown.clone()) => started,
+                _ = shutdown.cancelled() => {
+                    tracing::info!("stopped before the daemon had started");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            let daemon = started.map_err(|e| match e.downcast::<ConfigError>() {
+                Ok(config) => Failure::from(config),
+                Err(other) => Failure::Runtime(other),
+            })?;
             daemon
                 .finished
                 .await

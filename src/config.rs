@@ -513,7 +513,22 @@ fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     let ok = parsed
         .as_ref()
         .is_some_and(|u| matches!(u.scheme(), "postgres" | "postgresql"));
-    if ok {
+    // A `/`, `#` or `?` in an unescaped password ends the authority early: the URL then fails to
+    // parse, or reads part of the password as a port and the rest as the database name (which
+    // error messages show).
+    let split_password = url
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "postgres" | "postgresql"))
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .is_some_and(|(user_info, _)| user_info.contains(['/', '#', '?']));
+    if split_password {
+        // The value itself is not echoed: it holds a password.
+        Err(ConfigError::Invalid {
+            key: "database.url",
+            problem: "does not parse as user, password, host and database: the user name or password holds a character that URLs reserve".into(),
+            fix: "percent-encode those characters in the user name and password (/ as %2F, # as %23, ? as %3F, @ as %40, % as %25, : as %3A)",
+        })
+    } else if ok {
         Ok(())
     } else {
         // The value itself is not echoed: it may hold a password.
@@ -544,6 +559,35 @@ pub fn schedule_period_of(key: &'static str, schedule: &str) -> Result<Duration,
     Ok((second - first)
         .to_std()
         .unwrap_or(Duration::from_secs(3600)))
+}
+
+/// The longest interval between two consecutive fire times of the schedule under `key`, over
+/// the coming year or so (a schedule of business hours waits a weekend between two walks).
+pub fn schedule_longest_gap_of(key: &'static str, schedule: &str) -> Result<Duration, ConfigError> {
+    use std::str::FromStr;
+    let invalid = |problem: String| ConfigError::Invalid {
+        key,
+        problem,
+        fix: "give 6 fields, seconds first, in UTC, e.g. \"0 15 * * * *\"",
+    };
+    let cron = croner::Cron::from_str(schedule).map_err(|e| invalid(e.to_string()))?;
+    let start = chrono::Utc::now();
+    let horizon = start + chrono::Duration::days(400);
+    let mut previous = cron
+        .find_next_occurrence(&start, false)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut longest = chrono::Duration::zero();
+    for _ in 0..10_000 {
+        if previous > horizon {
+            break;
+        }
+        let Ok(next) = cron.find_next_occurrence(&previous, false) else {
+            break;
+        };
+        longest = longest.max(next - previous);
+        previous = next;
+    }
+    Ok(longest.to_std().unwrap_or(Duration::from_secs(3600)))
 }
 
 /// The longest `costs.lookback_days` accepted.
@@ -578,7 +622,14 @@ pub fn validate_schedule_of(key: &'static str, schedule: &str) -> Result<(), Con
             key,
             problem: format!("{schedule:?} is not a valid cron expression ({e})"),
             fix: "give 6 fields, seconds first, in UTC, e.g. \"0 */10 * * * *\"",
-        })
+        })?;
+    // Valid syntax may still name no time at all (the 30th of February): it would never fire.
+    schedule_period_of(key, schedule).map_err(|_| ConfigError::Invalid {
+        key,
+        problem: format!("{schedule:?} never fires (it names no day that exists)"),
+        fix: "give a schedule that names a real time, e.g. \"0 */10 * * * *\"",
+    })?;
+    Ok(())
 }
 
 /// Durations as configuration gives them: `250ms`, `30s`, `5m`, `1h 30m` (humantime), or a bare

@@ -184,3 +184,25 @@ async fn an_api_refusal_echoing_a_masked_key_leaves_no_key_in_tables_or_logs() {
         );
     }
 }
+
+#[tokio::test]
+async fn check_never_prints_a_password_whose_unescaped_slash_split_the_database_url() {
+    // `app:9/…` reads as host `localhost`, port 9, and the rest of the password as the database.
+    let emulator = start_emulator(1).await;
+    let base = emulator.base_url();
+    let url = "postgres://localhost:9/S3CRETPART@127.0.0.1:5432/openai";
+
+    let output = run_binary_async(
+        &["check"],
+        &[
+            ("DATABASE_URL", url),
+            ("OPENAI_BASE_URL", &base),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ],
+    )
+    .await;
+
+    let text = output_text(&output);
+    assert!(!text.contains("S3CRETPART"), "{text}");
+    assert!(text.contains("percent-encode"), "{text}");
+}

@@ -486,3 +486,33 @@ fn the_binary_warns_about_a_stray_app_variable_and_refuses_a_non_utf8_one() {
     );
     assert!(!refused.contains("panicked"), "{refused}");
 }
+
+#[test]
+fn a_schedule_that_never_fires_is_refused_by_the_configuration_check() {
+    // Valid cron syntax, but there is no 30th of February: the daemon would never walk.
+    for (variable, key) in [
+        ("APP_SYNC__SCHEDULE", "sync.schedule"),
+        ("APP_COSTS__SCHEDULE", "costs.schedule"),
+    ] {
+        let message = invalid_message(&[(variable, "0 0 0 30 2 *")]);
+        assert!(message.contains(key), "{variable}: {message}");
+    }
+}
+
+#[test]
+fn a_database_password_with_unescaped_url_characters_is_refused_naming_percent_encoding_without_echoing_it()
+ {
+    // Generated passwords often hold `/`, `#`, `?`: unescaped, they end the URL's authority.
+    for url in [
+        "postgres://app:9/S3CRETPART@127.0.0.1:5432/openai",
+        "postgres://app:pa#S3CRETPART@127.0.0.1:5432/openai",
+        "postgres://app:pa?S3CRETPART@127.0.0.1:5432/openai",
+    ] {
+        let message = invalid_message(&[("DATABASE_URL", url)]);
+        assert!(
+            message.contains("database.url") && message.contains("percent-encode"),
+            "{url}: {message}"
+        );
+        assert!(!message.contains("S3CRETPART"), "{url}: {message}");
+    }
+}

@@ -459,3 +459,112 @@ async fn each_failed_walk_the_daemon_survives_is_logged_once_with_what_happens_n
         "nothing else logged as an error: {other_errors:?}"
     );
 }
+
+#[tokio::test]
+async fn readiness_follows_a_schedule_whose_fire_times_are_unevenly_spaced() {
+    use chrono::Datelike;
+    // Twice an hour apart once a year (like business hours: hourly, then a night and a weekend
+    // of nothing), in a month six away from this one: no walk is due for months.
+    let month = (chrono::Utc::now().month() + 5) % 12 + 1;
+    let schedule = format!("0 0 0,1 1 {month} *");
+    let db = TestDb::new().await;
+    let emulator = start_emulator(5).await;
+    let shutdown = CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        settings(&db, &emulator.base_url(), &schedule),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    eventually("the start-up walk succeeds", || async {
+        count_runs(&db, "succeeded").await >= 1
+    })
+    .await;
+
+    // Three hours pass; the schedule asked for nothing in them.
+    sqlx::query(
+        "update openai.sync_runs set started_at = started_at - interval '3 hours', \
+         finished_at = finished_at - interval '3 hours'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("age the walk");
+    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+    shutdown.cancel();
+    let _ = daemon.finished.await;
+
+    assert_eq!(
+        status, 200,
+        "every walk the schedule asked for was made: {body}"
+    );
+}
+
+/// The key sqlx's migrator takes its advisory lock on for database `name`.
+fn migration_lock_id(name: &str) -> i64 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for byte in name.bytes() {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    0x3d32ad9e * i64::from(!crc)
+}
+
+#[tokio::test]
+async fn sigterm_while_migrations_wait_for_another_replica_stops_the_daemon() {
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    // Another replica is migrating (its migration waits behind a long query, say).
+    let mut other = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(migration_lock_id(&name))
+        .execute(&mut other)
+        .await
+        .expect("hold the migration lock");
+    let emulator = start_emulator(1).await;
+    let base = emulator.base_url();
+    let daemon = spawn_binary(
+        &["run"],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("OPENAI_BASE_URL", &base),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+            ("APP_HTTP__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let pid = daemon.id().to_string();
+    eventually("the daemon waits for the migration lock", || async {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "select count(*) from pg_locks where locktype = 'advisory' and not granted",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("locks");
+        waiting >= 1
+    })
+    .await;
+
+    let signalled = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let (code, output) = wait_for_exit(daemon).await;
+    let _ = other.close().await;
+
+    assert!(signalled.success());
+    assert!(
+        code.is_some(),
+        "the daemon ignored SIGTERM while waiting to migrate and had to be killed:\n{output}"
+    );
+}

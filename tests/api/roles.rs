@@ -387,3 +387,145 @@ async fn two_logins_sharing_openai_ops_cannot_cancel_each_others_requests() {
     alice.drop_now().await;
     bob.drop_now().await;
 }
+
+#[tokio::test]
+async fn check_fails_while_the_daemon_roles_queue_policy_is_missing_since_no_request_would_be_claimed()
+ {
+    let db = migrated().await;
+    // As when the schema was migrated before a DBA created openai_daemon: the policy that lets
+    // it see the queue through row security was never made (grant_roles() makes it).
+    sqlx::query("drop policy requests_daemon_works_the_queue on openai.project_requests")
+        .execute(&db.pool)
+        .await
+        .expect("drop the policy");
+    let daemon = Login::create(&db, "nopolicy", &["openai_daemon"]).await;
+    let emulator = start_emulator(1).await;
+    let base = emulator.base_url();
+    let url = db.url_as(&daemon.name);
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+
+    let check = run_binary_async(&["check"], &env).await;
+
+    let text = output_text(&check);
+    daemon.drop_now().await;
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  database") && text.contains("grant_roles"),
+        "{text}"
+    );
+}
+
+/// A login made with a name that needs quoting; dropped by `Login::drop_now`.
+async fn quoted_login(db: &TestDb, name: &str) -> Login {
+    sqlx::query(&format!("create role \"{name}\" login bypassrls"))
+        .execute(&db.pool)
+        .await
+        .expect("create a login");
+    Login {
+        name: format!("\"{name}\""),
+        admin: db.pool.clone(),
+    }
+}
+
+/// Runs `check`, then as the schema's owner the statements its fix line gives; the output.
+async fn follow_checks_advice(db: &TestDb, env: &[(&str, &str)]) -> String {
+    let check = run_binary_async(&["check"], env).await;
+    let text = output_text(&check);
+    let fix = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("fix: as the schema's owner, run: "))
+        .unwrap_or_else(|| panic!("check names grants to run:\n{text}"));
+    sqlx::raw_sql(fix)
+        .execute(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("check's advice runs ({fix}): {e}"));
+    text
+}
+
+#[tokio::test]
+async fn a_role_given_exactly_what_check_asks_for_runs_every_pass() {
+    let db = migrated().await;
+    let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
+    let login = quoted_login(&db, &format!("svc_{suffix}")).await;
+    let emulator = start_emulator(5).await;
+    let base = emulator.base_url();
+    let url = db.url_as(login.name.trim_matches('"'));
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+
+    // The DBA has let it into the schema; check names every other grant.
+    sqlx::query(&format!("grant usage on schema openai to {}", login.name))
+        .execute(&db.pool)
+        .await
+        .expect("schema usage");
+    follow_checks_advice(&db, &env).await;
+    let check = run_binary_async(&["check"], &env).await;
+    let sync = run_binary_async(&["sync"], &env).await;
+
+    let check_text = output_text(&check);
+    let sync_text = output_text(&sync);
+    login.drop_now().await;
+    assert_eq!(check.status.code(), Some(0), "{check_text}");
+    assert_eq!(
+        sync.status.code(),
+        Some(0),
+        "check passed, so every pass should run:\n{sync_text}"
+    );
+}
+
+#[tokio::test]
+async fn checks_grant_advice_quotes_a_role_name_that_needs_it() {
+    let db = migrated().await;
+    let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
+    let login = quoted_login(&db, &format!("svc-openai-{suffix}")).await;
+    let emulator = start_emulator(1).await;
+    let base = emulator.base_url();
+    let url = db.url_as(login.name.trim_matches('"'));
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+
+    sqlx::query(&format!("grant usage on schema openai to {}", login.name))
+        .execute(&db.pool)
+        .await
+        .expect("schema usage");
+    follow_checks_advice(&db, &env).await;
+    let check = run_binary_async(&["check"], &env).await;
+
+    let text = output_text(&check);
+    login.drop_now().await;
+    assert!(text.contains("ok    database"), "{text}");
+}
+
+#[tokio::test]
+async fn check_gives_a_login_with_no_rights_yet_the_grants_to_run() {
+    let db = migrated().await;
+    let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
+    let login = quoted_login(&db, &format!("fresh_{suffix}")).await;
+    let emulator = start_emulator(1).await;
+    let base = emulator.base_url();
+    let url = db.url_as(login.name.trim_matches('"'));
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_ADMIN_KEY", TEST_KEY),
+    ];
+
+    let check = run_binary_async(&["check"], &env).await;
+
+    let text = output_text(&check);
+    login.drop_now().await;
+    assert!(
+        text.contains(&format!("grant usage on schema openai to fresh_{suffix}")),
+        "{text}"
+    );
+}
