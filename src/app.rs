@@ -204,11 +204,6 @@ pub async fn start_daemon(
         ..sync_deps(&settings).await?
     };
     let period = schedule_period(&settings.sync.schedule)?;
-    // Readiness allows the longest wait the schedule has, not the next one: an uneven schedule
-    // (business hours, say) would otherwise be unready every night.
-    let longest_gap =
-        crate::config::schedule_longest_gap_of("sync.schedule", &settings.sync.schedule)?
-            .max(period);
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;
     let audit = tokio::spawn(crate::audit_log::run(
         audit_deps(&settings, deps.pool.clone(), deps.client.clone())?,
@@ -230,7 +225,12 @@ pub async fn start_daemon(
     let router = crate::http::router(crate::http::HealthState {
         pool: deps.pool.clone(),
         metrics,
-        max_sync_age: longest_gap.saturating_mul(2) + Duration::from_secs(60),
+        // Unready once two scheduled walks were missed, however unevenly the schedule's fire
+        // times are spaced (business hours wait a night and a weekend).
+        sync_deadline: crate::http::SyncDeadline::Schedule(Box::new(crate::config::schedule_of(
+            "sync.schedule",
+            &settings.sync.schedule,
+        )?)),
         worker_running,
     });
     let http_shutdown = shutdown.clone();

@@ -540,15 +540,17 @@ fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// How to write a schedule, for an error about one.
+const SCHEDULE_FIX: &str = "give 6 fields, seconds first, in UTC, e.g. \"0 15 * * * *\"";
+
 /// The interval between two consecutive fire times of the schedule under `key`.
 pub fn schedule_period_of(key: &'static str, schedule: &str) -> Result<Duration, ConfigError> {
-    use std::str::FromStr;
+    let cron = schedule_of(key, schedule)?;
     let invalid = |problem: String| ConfigError::Invalid {
         key,
         problem,
-        fix: "give 6 fields, seconds first, in UTC, e.g. \"0 15 * * * *\"",
+        fix: SCHEDULE_FIX,
     };
-    let cron = croner::Cron::from_str(schedule).map_err(|e| invalid(e.to_string()))?;
     let now = chrono::Utc::now();
     let first = cron
         .find_next_occurrence(&now, false)
@@ -561,33 +563,14 @@ pub fn schedule_period_of(key: &'static str, schedule: &str) -> Result<Duration,
         .unwrap_or(Duration::from_secs(3600)))
 }
 
-/// The longest interval between two consecutive fire times of the schedule under `key`, over
-/// the coming year or so (a schedule of business hours waits a weekend between two walks).
-pub fn schedule_longest_gap_of(key: &'static str, schedule: &str) -> Result<Duration, ConfigError> {
+/// The schedule under `key`, parsed.
+pub fn schedule_of(key: &'static str, schedule: &str) -> Result<croner::Cron, ConfigError> {
     use std::str::FromStr;
-    let invalid = |problem: String| ConfigError::Invalid {
+    croner::Cron::from_str(schedule).map_err(|e| ConfigError::Invalid {
         key,
-        problem,
-        fix: "give 6 fields, seconds first, in UTC, e.g. \"0 15 * * * *\"",
-    };
-    let cron = croner::Cron::from_str(schedule).map_err(|e| invalid(e.to_string()))?;
-    let start = chrono::Utc::now();
-    let horizon = start + chrono::Duration::days(400);
-    let mut previous = cron
-        .find_next_occurrence(&start, false)
-        .map_err(|e| invalid(e.to_string()))?;
-    let mut longest = chrono::Duration::zero();
-    for _ in 0..10_000 {
-        if previous > horizon {
-            break;
-        }
-        let Ok(next) = cron.find_next_occurrence(&previous, false) else {
-            break;
-        };
-        longest = longest.max(next - previous);
-        previous = next;
-    }
-    Ok(longest.to_std().unwrap_or(Duration::from_secs(3600)))
+        problem: e.to_string(),
+        fix: SCHEDULE_FIX,
+    })
 }
 
 /// The longest `costs.lookback_days` accepted.

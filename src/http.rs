@@ -19,10 +19,39 @@ use crate::store;
 pub struct HealthState {
     pub pool: PgPool,
     pub metrics: PrometheusHandle,
-    /// A successful walk older than this makes the daemon unready.
-    pub max_sync_age: Duration,
+    /// When the last successful walk is overdue, which makes the daemon unready.
+    pub sync_deadline: SyncDeadline,
     /// Whether the request worker is running; unready while it is not.
     pub worker_running: Arc<AtomicBool>,
+}
+
+/// When the last successful walk is overdue.
+#[derive(Clone)]
+pub enum SyncDeadline {
+    /// Once the schedule has fired twice since the walk started, and a minute more: a walk the
+    /// schedule asked for has been missed, however unevenly its fire times are spaced.
+    Schedule(Box<croner::Cron>),
+    /// Past this age.
+    Age(Duration),
+}
+
+impl SyncDeadline {
+    /// When a walk that started at `started` is overdue; `None`: never.
+    fn overdue_after(
+        &self,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            SyncDeadline::Age(age) => {
+                started.checked_add_signed(chrono::Duration::from_std(*age).ok()?)
+            }
+            SyncDeadline::Schedule(cron) => {
+                let first = cron.find_next_occurrence(&started, false).ok()?;
+                let second = cron.find_next_occurrence(&first, false).ok()?;
+                second.checked_add_signed(chrono::Duration::seconds(60))
+            }
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -66,8 +95,13 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
     }
     match store::last_success_started_at(&state.pool, store::Resource::Projects).await {
         Ok(Some(at)) => {
-            let age = (chrono::Utc::now() - at).to_std().unwrap_or_default();
-            if age > state.max_sync_age {
+            let now = chrono::Utc::now();
+            let age = (now - at).to_std().unwrap_or_default();
+            if state
+                .sync_deadline
+                .overdue_after(at)
+                .is_some_and(|due| now > due)
+            {
                 unready(format!(
                     "the last successful sync started {}s ago",
                     age.as_secs()

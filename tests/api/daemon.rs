@@ -250,7 +250,7 @@ async fn readyz_is_unready_while_the_request_worker_is_not_running() {
     let router = openai_project_sync::http::router(openai_project_sync::http::HealthState {
         pool: db.pool.clone(),
         metrics: openai_project_sync::http::metrics_handle(),
-        max_sync_age: Duration::from_secs(600),
+        sync_deadline: openai_project_sync::http::SyncDeadline::Age(Duration::from_secs(600)),
         worker_running: worker_running.clone(),
     });
     let probe = |router: axum::Router| async move {
@@ -339,7 +339,7 @@ async fn a_status_that_disappeared_is_gone_from_the_next_scrape_and_the_queue_ag
     let router = openai_project_sync::http::router(openai_project_sync::http::HealthState {
         pool: db.pool.clone(),
         metrics: openai_project_sync::http::metrics_handle(),
-        max_sync_age: Duration::from_secs(600),
+        sync_deadline: openai_project_sync::http::SyncDeadline::Age(Duration::from_secs(600)),
         worker_running: Arc::new(AtomicBool::new(true)),
     });
     let scrape = |router: axum::Router| async move {
@@ -497,6 +497,40 @@ async fn readiness_follows_a_schedule_whose_fire_times_are_unevenly_spaced() {
         status, 200,
         "every walk the schedule asked for was made: {body}"
     );
+}
+
+#[tokio::test]
+async fn a_daemon_whose_schedule_fired_twice_since_its_last_successful_walk_is_unready() {
+    let db = TestDb::new().await;
+    let emulator = start_emulator(5).await;
+    let shutdown = CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        settings(&db, &emulator.base_url(), "0 0 * * * *"),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    eventually("the start-up walk succeeds", || async {
+        count_runs(&db, "succeeded").await >= 1
+    })
+    .await;
+    let (fresh, _) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+
+    // Three hours pass without a successful walk: two hourly walks were missed.
+    sqlx::query(
+        "update openai.sync_runs set started_at = started_at - interval '3 hours', \
+         finished_at = finished_at - interval '3 hours'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("age the walk");
+    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+    shutdown.cancel();
+    let _ = daemon.finished.await;
+
+    assert_eq!(fresh, 200);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the last successful sync started"), "{body}");
 }
 
 /// The key sqlx's migrator takes its advisory lock on for database `name`.
