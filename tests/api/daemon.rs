@@ -460,18 +460,16 @@ async fn each_failed_walk_the_daemon_survives_is_logged_once_with_what_happens_n
     );
 }
 
-#[tokio::test]
-async fn readiness_follows_a_schedule_whose_fire_times_are_unevenly_spaced() {
-    use chrono::Datelike;
-    // Twice an hour apart once a year (like business hours: hourly, then a night and a weekend
-    // of nothing), in a month six away from this one: no walk is due for months.
-    let month = (chrono::Utc::now().month() + 5) % 12 + 1;
-    let schedule = format!("0 0 0,1 1 {month} *");
+/// `/readyz` of a daemon on `schedule` once its start-up walk succeeded, and again after that
+/// walk was made three hours older.
+async fn readiness_when_the_last_walk_is_three_hours_older(
+    schedule: &str,
+) -> ((u16, String), (u16, String)) {
     let db = TestDb::new().await;
     let emulator = start_emulator(5).await;
     let shutdown = CancellationToken::new();
     let daemon = openai_project_sync::app::start_daemon(
-        settings(&db, &emulator.base_url(), &schedule),
+        settings(&db, &emulator.base_url(), schedule),
         shutdown.clone(),
     )
     .await
@@ -480,8 +478,7 @@ async fn readiness_follows_a_schedule_whose_fire_times_are_unevenly_spaced() {
         count_runs(&db, "succeeded").await >= 1
     })
     .await;
-
-    // Three hours pass; the schedule asked for nothing in them.
+    let fresh = get(&format!("http://{}/readyz", daemon.http_addr)).await;
     sqlx::query(
         "update openai.sync_runs set started_at = started_at - interval '3 hours', \
          finished_at = finished_at - interval '3 hours'",
@@ -489,9 +486,22 @@ async fn readiness_follows_a_schedule_whose_fire_times_are_unevenly_spaced() {
     .execute(&db.pool)
     .await
     .expect("age the walk");
-    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+    let aged = get(&format!("http://{}/readyz", daemon.http_addr)).await;
     shutdown.cancel();
     let _ = daemon.finished.await;
+    (fresh, aged)
+}
+
+#[tokio::test]
+async fn readiness_follows_a_schedule_whose_fire_times_are_unevenly_spaced() {
+    use chrono::Datelike;
+    // Twice an hour apart once a year (like business hours: hourly, then a night and a weekend
+    // of nothing), in a month six away from this one: no walk is due for months, so three hours
+    // without one miss nothing the schedule asked for.
+    let month = (chrono::Utc::now().month() + 5) % 12 + 1;
+
+    let (_, (status, body)) =
+        readiness_when_the_last_walk_is_three_hours_older(&format!("0 0 0,1 1 {month} *")).await;
 
     assert_eq!(
         status, 200,
@@ -501,32 +511,9 @@ async fn readiness_follows_a_schedule_whose_fire_times_are_unevenly_spaced() {
 
 #[tokio::test]
 async fn a_daemon_whose_schedule_fired_twice_since_its_last_successful_walk_is_unready() {
-    let db = TestDb::new().await;
-    let emulator = start_emulator(5).await;
-    let shutdown = CancellationToken::new();
-    let daemon = openai_project_sync::app::start_daemon(
-        settings(&db, &emulator.base_url(), "0 0 * * * *"),
-        shutdown.clone(),
-    )
-    .await
-    .expect("the daemon starts");
-    eventually("the start-up walk succeeds", || async {
-        count_runs(&db, "succeeded").await >= 1
-    })
-    .await;
-    let (fresh, _) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
-
-    // Three hours pass without a successful walk: two hourly walks were missed.
-    sqlx::query(
-        "update openai.sync_runs set started_at = started_at - interval '3 hours', \
-         finished_at = finished_at - interval '3 hours'",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("age the walk");
-    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
-    shutdown.cancel();
-    let _ = daemon.finished.await;
+    // Hourly: three hours without a successful walk missed two.
+    let ((fresh, _), (status, body)) =
+        readiness_when_the_last_walk_is_three_hours_older("0 0 * * * *").await;
 
     assert_eq!(fresh, 200);
     assert_eq!(status, 503, "{body}");
