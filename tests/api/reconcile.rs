@@ -981,3 +981,53 @@ async fn a_project_listed_without_its_name_is_never_taken_for_no_project_at_all(
     assert_eq!(status, "failed", "{error}");
     assert!(error.contains("its name not shown"), "{error}");
 }
+
+#[tokio::test]
+async fn a_lost_create_listed_without_its_name_is_adopted_once_the_audit_log_names_it_within_the_grace()
+ {
+    // The list leaves every name out; the audit log, the authoritative answer, names the create
+    // a moment later. A nameless candidate tells nothing yet: within the grace the request waits
+    // for the log, rather than going to a person at the first walk.
+    use openai_project_sync::audit_log::{self, AuditDeps};
+    use openai_project_sync::config::AuditLogEnabled;
+
+    let mut q = queue(5).await;
+    q.deps.reconcile_grace = Duration::from_secs(300);
+    q.emulator.set_freedoms(Freedoms {
+        omit_names: true,
+        ..Freedoms::hostile()
+    });
+    let audit = AuditDeps {
+        pool: q.db.pool.clone(),
+        client: q.deps.client.clone(),
+        enabled: AuditLogEnabled::Auto,
+        overlap: Duration::from_secs(3600),
+    };
+    // An answered create, polled from the log, teaches the daemon its own key.
+    let known = request(&q.db.pool, "Answered create").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, known).await, "created");
+    audit_log::pass(&audit, "manual")
+        .await
+        .expect("an audit pass");
+    lose_next_create(&q);
+    let lost = request(&q.db.pool, "Lost, listed without a name").await;
+    tick(&q).await;
+
+    // The reconciler walks before the audit log is polled again.
+    tick(&q).await;
+    let (early, _, early_error) = outcome(&q.db.pool, lost).await;
+    audit_log::pass(&audit, "manual")
+        .await
+        .expect("an audit pass");
+    tick(&q).await;
+    let (status, project_id, error) = outcome(&q.db.pool, lost).await;
+
+    assert_eq!(q.emulator.stats().create_calls, 2);
+    assert_eq!(
+        status, "created",
+        "the request went to a person at the first walk ({early}: {early_error:?}) though the \
+         audit log names its project; now {status} ({error:?})"
+    );
+    assert!(project_id.is_some());
+}
