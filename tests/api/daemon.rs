@@ -655,3 +655,40 @@ async fn a_daemon_whose_walk_just_succeeded_is_ready_however_long_the_walk_took(
 
     assert_eq!(status, 200, "a walk succeeded a second ago: {body}");
 }
+
+#[tokio::test]
+async fn readiness_reads_a_schedule_naming_both_a_day_of_month_and_a_weekday_as_the_scheduler_does()
+ {
+    // The scheduler fires only when both match: on a Friday the 13th, some months apart, never
+    // twice in three weeks. Read as "the 13th or any Friday" it would fire weekly.
+    let db = TestDb::new().await;
+    let emulator = start_emulator(5).await;
+    let shutdown = CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        settings(&db, &emulator.base_url(), "0 0 0 13 * FRI"),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    eventually("the start-up walk succeeds", || async {
+        count_runs(&db, "succeeded").await >= 1
+    })
+    .await;
+
+    // Three weeks pass: the schedule asked for one walk at most.
+    sqlx::query(
+        "update openai.sync_runs set started_at = started_at - interval '21 days', \
+         finished_at = finished_at - interval '21 days'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("age the walk");
+    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+    shutdown.cancel();
+    let _ = daemon.finished.await;
+
+    assert_eq!(
+        status, 200,
+        "the scheduler fired at most once in three weeks: {body}"
+    );
+}
