@@ -658,7 +658,7 @@ async fn a_daemon_whose_walk_just_succeeded_is_ready_however_long_the_walk_took(
 
 #[tokio::test]
 async fn readiness_reads_a_schedule_naming_both_a_day_of_month_and_a_weekday_as_the_scheduler_does()
- {
+{
     // The scheduler fires only when both match: on a Friday the 13th, some months apart, never
     // twice in three weeks. Read as "the 13th or any Friday" it would fire weekly.
     let db = TestDb::new().await;
