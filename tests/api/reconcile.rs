@@ -1031,3 +1031,68 @@ async fn a_lost_create_listed_without_its_name_is_adopted_once_the_audit_log_nam
     );
     assert!(project_id.is_some());
 }
+
+#[tokio::test]
+async fn a_nameless_project_another_request_is_still_creating_does_not_send_a_lost_create_to_a_person()
+ {
+    // "Alpha"'s create was lost; its project is listed with its name. "Beta" is being created
+    // by another replica right now, and the server lists Beta's project without a name (the spec
+    // lets it). Once Beta's answer links that project, Alpha has one fitting candidate.
+    let mut q = queue(0).await;
+    let created_at = chrono::Utc::now().timestamp() - 30;
+    let page: &'static str = Box::leak(
+        format!(
+            r#"{{"object":"list","data":[
+            {{"id":"proj_alpha","object":"organization.project","name":"Alpha","created_at":{created_at},"status":"active"}},
+            {{"id":"proj_beta","object":"organization.project","created_at":{created_at},"status":"active"}}
+            ],"first_id":"proj_alpha","last_id":"proj_beta","has_more":false}}"#
+        )
+        .into_boxed_str(),
+    );
+    let app = axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        }),
+    );
+    q.deps.client = crate::client::serve_scripted(app).await;
+    let alpha = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
+            unknown_since, candidates_since, error) \
+         values ('Alpha', 'unknown', 1, gen_random_uuid(), now() - interval '1 minute', \
+            now() - interval '1 minute', now() - interval '1 minute', 'the create may have reached the API') \
+         returning id",
+    )
+    .await;
+    let beta = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until) \
+         values ('Beta', 'creating', 1, gen_random_uuid(), now() - interval '1 minute', now() + interval '1 hour') \
+         returning id",
+    )
+    .await;
+
+    tick(&q).await;
+    let (while_beta_in_flight, _, early_error) = outcome(&q.db.pool, alpha).await;
+    // Beta's answer arrives: its project is linked to it.
+    sqlx::query(
+        "update openai.project_requests set status = 'created', project_id = 'proj_beta', \
+            lease_until = null, finished_at = now() where id = $1",
+    )
+    .bind(beta)
+    .execute(&q.db.pool)
+    .await
+    .expect("Beta is created");
+    let (status, project_id, error) = settle(&q, alpha).await;
+
+    assert_eq!(
+        (status.as_str(), project_id.as_deref()),
+        ("created", Some("proj_alpha")),
+        "while Beta was being created Alpha became {while_beta_in_flight} ({early_error:?}); \
+         now {status} ({error:?})"
+    );
+}
