@@ -1,7 +1,6 @@
 //! Wires configuration, Postgres, the API client, the schedule, the HTTP listener and shutdown.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -176,7 +175,7 @@ pub fn schedule_period(schedule: &str) -> Result<Duration, ConfigError> {
         problem,
         fix: "give 6 fields, seconds first, in UTC, e.g. \"0 */10 * * * *\"",
     };
-    let cron = croner::Cron::from_str(schedule).map_err(|e| invalid(e.to_string()))?;
+    let cron = crate::config::schedule_of("sync.schedule", schedule)?;
     let first = cron
         .find_next_occurrence(&Utc::now(), false)
         .map_err(|e| invalid(e.to_string()))?;

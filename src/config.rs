@@ -563,14 +563,19 @@ pub fn schedule_period_of(key: &'static str, schedule: &str) -> Result<Duration,
         .unwrap_or(Duration::from_secs(3600)))
 }
 
-/// The schedule under `key`, parsed.
+/// The schedule under `key`, parsed as the scheduler parses it: seconds first, and a day of the
+/// month and a weekday given together must both match (croner's default is either).
 pub fn schedule_of(key: &'static str, schedule: &str) -> Result<croner::Cron, ConfigError> {
-    use std::str::FromStr;
-    croner::Cron::from_str(schedule).map_err(|e| ConfigError::Invalid {
-        key,
-        problem: e.to_string(),
-        fix: SCHEDULE_FIX,
-    })
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(schedule)
+        .map_err(|e| ConfigError::Invalid {
+            key,
+            problem: e.to_string(),
+            fix: SCHEDULE_FIX,
+        })
 }
 
 /// The longest `costs.lookback_days` accepted.

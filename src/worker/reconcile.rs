@@ -178,6 +178,13 @@ async fn settle_with(
             }
         }
         _ => {
+            // A project shown without a name may be this request's own, which the audit log
+            // can still name: within the grace, wait for it rather than go to a person.
+            if candidates.iter().any(|c| c.shown_name().is_none())
+                && within_grace(deps, request).await?
+            {
+                return Ok(());
+            }
             let error = describe_candidates(request, &candidates);
             if store::fail_request(&deps.pool, request.id, attempt_id, &error).await? {
                 report.failed += 1;

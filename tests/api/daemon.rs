@@ -589,3 +589,93 @@ async fn sigterm_while_migrations_wait_for_another_replica_stops_the_daemon() {
         "the daemon ignored SIGTERM while waiting to migrate and had to be killed:\n{output}"
     );
 }
+
+#[tokio::test]
+async fn a_daemon_whose_walk_just_succeeded_is_ready_however_long_the_walk_took() {
+    // Every second: walks run back to back, each as long as the organization makes it (here
+    // seventy seconds). One has just succeeded and the next is under way: nothing was missed.
+    let db = TestDb::new().await;
+    let emulator = start_emulator(5).await;
+    let shutdown = CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        settings(&db, &emulator.base_url(), "* * * * * *"),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    eventually("a walk succeeds", || async {
+        count_runs(&db, "succeeded").await >= 1
+    })
+    .await;
+    // The next walk is slow: it is still listing while the probe asks.
+    emulator.push_fault(openai_project_sync::emulator::FaultRule {
+        endpoint: Endpoint::List,
+        skip: 0,
+        times: None,
+        fault: openai_project_sync::emulator::Fault::Hang,
+    });
+    eventually("a walk is under way that no longer succeeds", || async {
+        let (running,): (bool,) = sqlx::query_as(
+            "select exists (select 1 from openai.sync_runs where resource = 'projects' \
+               and status = 'running' and started_at > \
+                 (select max(finished_at) from openai.sync_runs where status = 'succeeded'))",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("runs");
+        running
+    })
+    .await;
+    // The last successful walk took seventy seconds and finished a moment ago.
+    sqlx::query(
+        "update openai.sync_runs set started_at = now() - interval '70 seconds', \
+            finished_at = now() - interval '1 second' \
+         where id = (select id from openai.sync_runs where status = 'succeeded' \
+                     order by started_at desc limit 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("lengthen the last walk");
+    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+    shutdown.cancel();
+    let _ = daemon.finished.await;
+
+    assert_eq!(status, 200, "a walk succeeded a second ago: {body}");
+}
+
+#[tokio::test]
+async fn readiness_reads_a_schedule_naming_both_a_day_of_month_and_a_weekday_as_the_scheduler_does()
+{
+    // The scheduler fires only when both match: on a Friday the 13th, some months apart, never
+    // twice in three weeks. Read as "the 13th or any Friday" it would fire weekly.
+    let db = TestDb::new().await;
+    let emulator = start_emulator(5).await;
+    let shutdown = CancellationToken::new();
+    let daemon = openai_project_sync::app::start_daemon(
+        settings(&db, &emulator.base_url(), "0 0 0 13 * FRI"),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the daemon starts");
+    eventually("the start-up walk succeeds", || async {
+        count_runs(&db, "succeeded").await >= 1
+    })
+    .await;
+
+    // Three weeks pass: the schedule asked for one walk at most.
+    sqlx::query(
+        "update openai.sync_runs set started_at = started_at - interval '21 days', \
+         finished_at = finished_at - interval '21 days'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("age the walk");
+    let (status, body) = get(&format!("http://{}/readyz", daemon.http_addr)).await;
+    shutdown.cancel();
+    let _ = daemon.finished.await;
+
+    assert_eq!(
+        status, 200,
+        "the scheduler fired at most once in three weeks: {body}"
+    );
+}

@@ -981,3 +981,118 @@ async fn a_project_listed_without_its_name_is_never_taken_for_no_project_at_all(
     assert_eq!(status, "failed", "{error}");
     assert!(error.contains("its name not shown"), "{error}");
 }
+
+#[tokio::test]
+async fn a_lost_create_listed_without_its_name_is_adopted_once_the_audit_log_names_it_within_the_grace()
+ {
+    // The list leaves every name out; the audit log, the authoritative answer, names the create
+    // a moment later. A nameless candidate tells nothing yet: within the grace the request waits
+    // for the log, rather than going to a person at the first walk.
+    use openai_project_sync::audit_log::{self, AuditDeps};
+    use openai_project_sync::config::AuditLogEnabled;
+
+    let mut q = queue(5).await;
+    q.deps.reconcile_grace = Duration::from_secs(300);
+    q.emulator.set_freedoms(Freedoms {
+        omit_names: true,
+        ..Freedoms::hostile()
+    });
+    let audit = AuditDeps {
+        pool: q.db.pool.clone(),
+        client: q.deps.client.clone(),
+        enabled: AuditLogEnabled::Auto,
+        overlap: Duration::from_secs(3600),
+    };
+    // An answered create, polled from the log, teaches the daemon its own key.
+    let known = request(&q.db.pool, "Answered create").await;
+    tick(&q).await;
+    assert_eq!(status_of(&q.db.pool, known).await, "created");
+    audit_log::pass(&audit, "manual")
+        .await
+        .expect("an audit pass");
+    lose_next_create(&q);
+    let lost = request(&q.db.pool, "Lost, listed without a name").await;
+    tick(&q).await;
+
+    // The reconciler walks before the audit log is polled again.
+    tick(&q).await;
+    let (early, _, early_error) = outcome(&q.db.pool, lost).await;
+    audit_log::pass(&audit, "manual")
+        .await
+        .expect("an audit pass");
+    tick(&q).await;
+    let (status, project_id, error) = outcome(&q.db.pool, lost).await;
+
+    assert_eq!(q.emulator.stats().create_calls, 2);
+    assert_eq!(
+        status, "created",
+        "the request went to a person at the first walk ({early}: {early_error:?}) though the \
+         audit log names its project; now {status} ({error:?})"
+    );
+    assert!(project_id.is_some());
+}
+
+#[tokio::test]
+async fn a_nameless_project_another_request_is_still_creating_does_not_send_a_lost_create_to_a_person()
+ {
+    // "Alpha"'s create was lost; its project is listed with its name. "Beta" is being created
+    // by another replica right now, and the server lists Beta's project without a name (the spec
+    // lets it). Once Beta's answer links that project, Alpha has one fitting candidate.
+    let mut q = queue(0).await;
+    let created_at = chrono::Utc::now().timestamp() - 30;
+    let page: &'static str = Box::leak(
+        format!(
+            r#"{{"object":"list","data":[
+            {{"id":"proj_alpha","object":"organization.project","name":"Alpha","created_at":{created_at},"status":"active"}},
+            {{"id":"proj_beta","object":"organization.project","created_at":{created_at},"status":"active"}}
+            ],"first_id":"proj_alpha","last_id":"proj_beta","has_more":false}}"#
+        )
+        .into_boxed_str(),
+    );
+    let app = axum::Router::new().route(
+        "/v1/organization/projects",
+        axum::routing::get(move || async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                page,
+            )
+        }),
+    );
+    q.deps.client = crate::client::serve_scripted(app).await;
+    let alpha = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
+            unknown_since, candidates_since, error) \
+         values ('Alpha', 'unknown', 1, gen_random_uuid(), now() - interval '1 minute', \
+            now() - interval '1 minute', now() - interval '1 minute', 'the create may have reached the API') \
+         returning id",
+    )
+    .await;
+    let beta = insert(
+        &q.db.pool,
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until) \
+         values ('Beta', 'creating', 1, gen_random_uuid(), now() - interval '1 minute', now() + interval '1 hour') \
+         returning id",
+    )
+    .await;
+
+    tick(&q).await;
+    let (while_beta_in_flight, _, early_error) = outcome(&q.db.pool, alpha).await;
+    // Beta's answer arrives: its project is linked to it.
+    sqlx::query(
+        "update openai.project_requests set status = 'created', project_id = 'proj_beta', \
+            lease_until = null, finished_at = now() where id = $1",
+    )
+    .bind(beta)
+    .execute(&q.db.pool)
+    .await
+    .expect("Beta is created");
+    let (status, project_id, error) = settle(&q, alpha).await;
+
+    assert_eq!(
+        (status.as_str(), project_id.as_deref()),
+        ("created", Some("proj_alpha")),
+        "while Beta was being created Alpha became {while_beta_in_flight} ({early_error:?}); \
+         now {status} ({error:?})"
+    );
+}
