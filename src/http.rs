@@ -28,27 +28,33 @@ pub struct HealthState {
 /// When the last successful walk is overdue.
 #[derive(Clone)]
 pub enum SyncDeadline {
-    /// Once the schedule has fired twice since the walk started, and a minute more: a walk the
-    /// schedule asked for has been missed, however unevenly its fire times are spaced.
+    /// Once the schedule has fired twice since the walk finished, and as long again as the walk
+    /// took (the next one may be under way), and a minute more: a walk the schedule asked for
+    /// has been missed, however unevenly its fire times are spaced and however long walks take.
     Schedule(Box<croner::Cron>),
-    /// Past this age.
+    /// Past this age since the walk started.
     Age(Duration),
 }
 
 impl SyncDeadline {
-    /// When a walk that started at `started` is overdue; `None`: never.
+    /// When a walk that started at `started` and finished at `finished` is overdue; `None`:
+    /// never.
     fn overdue_after(
         &self,
         started: chrono::DateTime<chrono::Utc>,
+        finished: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
         match self {
             SyncDeadline::Age(age) => {
                 started.checked_add_signed(chrono::Duration::from_std(*age).ok()?)
             }
             SyncDeadline::Schedule(cron) => {
-                let first = cron.find_next_occurrence(&started, false).ok()?;
+                let finished = finished.unwrap_or(started).max(started);
+                let first = cron.find_next_occurrence(&finished, false).ok()?;
                 let second = cron.find_next_occurrence(&first, false).ok()?;
-                second.checked_add_signed(chrono::Duration::seconds(60))
+                second
+                    .checked_add_signed(finished - started)?
+                    .checked_add_signed(chrono::Duration::seconds(60))
             }
         }
     }
@@ -93,13 +99,13 @@ async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
         Ok(Err(e)) => return unready(format!("database unreachable: {e}")),
         Err(_) => return unready("database did not answer within 3 s".into()),
     }
-    match store::last_success_started_at(&state.pool, store::Resource::Projects).await {
-        Ok(Some(at)) => {
+    match store::last_success_span(&state.pool, store::Resource::Projects).await {
+        Ok(Some((at, finished))) => {
             let now = chrono::Utc::now();
             let age = (now - at).to_std().unwrap_or_default();
             if state
                 .sync_deadline
-                .overdue_after(at)
+                .overdue_after(at, finished)
                 .is_some_and(|due| now > due)
             {
                 unready(format!(

@@ -26,16 +26,17 @@ pub use costs::{
 };
 pub use gauges::{GaugeFigures, gauge_figures};
 pub use requests::{
-    ClaimedRequest, Linked, StoredCandidate, claim_next_request, comparable_name,
-    count_requests_by_status, database_now, defer_request, expire_leases, fail_request,
-    find_same_name, finish_created, linked_projects, mark_unknown, note_candidate_within_grace,
-    note_fruitless_walk, reconcile_walk_due, renew_lease_before_sending, return_to_unknown_unsent,
-    same_name_in_flight, stored_at, stored_candidates, unknown_requests, work_is_due,
+    ClaimedRequest, Linked, StoredCandidate, another_request_in_flight, claim_next_request,
+    comparable_name, count_requests_by_status, database_now, defer_request, expire_leases,
+    fail_request, find_same_name, finish_created, linked_projects, mark_unknown,
+    note_candidate_within_grace, note_fruitless_walk, reconcile_walk_due,
+    renew_lease_before_sending, return_to_unknown_unsent, same_name_in_flight, stored_at,
+    stored_candidates, unknown_requests, work_is_due,
 };
 pub use roles::{MissingGrant, missing_grants};
 pub use runs::{
     Resource, RunCounts, StatusCount, abandon_stale_runs, count_projects_by_status, fail_run,
-    last_success_started_at, start_run,
+    last_success_span, last_success_started_at, start_run,
 };
 pub use walk::{
     ApplyOutcome, GuardRefusal, Listing, WalkSession, content_digest, walk_connect_options,

@@ -437,6 +437,17 @@ pub async fn same_name_in_flight(
     Ok(in_flight)
 }
 
+/// Whether a request other than `request_id` is being created right now, whatever its name.
+pub async fn another_request_in_flight(pool: &PgPool, request_id: i64) -> Result<bool, StoreError> {
+    let (in_flight,): (bool,) = sqlx::query_as(
+        "select exists (select 1 from openai.project_requests where status = 'creating' and id <> $1)",
+    )
+    .bind(request_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(in_flight)
+}
+
 /// The comparable form of `name`, as the database computes it.
 pub async fn comparable_name(pool: &PgPool, name: &str) -> Result<Option<String>, StoreError> {
     let (comparable,): (Option<String>,) = sqlx::query_as("select openai.comparable_name($1)")

@@ -107,6 +107,20 @@ pub async fn last_success_started_at(
     Ok(row.map(|(at,)| at))
 }
 
+/// When the newest successful run of `resource` started and finished.
+pub async fn last_success_span(
+    pool: &PgPool,
+    resource: Resource,
+) -> Result<Option<(DateTime<Utc>, Option<DateTime<Utc>>)>, StoreError> {
+    Ok(sqlx::query_as(
+        "select started_at, finished_at from openai.sync_runs \
+         where status = 'succeeded' and resource = $1 order by started_at desc limit 1",
+    )
+    .bind(resource.as_str())
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Counts projects the last walks still list, per status.
 pub async fn count_projects_by_status(pool: &PgPool) -> Result<Vec<StatusCount>, StoreError> {
     let rows = sqlx::query_as::<_, StatusCount>(

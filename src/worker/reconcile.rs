@@ -179,9 +179,12 @@ async fn settle_with(
         }
         _ => {
             // A project shown without a name may be this request's own, which the audit log
-            // can still name: within the grace, wait for it rather than go to a person.
+            // can still name: within the grace, wait for it rather than go to a person. It may
+            // also be the project of another request being created now, of any name, which its
+            // answer will link: wait for that too.
             if candidates.iter().any(|c| c.shown_name().is_none())
-                && within_grace(deps, request).await?
+                && (within_grace(deps, request).await?
+                    || store::another_request_in_flight(&deps.pool, request.id).await?)
             {
                 return Ok(());
             }
@@ -247,11 +250,16 @@ fn describe_candidates(request: &ClaimedRequest, candidates: &[Candidate]) -> St
         })
         .collect();
     format!(
-        "could not tell whether the create of attempt {} made a project: {} candidate(s) with this name, \
+        "could not tell whether the create of attempt {} made a project: {} candidate(s) with this name{}, \
          created since the attempt began and linked to no request: {}. Check them in the OpenAI \
          dashboard: if one is this request's project it exists already, so do not request it again",
         request.attempts,
         candidates.len(),
+        if candidates.iter().any(|c| c.shown_name().is_none()) {
+            " or with no name shown"
+        } else {
+            ""
+        },
         listed.join("; ")
     )
 }
