@@ -130,6 +130,11 @@ async fn scripted_cost_passes(
             },
         ),
     );
+    one_day_passes_against(db, app).await
+}
+
+/// Cost passes of a one-day lookback and no backfill against the scripted API `app`.
+async fn one_day_passes_against(db: &TestDb, app: axum::Router) -> CostDeps {
     CostDeps {
         pool: db.pool.clone(),
         connect: db.url.parse().expect("test URL parses"),
@@ -1907,13 +1912,7 @@ async fn a_page_token_holding_a_nul_escape_is_sent_back_as_the_api_wrote_it() {
             },
         ),
     );
-    let deps = CostDeps {
-        pool: db.pool.clone(),
-        connect: db.url.parse().expect("test URL parses"),
-        client: crate::client::serve_scripted(app).await,
-        lookback_days: 1,
-        backfill_from: None,
-    };
+    let deps = one_day_passes_against(&db, app).await;
 
     let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
 
@@ -2029,13 +2028,7 @@ async fn a_current_day_that_ends_now_on_a_page_followed_by_an_empty_last_page_is
             },
         ),
     );
-    let deps = CostDeps {
-        pool: db.pool.clone(),
-        connect: db.url.parse().expect("test URL parses"),
-        client: crate::client::serve_scripted(app).await,
-        lookback_days: 1,
-        backfill_from: None,
-    };
+    let deps = one_day_passes_against(&db, app).await;
 
     let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
 
@@ -2263,13 +2256,7 @@ async fn a_day_whose_results_continue_on_the_next_page_is_stored_whole() {
     let db = TestDb::new().await;
     store::migrate(&db.pool).await.expect("migrations apply");
     let app = last_day_continued_on_a_second_page();
-    let deps = CostDeps {
-        pool: db.pool.clone(),
-        connect: db.url.parse().expect("test URL parses"),
-        client: crate::client::serve_scripted(app).await,
-        lookback_days: 1,
-        backfill_from: None,
-    };
+    let deps = one_day_passes_against(&db, app).await;
 
     let outcome = costs::run_pass(&deps, Trigger::Manual, &CancellationToken::new()).await;
 
