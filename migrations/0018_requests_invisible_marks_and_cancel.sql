@@ -12,8 +12,13 @@ as $$
                   '                        '),
         ' {2,}', ' ', 'g'), ' ')
 $$;
--- The queue's look-up of its own creates by name is an index on that function.
-reindex index openai.audit_events_created_by_name;
+-- The queue's look-up of its own creates by name is an index on that function: built anew, not
+-- reindexed, since a connection that used the index before keeps the function's old body in
+-- its cached index definition, and a reindex on that connection would write the old keys.
+drop index openai.audit_events_created_by_name;
+create index audit_events_created_by_name on openai.audit_events
+    (openai.comparable_name(raw -> 'project.created' -> 'data' ->> 'name'))
+    where type = 'project.created';
 
 create or replace function openai.refuse_unsafe_request_name() returns trigger language plpgsql as $$
 declare
