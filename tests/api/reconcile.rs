@@ -26,6 +26,25 @@ fn lose_next_create(q: &Queue) {
     });
 }
 
+/// A request named `name` whose first attempt began `began` ago (an interval) and whose outcome
+/// became unknown `unknown_for` ago; returns its id.
+async fn unknown_request(pool: &PgPool, name: &str, began: &str, unknown_for: &str) -> i64 {
+    let (id,): (i64,) = sqlx::query_as(
+        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
+            unknown_since, candidates_since, error) \
+         values ($1, 'unknown', 1, gen_random_uuid(), now() - $2::interval, now() - $3::interval, \
+            now() - $2::interval, 'the create may have reached the API') \
+         returning id",
+    )
+    .bind(name)
+    .bind(began)
+    .bind(unknown_for)
+    .fetch_one(pool)
+    .await
+    .expect("an unknown request");
+    id
+}
+
 /// Creates land `ms` after they arrive, whatever the caller does meanwhile.
 fn creates_land_after(q: &Queue, ms: u64) {
     q.emulator.set_rates(
@@ -903,15 +922,7 @@ async fn a_listed_project_holding_a_number_beyond_any_float_is_still_a_candidate
     );
     q.deps.client = crate::client::serve_scripted(app).await;
     // Its create was lost a minute ago; the project it made is listed, not stored yet.
-    let id = insert(
-        &q.db.pool,
-        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
-            unknown_since, candidates_since, error) \
-         values ('Vast field', 'unknown', 1, gen_random_uuid(), now() - interval '1 minute', \
-            now() - interval '1 minute', now() - interval '1 minute', 'the create may have reached the API') \
-         returning id",
-    )
-    .await;
+    let id = unknown_request(&q.db.pool, "Vast field", "1 minute", "1 minute").await;
 
     eventually("the request leaves unknown", || async {
         tick(&q).await;
@@ -936,13 +947,11 @@ async fn a_lone_candidate_found_within_the_grace_is_not_walked_for_again_at_ever
     let mut q = queue(20).await;
     q.deps.reconcile_grace = Duration::from_secs(300);
     q.emulator.create("Waiting out the grace");
-    insert(
+    unknown_request(
         &q.db.pool,
-        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
-            unknown_since, candidates_since, error) \
-         values ('Waiting out the grace', 'unknown', 1, gen_random_uuid(), now() - interval '10 seconds', \
-            now(), now() - interval '10 seconds', 'the create may have reached the API') \
-         returning id",
+        "Waiting out the grace",
+        "10 seconds",
+        "0 seconds",
     )
     .await;
 
@@ -1049,25 +1058,8 @@ async fn a_nameless_project_another_request_is_still_creating_does_not_send_a_lo
         )
         .into_boxed_str(),
     );
-    let app = axum::Router::new().route(
-        "/v1/organization/projects",
-        axum::routing::get(move || async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                page,
-            )
-        }),
-    );
-    q.deps.client = crate::client::serve_scripted(app).await;
-    let alpha = insert(
-        &q.db.pool,
-        "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, \
-            unknown_since, candidates_since, error) \
-         values ('Alpha', 'unknown', 1, gen_random_uuid(), now() - interval '1 minute', \
-            now() - interval '1 minute', now() - interval '1 minute', 'the create may have reached the API') \
-         returning id",
-    )
-    .await;
+    q.deps.client = crate::client::serve_one_list_page(page).await;
+    let alpha = unknown_request(&q.db.pool, "Alpha", "1 minute", "1 minute").await;
     let beta = insert(
         &q.db.pool,
         "insert into openai.project_requests (name, status, attempts, attempt_id, attempt_started_at, lease_until) \

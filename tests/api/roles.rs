@@ -29,7 +29,7 @@ impl Login {
     }
 
     /// Drops the login; roles outlive the test database.
-    async fn drop_now(self) {
+    async fn drop_now(&self) {
         sqlx::query(&format!("drop owned by {}", self.name))
             .execute(&self.admin)
             .await
@@ -432,6 +432,41 @@ async fn quoted_login(db: &TestDb, name: &str) -> Login {
 }
 
 /// Runs `check`, then as the schema's owner the statements its fix line gives; the output.
+/// A migrated database, a login of its own whose name starts `prefix` (quoted where it must
+/// be), and an emulator of `projects`: what a command run as that login needs.
+struct AsLogin {
+    db: TestDb,
+    login: Login,
+    url: String,
+    base: String,
+    _emulator: openai_project_sync::emulator::EmulatorHandle,
+}
+
+impl AsLogin {
+    async fn new(prefix: &str, projects: usize) -> AsLogin {
+        let db = migrated().await;
+        let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
+        let login = quoted_login(&db, &format!("{prefix}{suffix}")).await;
+        let emulator = start_emulator(projects).await;
+        AsLogin {
+            url: db.url_as(login.name.trim_matches('"')),
+            base: emulator.base_url(),
+            db,
+            login,
+            _emulator: emulator,
+        }
+    }
+
+    /// The environment a command run as the login gets.
+    fn env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("DATABASE_URL", self.url.as_str()),
+            ("OPENAI_BASE_URL", self.base.as_str()),
+            ("OPENAI_ADMIN_KEY", TEST_KEY),
+        ]
+    }
+}
+
 async fn follow_checks_advice(db: &TestDb, env: &[(&str, &str)]) -> String {
     let check = run_binary_async(&["check"], env).await;
     let text = output_text(&check);
@@ -448,24 +483,15 @@ async fn follow_checks_advice(db: &TestDb, env: &[(&str, &str)]) -> String {
 
 #[tokio::test]
 async fn a_role_given_exactly_what_check_asks_for_runs_every_pass() {
-    let db = migrated().await;
-    let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
-    let login = quoted_login(&db, &format!("svc_{suffix}")).await;
-    let emulator = start_emulator(5).await;
-    let base = emulator.base_url();
-    let url = db.url_as(login.name.trim_matches('"'));
-    let env = [
-        ("DATABASE_URL", url.as_str()),
-        ("OPENAI_BASE_URL", base.as_str()),
-        ("OPENAI_ADMIN_KEY", TEST_KEY),
-    ];
+    let run = AsLogin::new("svc_", 5).await;
+    let (db, login, env) = (&run.db, &run.login, run.env());
 
     // The DBA has let it into the schema; check names every other grant.
     sqlx::query(&format!("grant usage on schema openai to {}", login.name))
         .execute(&db.pool)
         .await
         .expect("schema usage");
-    follow_checks_advice(&db, &env).await;
+    follow_checks_advice(db, &env).await;
     let check = run_binary_async(&["check"], &env).await;
     let sync = run_binary_async(&["sync"], &env).await;
 
@@ -482,23 +508,14 @@ async fn a_role_given_exactly_what_check_asks_for_runs_every_pass() {
 
 #[tokio::test]
 async fn checks_grant_advice_quotes_a_role_name_that_needs_it() {
-    let db = migrated().await;
-    let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
-    let login = quoted_login(&db, &format!("svc-openai-{suffix}")).await;
-    let emulator = start_emulator(1).await;
-    let base = emulator.base_url();
-    let url = db.url_as(login.name.trim_matches('"'));
-    let env = [
-        ("DATABASE_URL", url.as_str()),
-        ("OPENAI_BASE_URL", base.as_str()),
-        ("OPENAI_ADMIN_KEY", TEST_KEY),
-    ];
+    let run = AsLogin::new("svc-openai-", 1).await;
+    let (db, login, env) = (&run.db, &run.login, run.env());
 
     sqlx::query(&format!("grant usage on schema openai to {}", login.name))
         .execute(&db.pool)
         .await
         .expect("schema usage");
-    follow_checks_advice(&db, &env).await;
+    follow_checks_advice(db, &env).await;
     let check = run_binary_async(&["check"], &env).await;
 
     let text = output_text(&check);
@@ -508,24 +525,18 @@ async fn checks_grant_advice_quotes_a_role_name_that_needs_it() {
 
 #[tokio::test]
 async fn check_gives_a_login_with_no_rights_yet_the_grants_to_run() {
-    let db = migrated().await;
-    let suffix = db.url.rsplit('/').next().unwrap_or("x").to_owned();
-    let login = quoted_login(&db, &format!("fresh_{suffix}")).await;
-    let emulator = start_emulator(1).await;
-    let base = emulator.base_url();
-    let url = db.url_as(login.name.trim_matches('"'));
-    let env = [
-        ("DATABASE_URL", url.as_str()),
-        ("OPENAI_BASE_URL", base.as_str()),
-        ("OPENAI_ADMIN_KEY", TEST_KEY),
-    ];
+    let run = AsLogin::new("fresh_", 1).await;
+    let (login, env) = (&run.login, run.env());
 
     let check = run_binary_async(&["check"], &env).await;
 
     let text = output_text(&check);
     login.drop_now().await;
     assert!(
-        text.contains(&format!("grant usage on schema openai to fresh_{suffix}")),
+        text.contains(&format!(
+            "grant usage on schema openai to {}",
+            login.name.trim_matches('"')
+        )),
         "{text}"
     );
 }
