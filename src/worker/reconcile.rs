@@ -63,7 +63,9 @@ pub async fn settle_unknown(
             .into_iter()
             .map(|c| Candidate::from_raw(c.raw))
             .collect();
-        if candidates.is_empty() {
+        if candidates.is_empty()
+            || stored_state_predates_the_grace(deps, &request, &candidates).await?
+        {
             unsettled.push(request);
         } else {
             settle_with(deps, &request, candidates, report).await?;
@@ -223,6 +225,33 @@ async fn within_grace(deps: &WorkerDeps, request: &ClaimedRequest) -> Result<boo
         );
     }
     Ok(within)
+}
+
+/// Whether the one fitting stored candidate of a request whose grace has passed may not be
+/// adopted from the stored state: no walk has listed the projects since the grace ended, so our
+/// own create, landed within the grace, may be missing beside it. Such a request takes a list
+/// walk (which then shows both, for a person, or the one alone).
+async fn stored_state_predates_the_grace(
+    deps: &WorkerDeps,
+    request: &ClaimedRequest,
+    candidates: &[Candidate],
+) -> Result<bool, WorkerError> {
+    let ([only], Some(unknown_since)) = (candidates, request.unknown_since) else {
+        return Ok(false);
+    };
+    if !only.fits(request) {
+        return Ok(false);
+    }
+    let grace = chrono::Duration::from_std(deps.reconcile_grace).unwrap_or(chrono::Duration::MAX);
+    let Some(grace_ends) = unknown_since.checked_add_signed(grace) else {
+        return Ok(false);
+    };
+    if store::database_now(&deps.pool).await? < grace_ends {
+        // Within the grace: the candidate waits there (`within_grace`).
+        return Ok(false);
+    }
+    let listed_at = store::last_success_started_at(&deps.pool, store::Resource::Projects).await?;
+    Ok(listed_at.is_none_or(|at| at < grace_ends))
 }
 
 /// The reason a request goes to a person: every candidate with what the API said of it.

@@ -709,6 +709,33 @@ async fn a_same_name_project_appearing_while_our_create_is_still_landing_is_not_
 }
 
 #[tokio::test]
+async fn a_same_name_project_a_walk_stored_while_our_create_was_landing_is_not_adopted_once_the_grace_has_passed()
+ {
+    let mut q = queue(5).await;
+    q.deps.reconcile_grace = Duration::from_secs(4);
+    let name = "Stored while ours was landing";
+    let id = unknown_request(&q.db.pool, name, "1 second", "0 seconds").await;
+    // Someone else's project of the name, stored by a walk within the grace, before ours lands.
+    let theirs = q.emulator.create(name);
+    sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+    let ours = q.emulator.create(name);
+
+    let (status, project_id, error) = settle(&q, id).await;
+
+    let error = error.unwrap_or_default();
+    assert!(
+        project_id.as_deref() == Some(ours.id.as_str())
+            || (status == "failed" && error.contains(&ours.id) && error.contains(&theirs.id)),
+        "the request ended {status} with {project_id:?} ({error}): our own project {} is linked to \
+         nothing, and the stored one ({}) was taken as the request's without a listing taken after \
+         the grace",
+        ours.id,
+        theirs.id
+    );
+    assert_eq!(q.emulator.stats().create_calls, 0, "no create is sent");
+}
+
+#[tokio::test]
 async fn a_request_put_back_after_an_unconfirmed_attempt_is_not_cancelled_as_if_nothing_was_made() {
     let mut q = queue(5).await;
     // Put back to pending, it stays there: its next attempt is an hour away.
