@@ -352,15 +352,32 @@ async fn start_cost_schedule(
                 _ = shutdown.cancelled() => break,
                 trigger = due.recv() => match trigger { Some(t) => t, None => break },
             };
-            match costs::run_pass(&cost_deps, trigger, &shutdown).await {
-                Ok(_) => {}
-                Err(costs::CostError::AlreadyRunning) => {
+            let (pass_deps, pass_shutdown) = (cost_deps.clone(), shutdown.clone());
+            let started = std::time::Instant::now();
+            let pass = crate::panics::caught(async move {
+                costs::run_pass(&pass_deps, trigger, &pass_shutdown).await
+            });
+            match pass.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(costs::CostError::AlreadyRunning)) => {
                     tracing::info!("another replica is running a cost pass; skipping this tick");
                 }
-                Err(error) => tracing::error!(
+                Ok(Err(error)) => tracing::error!(
                     error = %error,
                     "the cost pass failed; the daemon keeps running and tries again at the next scheduled tick"
                 ),
+                Err(panic) => {
+                    crate::metric::record_pass(
+                        store::Resource::Costs,
+                        "failed",
+                        0,
+                        started.elapsed(),
+                    );
+                    tracing::error!(
+                        panic = %panic,
+                        "the cost pass panicked; the daemon keeps running and tries again at the next scheduled tick"
+                    )
+                }
             }
         }
     }))

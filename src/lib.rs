@@ -15,6 +15,7 @@ pub mod http;
 pub mod json_text;
 pub mod local_postgres;
 pub mod metric;
+pub mod panics;
 pub mod secrets;
 pub mod shutdown;
 pub mod store;

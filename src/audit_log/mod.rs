@@ -448,13 +448,27 @@ async fn retrieve_all(
 pub async fn run(deps: AuditDeps, interval: Duration, shutdown: CancellationToken) {
     let mut trigger = "startup";
     loop {
-        match pass(&deps, trigger).await {
-            Ok(AuditOutcome::Disabled) => return,
-            Ok(_) => {}
-            Err(error) => tracing::error!(
+        let pass_deps = deps.clone();
+        let started = Instant::now();
+        match crate::panics::caught(async move { pass(&pass_deps, trigger).await }).await {
+            Ok(Ok(AuditOutcome::Disabled)) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(
                 error = %error,
                 "the audit-log poll failed; the daemon keeps running and polls again"
             ),
+            Err(panic) => {
+                crate::metric::record_pass(
+                    store::Resource::AuditLog,
+                    "failed",
+                    0,
+                    started.elapsed(),
+                );
+                tracing::error!(
+                    panic = %panic,
+                    "the audit-log poll panicked; the daemon keeps running and polls again"
+                )
+            }
         }
         trigger = "schedule";
         tokio::select! {

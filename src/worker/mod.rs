@@ -233,7 +233,7 @@ async fn attempt_catching_panics(
         Ok(outcome) => return outcome,
         Err(e) => e,
     };
-    let message = panic_message(panic);
+    let message = crate::panics::panic_message(panic);
     tracing::error!(parent: &span, panic = %message, "the worker panicked handling a request; it is now unknown and will be looked up");
     let mut report = TickReport::default();
     if let Some(attempt_id) = attempt_id {
@@ -244,18 +244,6 @@ async fn attempt_catching_panics(
             u32::from(store::mark_unknown(&deps.pool, id, &attempt_id, &reason).await?);
     }
     Ok(report)
-}
-
-fn panic_message(error: tokio::task::JoinError) -> String {
-    if !error.is_panic() {
-        return error.to_string();
-    }
-    let payload = error.into_panic();
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .map_or_else(|| "a panic".to_owned(), |m| format!("panic: {m}"))
 }
 
 /// Creates the project of one claimed request and records what is known of the outcome.
