@@ -353,8 +353,7 @@ async fn start_cost_schedule(
                 trigger = due.recv() => match trigger { Some(t) => t, None => break },
             };
             let (pass_deps, pass_shutdown) = (cost_deps.clone(), shutdown.clone());
-            let started = std::time::Instant::now();
-            let pass = crate::panics::caught(async move {
+            let pass = crate::panics::caught_pass(store::Resource::Costs, async move {
                 costs::run_pass(&pass_deps, trigger, &pass_shutdown).await
             });
             match pass.await {
@@ -366,18 +365,10 @@ async fn start_cost_schedule(
                     error = %error,
                     "the cost pass failed; the daemon keeps running and tries again at the next scheduled tick"
                 ),
-                Err(panic) => {
-                    crate::metric::record_pass(
-                        store::Resource::Costs,
-                        "failed",
-                        0,
-                        started.elapsed(),
-                    );
-                    tracing::error!(
-                        panic = %panic,
-                        "the cost pass panicked; the daemon keeps running and tries again at the next scheduled tick"
-                    )
-                }
+                Err(panic) => tracing::error!(
+                    panic = %panic,
+                    "the cost pass panicked; the daemon keeps running and tries again at the next scheduled tick"
+                ),
             }
         }
     }))

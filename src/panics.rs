@@ -14,6 +14,19 @@ pub async fn caught<T: Send + 'static>(
         .map_err(panic_message)
 }
 
+/// `caught` for one pass of `resource`: a pass that panicked is counted as a failed pass.
+pub async fn caught_pass<T: Send + 'static>(
+    resource: crate::store::Resource,
+    pass: impl Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    let started = std::time::Instant::now();
+    let outcome = caught(pass).await;
+    if outcome.is_err() {
+        crate::metric::record_pass(resource, "failed", 0, started.elapsed());
+    }
+    outcome
+}
+
 /// What a task that did not finish said: its panic's message, or why it was stopped.
 pub fn panic_message(error: tokio::task::JoinError) -> String {
     if !error.is_panic() {

@@ -449,26 +449,18 @@ pub async fn run(deps: AuditDeps, interval: Duration, shutdown: CancellationToke
     let mut trigger = "startup";
     loop {
         let pass_deps = deps.clone();
-        let started = Instant::now();
-        match crate::panics::caught(async move { pass(&pass_deps, trigger).await }).await {
+        let polled = async move { pass(&pass_deps, trigger).await };
+        match crate::panics::caught_pass(store::Resource::AuditLog, polled).await {
             Ok(Ok(AuditOutcome::Disabled)) => return,
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(
                 error = %error,
                 "the audit-log poll failed; the daemon keeps running and polls again"
             ),
-            Err(panic) => {
-                crate::metric::record_pass(
-                    store::Resource::AuditLog,
-                    "failed",
-                    0,
-                    started.elapsed(),
-                );
-                tracing::error!(
-                    panic = %panic,
-                    "the audit-log poll panicked; the daemon keeps running and polls again"
-                )
-            }
+            Err(panic) => tracing::error!(
+                panic = %panic,
+                "the audit-log poll panicked; the daemon keeps running and polls again"
+            ),
         }
         trigger = "schedule";
         tokio::select! {
