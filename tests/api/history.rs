@@ -196,3 +196,16 @@ async fn a_version_added_before_a_projects_first_is_accepted_only_when_it_ends_w
             .expect("count");
     assert_eq!(versions, 2);
 }
+
+#[tokio::test]
+async fn a_gap_made_in_a_statement_touching_over_a_thousand_projects_is_refused_too() {
+    let db = synced(1_100).await;
+    // Closing every open version at once leaves each project without a current version.
+    let (code, message) = refused(
+        &db,
+        "update openai.project_versions set valid_to = now() where valid_to is null",
+    )
+    .await;
+    assert_eq!(code, "23000", "{message}");
+    assert!(message.contains("would have a gap"), "{message}");
+}
