@@ -212,9 +212,10 @@ async fn within_grace(deps: &WorkerDeps, request: &ClaimedRequest) -> Result<boo
     let Some(unknown_since) = request.unknown_since else {
         return Ok(false);
     };
-    let grace = chrono::Duration::from_std(deps.reconcile_grace).unwrap_or(chrono::Duration::MAX);
-    let now = store::database_now(&deps.pool).await?;
-    let within = now.signed_duration_since(unknown_since) < grace;
+    let within = match grace_ends(deps, unknown_since) {
+        Some(ends) => store::database_now(&deps.pool).await? < ends,
+        None => true,
+    };
     if within {
         if let Some(attempt_id) = request.attempt_id.as_deref() {
             store::note_candidate_within_grace(&deps.pool, request.id, attempt_id).await?;
@@ -225,6 +226,13 @@ async fn within_grace(deps: &WorkerDeps, request: &ClaimedRequest) -> Result<boo
         );
     }
     Ok(within)
+}
+
+/// When the grace since an outcome became unknown at `unknown_since` ends; `None`: never.
+fn grace_ends(deps: &WorkerDeps, unknown_since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(deps.reconcile_grace)
+        .ok()
+        .and_then(|grace| unknown_since.checked_add_signed(grace))
 }
 
 /// Whether the one fitting stored candidate of a request whose grace has passed may not be
@@ -242,8 +250,7 @@ async fn stored_state_predates_the_grace(
     if !only.fits(request) {
         return Ok(false);
     }
-    let grace = chrono::Duration::from_std(deps.reconcile_grace).unwrap_or(chrono::Duration::MAX);
-    let Some(grace_ends) = unknown_since.checked_add_signed(grace) else {
+    let Some(grace_ends) = grace_ends(deps, unknown_since) else {
         return Ok(false);
     };
     if store::database_now(&deps.pool).await? < grace_ends {
