@@ -48,12 +48,28 @@ pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<sqlx::Pg
     Ok(pool)
 }
 
-/// Everything a walk needs, from configuration; configuration problems come first.
-pub async fn sync_deps(settings: &Settings) -> anyhow::Result<SyncDeps> {
+/// `connect_and_migrate`, given up once `stop` is cancelled: a signal while another replica
+/// holds the migration lock ends a command instead of leaving it waiting. A migration cut short
+/// is rolled back by its transaction.
+pub async fn connect_and_migrate_until(
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> anyhow::Result<sqlx::PgPool> {
+    tokio::select! {
+        pool = connect_and_migrate(settings) => pool,
+        () = stop.cancelled() => Err(anyhow::anyhow!(
+            "stopped by a signal while connecting to Postgres and applying migrations"
+        )),
+    }
+}
+
+/// Everything a walk needs, from configuration; configuration problems come first. Gives up
+/// waiting for Postgres once `stop` is cancelled.
+pub async fn sync_deps(settings: &Settings, stop: &CancellationToken) -> anyhow::Result<SyncDeps> {
     let client = build_client(settings)?;
     let url: SecretString = settings.database_url()?;
     let connect = store::connect_options(&url)?;
-    let pool = connect_and_migrate(settings).await?;
+    let pool = connect_and_migrate_until(settings, stop).await?;
     Ok(SyncDeps {
         pool,
         connect,
@@ -70,7 +86,7 @@ pub async fn sync_once(
     cancel: &CancellationToken,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<WalkSummary> {
-    let deps = sync_deps(settings).await?;
+    let deps = sync_deps(settings, cancel).await?;
     let summary = sync::walk_and_apply(&deps, Trigger::Manual, cancel, progress).await;
     deps.pool.close().await;
     Ok(summary?)
@@ -92,7 +108,7 @@ pub async fn sync_costs(
     settings: &Settings,
     cancel: &CancellationToken,
 ) -> anyhow::Result<CostSummary> {
-    let walk_deps = sync_deps(settings).await?;
+    let walk_deps = sync_deps(settings, cancel).await?;
     let deps = cost_deps(settings, &walk_deps)?;
     let summary = costs::run_pass(&deps, Trigger::Manual, cancel).await;
     walk_deps.pool.close().await;
@@ -113,10 +129,14 @@ pub fn audit_deps(
     })
 }
 
-/// One audit-log catch-up now, for the `sync` command.
-pub async fn audit_log_once(settings: &Settings) -> anyhow::Result<crate::audit_log::AuditOutcome> {
+/// One audit-log catch-up now, for the `sync` command; gives up waiting for Postgres once `stop`
+/// is cancelled.
+pub async fn audit_log_once(
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> anyhow::Result<crate::audit_log::AuditOutcome> {
     let client = build_client(settings)?;
-    let pool = connect_and_migrate(settings).await?;
+    let pool = connect_and_migrate_until(settings, stop).await?;
     let deps = audit_deps(settings, pool.clone(), client)?;
     let outcome = crate::audit_log::pass(&deps, "manual").await;
     pool.close().await;
@@ -161,7 +181,7 @@ pub async fn drain_requests(
     stop: &CancellationToken,
 ) -> anyhow::Result<TickReport> {
     let client = build_client(settings)?;
-    let pool = connect_and_migrate(settings).await?;
+    let pool = connect_and_migrate_until(settings, stop).await?;
     let deps = worker_deps(settings, pool.clone(), client)?;
     let report = worker::drain(&deps, stop).await;
     pool.close().await;
@@ -200,7 +220,7 @@ pub async fn start_daemon(
 ) -> anyhow::Result<Daemon> {
     let deps = SyncDeps {
         after_failure: "the daemon keeps running and walks again at the next scheduled tick",
-        ..sync_deps(&settings).await?
+        ..sync_deps(&settings, &shutdown).await?
     };
     let period = schedule_period(&settings.sync.schedule)?;
     let worker_deps = worker_deps(&settings, deps.pool.clone(), deps.client.clone())?;

@@ -275,11 +275,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             // Starting waits on Postgres (another replica's migration, say): a signal meanwhile
             // stops it; a migration cut short is rolled back by its transaction.
             let started = tokio::select! {
-                started = crate::app::start_daemon(settings, shutdown.clone()) => started,
+                biased;
                 _ = shutdown.cancelled() => {
                     tracing::info!("stopped before the daemon had started");
                     return Ok(ExitCode::SUCCESS);
                 }
+                started = crate::app::start_daemon(settings, shutdown.clone()) => started,
             };
             let daemon = started.map_err(|e| match e.downcast::<ConfigError>() {
                 Ok(config) => Failure::from(config),
@@ -376,7 +377,7 @@ async fn sync(cli: &Cli, resource: Option<SyncResource>) -> Result<ExitCode, Fai
             && settings.audit_log.enabled != crate::config::AuditLogEnabled::Off
             && !cancel.is_cancelled());
     if audit_wanted {
-        match crate::app::audit_log_once(&settings).await {
+        match crate::app::audit_log_once(&settings, &cancel).await {
             Ok(outcome) => print_audit_summary(&outcome),
             Err(e) if named => return Err(config_or_runtime(e)),
             Err(e) => note(&mut failed, "audit log", e),

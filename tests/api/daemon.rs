@@ -536,8 +536,10 @@ fn migration_lock_id(name: &str) -> i64 {
     0x3d32ad9e * i64::from(!crc)
 }
 
-#[tokio::test]
-async fn sigterm_while_migrations_wait_for_another_replica_stops_the_daemon() {
+/// Starts the binary with `args` while another connection holds the migration lock, sends
+/// SIGTERM once it waits for that lock, and returns its exit code (none when it had to be
+/// killed) and output.
+async fn sigterm_while_migrations_wait_for_another_replica(args: &[&str]) -> (Option<i32>, String) {
     use sqlx::Connection;
     let db = TestDb::new().await;
     let name = db
@@ -555,8 +557,8 @@ async fn sigterm_while_migrations_wait_for_another_replica_stops_the_daemon() {
         .expect("hold the migration lock");
     let emulator = start_emulator(1).await;
     let base = emulator.base_url();
-    let daemon = spawn_binary(
-        &["run"],
+    let process = spawn_binary(
+        args,
         &[
             ("DATABASE_URL", &db.url),
             ("OPENAI_BASE_URL", &base),
@@ -564,8 +566,8 @@ async fn sigterm_while_migrations_wait_for_another_replica_stops_the_daemon() {
             ("APP_HTTP__LISTEN", "127.0.0.1:0"),
         ],
     );
-    let pid = daemon.id().to_string();
-    eventually("the daemon waits for the migration lock", || async {
+    let pid = process.id().to_string();
+    eventually("the process waits for the migration lock", || async {
         let (waiting,): (i64,) = sqlx::query_as(
             "select count(*) from pg_locks where locktype = 'advisory' and not granted",
         )
@@ -580,14 +582,45 @@ async fn sigterm_while_migrations_wait_for_another_replica_stops_the_daemon() {
         .args(["-TERM", &pid])
         .status()
         .expect("kill");
-    let (code, output) = wait_for_exit(daemon).await;
-    let _ = other.close().await;
-
     assert!(signalled.success());
-    assert!(
-        code.is_some(),
-        "the daemon ignored SIGTERM while waiting to migrate and had to be killed:\n{output}"
+    let exit = wait_for_exit(process).await;
+    let _ = other.close().await;
+    exit
+}
+
+#[tokio::test]
+async fn sigterm_while_migrations_wait_for_another_replica_stops_the_daemon() {
+    let (code, output) = sigterm_while_migrations_wait_for_another_replica(&["run"]).await;
+
+    assert_eq!(
+        code,
+        Some(0),
+        "the daemon ignored SIGTERM while waiting to migrate, or failed:\n{output}"
     );
+}
+
+#[tokio::test]
+async fn sigterm_while_migrations_wait_for_another_replica_stops_a_sync_and_says_why() {
+    let (code, output) = sigterm_while_migrations_wait_for_another_replica(&["sync"]).await;
+
+    assert_eq!(
+        code,
+        Some(1),
+        "sync ignored SIGTERM while waiting to migrate:\n{output}"
+    );
+    assert!(output.contains("stopped by a signal"), "{output}");
+}
+
+#[tokio::test]
+async fn sigterm_while_migrations_wait_for_another_replica_stops_the_requests_command() {
+    let (code, output) = sigterm_while_migrations_wait_for_another_replica(&["requests"]).await;
+
+    assert_eq!(
+        code,
+        Some(1),
+        "requests ignored SIGTERM while waiting to migrate:\n{output}"
+    );
+    assert!(output.contains("stopped by a signal"), "{output}");
 }
 
 #[tokio::test]
