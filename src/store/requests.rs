@@ -81,28 +81,17 @@ pub async fn claim_next_request(
     Ok(claimed)
 }
 
-/// Names an active project or an earlier live request that already has this request's exact name.
+/// Names an active project or an earlier live request whose name compares equal to this
+/// request's (`openai.comparable_name`: a server may answer a name in an equivalent form).
 pub async fn find_same_name(
     pool: &PgPool,
     request: &ClaimedRequest,
 ) -> Result<Option<String>, StoreError> {
-    let found: Option<(String,)> = sqlx::query_as(
-        "select 'project ' || project_id || ' is active with this name' from openai.project_current \
-         where name = $1 and status is distinct from 'archived' and missing_since is null \
-         union all \
-         select 'request ' || id || ' (' || status || ') asks for the same name' from openai.project_requests \
-         where name = $1 and id < $2 and status in ('pending', 'creating', 'unknown') \
-         union all \
-         select 'request ' || r.id || ' created project ' || r.project_id || ' with this name' \
-         from openai.project_requests r \
-         where r.name = $1 and r.id <> $2 and r.status = 'created' \
-           and not exists (select 1 from openai.project_current c where c.project_id = r.project_id) \
-         limit 1",
-    )
-    .bind(&request.name)
-    .bind(request.id)
-    .fetch_optional(pool)
-    .await?;
+    let found: Option<(String,)> = sqlx::query_as(include_str!("requests/same_name.sql"))
+        .bind(&request.name)
+        .bind(request.id)
+        .fetch_optional(pool)
+        .await?;
     Ok(found.map(|(what,)| what))
 }
 

@@ -435,6 +435,51 @@ async fn duplicate_names_end_failed_naming_the_project_or_request_unless_allowed
 }
 
 #[tokio::test]
+async fn a_repeated_name_is_refused_as_a_duplicate_also_when_the_server_answers_it_in_another_form()
+{
+    let q = queue(0).await;
+    // A freedom of the spec: the server stores names NFD with runs of spaces folded, and
+    // answers them so; the project is stored as answered.
+    let mut freedoms = q.emulator.freedoms();
+    freedoms.rewrite_names = true;
+    q.emulator.set_freedoms(freedoms);
+    let first = request(&q.db.pool, "Zürich ops").await;
+    assert_eq!(settle(&q, first).await.0, "created");
+    let ascii = request(&q.db.pool, "Team A").await;
+    assert_eq!(settle(&q, ascii).await.0, "created");
+
+    // The same insert again, byte for byte; and a name equal but for a run of spaces.
+    let again = request(&q.db.pool, "Zürich ops").await;
+    let near = request(&q.db.pool, "Team  A").await;
+    worker::drain(&q.deps, &CancellationToken::new())
+        .await
+        .expect("drain");
+
+    for (id, name) in [(again, "Zürich ops"), (near, "Team  A")] {
+        let (status, _, error) = outcome(&q.db.pool, id).await;
+        assert!(
+            status == "failed"
+                && error.as_deref().is_some_and(
+                    |e| e.contains("duplicate name") && e.contains("is active with this name")
+                ),
+            "{name:?} again must end failed as a duplicate; it ended {status} ({error:?})"
+        );
+    }
+    let upstream = |name: &str| {
+        q.emulator
+            .projects()
+            .iter()
+            .filter(|p| {
+                p.name.as_deref().map(worker::comparable_name)
+                    == Some(worker::comparable_name(name))
+            })
+            .count()
+    };
+    assert_eq!(upstream("Zürich ops"), 1);
+    assert_eq!(upstream("Team A"), 1);
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_at_insert_ended_with_a_reason_or_created_faithfully() {
     let q = queue(0).await;
     let long = "x".repeat(10_000);
