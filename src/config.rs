@@ -35,6 +35,10 @@ pub enum ConfigError {
     )]
     KeyInFile { path: PathBuf },
     #[error(
+        "a database password was found in the configuration file {path} (`database.url`); passwords never go in configuration files: remove it from the URL there, then give the whole URL as DATABASE_URL (or APP_DATABASE__URL), or keep the password in a ~/.pgpass file (or the file PGPASSFILE names)"
+    )]
+    PasswordInFile { path: PathBuf },
+    #[error(
         "the environment variable {variable} is not valid UTF-8; set it to plain text (or unset it)"
     )]
     NotUtf8 { variable: String },
@@ -235,9 +239,16 @@ impl Settings {
             .config_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("config"));
+        // The default folder may be absent (the binary run from elsewhere); one given is not.
+        if sources.config_dir.is_some() && dir != std::path::Path::new("config") && !dir.is_dir() {
+            return Err(ConfigError::Load(format!(
+                "the folder given with --config-dir, {}, does not exist or is not a folder",
+                dir.display()
+            )));
+        }
         let files = [dir.join("default.toml"), dir.join("local.toml")];
         for file in files.iter().chain(sources.file.as_ref()) {
-            refuse_key_in_file(file)?;
+            refuse_secrets_in_file(file)?;
         }
         let mut builder = Config::builder()
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
@@ -728,19 +739,31 @@ fn process_environment() -> Result<Vec<(String, String)>, ConfigError> {
     Ok(vars)
 }
 
-/// Refuses a configuration file that holds `openai.admin_key`; a missing file is fine.
-fn refuse_key_in_file(path: &std::path::Path) -> Result<(), ConfigError> {
+/// Refuses a configuration file that holds `openai.admin_key` or a `database.url` with a
+/// password; a missing file is fine.
+fn refuse_secrets_in_file(path: &std::path::Path) -> Result<(), ConfigError> {
     if !path.exists() {
         return Ok(());
     }
-    let holds_key = config::Config::builder()
+    let Ok(file) = config::Config::builder()
         .add_source(config::File::from(path).required(false))
         .build()
-        .ok()
-        .and_then(|c| c.get::<config::Value>("openai.admin_key").ok())
-        .is_some();
-    if holds_key {
+    else {
+        // Unreadable or unparsable: the load that follows says so, without echoing it.
+        return Ok(());
+    };
+    if file.get::<config::Value>("openai.admin_key").is_ok() {
         return Err(ConfigError::KeyInFile {
+            path: path.to_owned(),
+        });
+    }
+    let holds_password = file
+        .get::<String>("database.url")
+        .ok()
+        .and_then(|url| Url::parse(&url).ok())
+        .is_some_and(|url| url.password().is_some_and(|p| !p.is_empty()));
+    if holds_password {
+        return Err(ConfigError::PasswordInFile {
             path: path.to_owned(),
         });
     }

@@ -57,7 +57,11 @@ async fn check_explains_a_refused_key_and_an_unreachable_database_in_plain_words
         text.contains("the admin key was refused") && text.contains("sk-admin-"),
         "{text}"
     );
-    assert!(text.contains("2 check(s) failed"), "{text}");
+    assert!(
+        text.contains("FAIL  audit log: not read") && !text.contains("audit logging is off"),
+        "the audit log is not misread as off behind a refused key: {text}"
+    );
+    assert!(text.contains("3 check(s) failed"), "{text}");
 }
 
 #[tokio::test]

@@ -445,6 +445,63 @@ fn an_admin_key_in_a_configuration_file_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn a_database_password_in_a_configuration_file_is_refused_without_echoing_it() {
+    let dir = temp_dir("password-in-file");
+    std::fs::write(
+        dir.join("local.toml"),
+        "[database]\nurl = \"postgres://sync:CANARY-placeholder@127.0.0.1:5432/openai\"\n",
+    )
+    .expect("write");
+
+    let refused = load(&dir, None, &[]).expect_err("refused");
+
+    let message = refused.to_string();
+    assert!(
+        message.contains("local.toml")
+            && message.contains("DATABASE_URL")
+            && message.contains(".pgpass"),
+        "{message}"
+    );
+    assert!(!message.contains("CANARY"), "{message}");
+    // Without the password the same URL is fine; the environment may carry one.
+    std::fs::write(
+        dir.join("local.toml"),
+        "[database]\nurl = \"postgres://sync@127.0.0.1:5432/openai\"\n",
+    )
+    .expect("write");
+    load(&dir, None, &[]).expect("a URL without a password in a file");
+    let from_env = load(
+        &dir,
+        None,
+        &[(
+            "DATABASE_URL",
+            "postgres://sync:env-placeholder@127.0.0.1:5432/openai",
+        )],
+    )
+    .expect("a password from the environment");
+    assert!(
+        from_env
+            .database_url()
+            .expect("a URL")
+            .expose_secret()
+            .contains("env-placeholder")
+    );
+}
+
+#[test]
+fn a_configuration_folder_that_does_not_exist_is_refused_by_name() {
+    let dir = temp_dir("no-such-folder").join("missing");
+
+    let refused = load(&dir, None, &[]).expect_err("refused");
+
+    let message = refused.to_string();
+    assert!(
+        message.contains("--config-dir") && message.contains("missing"),
+        "{message}"
+    );
+}
+
+#[test]
 fn the_binary_warns_about_a_stray_app_variable_and_refuses_a_non_utf8_one() {
     use std::os::unix::ffi::OsStrExt;
 
