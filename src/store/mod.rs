@@ -60,6 +60,13 @@ pub enum StoreError {
          that vanished or a network that drops packets) and nothing was applied"
     )]
     NoAnswer(std::time::Duration),
+    /// Another session held request `0`'s row locked for longer than a write of the queue
+    /// waits; the request is left as it was, for a later pass.
+    #[error(
+        "request {0} is held locked by another session (a client left in an open transaction?); \
+         it is left for a later pass"
+    )]
+    RequestLocked(i64),
     /// Migrations are pending and the connected role may not apply them.
     #[error(
         "{pending} migration(s) of this version are not applied yet (the newest is {newest}), and role \

@@ -9,6 +9,30 @@ use sqlx::{FromRow, PgPool};
 use super::StoreError;
 use super::walk::insert_unknown_sql;
 
+/// Bounds how long a write of a request's outcome waits for its row when another session holds
+/// it locked (an operator's client left in a transaction, say): past that the request is left
+/// for a later pass (`StoreError::RequestLocked`), so one lock never holds up the queue.
+const ROW_LOCK_WAIT: &str = "set local lock_timeout = '2s'";
+
+/// A transaction for one write of request rows, its lock waits bounded by `ROW_LOCK_WAIT`.
+async fn begin_bounded(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(ROW_LOCK_WAIT).execute(&mut *tx).await?;
+    Ok(tx)
+}
+
+/// `RequestLocked` for a lock wait of request `request_id` that ran out, else the error itself.
+fn unless_locked(request_id: i64) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |error| match &error {
+        sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03") => {
+            StoreError::RequestLocked(request_id)
+        }
+        _ => StoreError::Sql(error),
+    }
+}
+
 /// A request as the worker handles it; `attempt_id` fences every write of an attempt's outcome.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct ClaimedRequest {
@@ -108,7 +132,7 @@ pub async fn finish_created(
     project_id: &str,
     project_raw: &str,
 ) -> Result<Linked, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_bounded(pool).await?;
     let linked: Result<Option<(DateTime<Utc>,)>, _> = sqlx::query_as(
         "update openai.project_requests set status = 'created', project_id = $3, error = null, \
             finished_at = now(), lease_until = null, updated_at = now() \
@@ -132,7 +156,7 @@ pub async fn finish_created(
             tx.rollback().await?;
             return Ok(Linked::ProjectTaken);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(unless_locked(request_id)(e)),
     };
     // As a walk stores it: jsonb refuses `\u0000`, and the digest is of the API's own text.
     let storable = crate::json_text::jsonb_safe(project_raw);
@@ -175,6 +199,7 @@ pub async fn renew_lease_before_sending(
     attempt_id: &str,
     lease: Duration,
 ) -> Result<bool, StoreError> {
+    let mut tx = begin_bounded(pool).await?;
     let done = sqlx::query(
         "update openai.project_requests set lease_until = now() + make_interval(secs => $3), \
             updated_at = now() \
@@ -183,8 +208,10 @@ pub async fn renew_lease_before_sending(
     .bind(request_id)
     .bind(attempt_id)
     .bind(lease.as_secs_f64())
-    .execute(pool)
-    .await?;
+    .execute(&mut *tx)
+    .await
+    .map_err(unless_locked(request_id))?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -195,6 +222,7 @@ pub async fn fail_request(
     attempt_id: &str,
     error: &str,
 ) -> Result<bool, StoreError> {
+    let mut tx = begin_bounded(pool).await?;
     let done = sqlx::query(
         "update openai.project_requests set status = 'failed', error = $3, finished_at = now(), \
             lease_until = null, updated_at = now() \
@@ -203,8 +231,10 @@ pub async fn fail_request(
     .bind(request_id)
     .bind(attempt_id)
     .bind(crate::secrets::redact_keys(error))
-    .execute(pool)
-    .await?;
+    .execute(&mut *tx)
+    .await
+    .map_err(unless_locked(request_id))?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -216,6 +246,7 @@ pub async fn defer_request(
     delay: Duration,
     reason: &str,
 ) -> Result<bool, StoreError> {
+    let mut tx = begin_bounded(pool).await?;
     let done = sqlx::query(
         "update openai.project_requests set status = 'pending', \
             next_attempt_at = now() + make_interval(secs => $3), error = $4, \
@@ -227,8 +258,10 @@ pub async fn defer_request(
     .bind(attempt_id)
     .bind(delay.as_secs_f64())
     .bind(crate::secrets::redact_keys(reason))
-    .execute(pool)
-    .await?;
+    .execute(&mut *tx)
+    .await
+    .map_err(unless_locked(request_id))?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -260,6 +293,7 @@ async fn mark_unknown_counting(
     reason: &str,
     counts_as_attempt: bool,
 ) -> Result<bool, StoreError> {
+    let mut tx = begin_bounded(pool).await?;
     let done = sqlx::query(
         "update openai.project_requests set status = 'unknown', error = $3, lease_until = null, \
             attempts = attempts - case when $4 then 0 else 1 end, \
@@ -271,8 +305,10 @@ async fn mark_unknown_counting(
     .bind(attempt_id)
     .bind(crate::secrets::redact_keys(reason))
     .bind(counts_as_attempt)
-    .execute(pool)
-    .await?;
+    .execute(&mut *tx)
+    .await
+    .map_err(unless_locked(request_id))?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -314,7 +350,8 @@ pub async fn note_fruitless_walk(
     attempt_id: &str,
     walk_started_at: DateTime<Utc>,
 ) -> Result<Option<(i32, DateTime<Utc>)>, StoreError> {
-    Ok(sqlx::query_as(
+    let mut tx = begin_bounded(pool).await?;
+    let noted = sqlx::query_as(
         "update openai.project_requests set reconcile_walks = reconcile_walks + 1, \
             first_fruitless_walk_at = coalesce(first_fruitless_walk_at, $3), updated_at = now() \
          where id = $1 and attempt_id = $2::uuid and status = 'unknown' and unknown_since <= $3 \
@@ -323,8 +360,11 @@ pub async fn note_fruitless_walk(
     .bind(request_id)
     .bind(attempt_id)
     .bind(walk_started_at)
-    .fetch_optional(pool)
-    .await?)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(unless_locked(request_id))?;
+    tx.commit().await?;
+    Ok(noted)
 }
 
 /// Notes that a lone candidate for the attempt was found before the grace since the outcome
@@ -334,14 +374,17 @@ pub async fn note_candidate_within_grace(
     request_id: i64,
     attempt_id: &str,
 ) -> Result<(), StoreError> {
+    let mut tx = begin_bounded(pool).await?;
     sqlx::query(
         "update openai.project_requests set candidate_seen_at = now() \
          where id = $1 and attempt_id = $2::uuid and status = 'unknown'",
     )
     .bind(request_id)
     .bind(attempt_id)
-    .execute(pool)
-    .await?;
+    .execute(&mut *tx)
+    .await
+    .map_err(unless_locked(request_id))?;
+    tx.commit().await?;
     Ok(())
 }
 

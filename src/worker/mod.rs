@@ -123,8 +123,12 @@ async fn tick_looking(
             break;
         };
         report.claimed += 1;
-        let outcome = attempt_catching_panics(deps, request).await?;
-        report.add(&outcome);
+        // A request someone holds locked keeps its lease: once it runs out, the request is
+        // looked up like one whose worker died, so an outcome not written is never lost.
+        match attempt_catching_panics(deps, request).await {
+            Ok(outcome) => report.add(&outcome),
+            Err(e) => reconcile::left_for_later(e)?,
+        }
     }
     Ok(report)
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::candidates::{Candidate, comparable_name, created_since};
 use super::{TickReport, Unresolved, WorkerDeps, WorkerError};
 use crate::client::ApiError;
-use crate::store::{self, ClaimedRequest, Linked};
+use crate::store::{self, ClaimedRequest, Linked, StoreError};
 
 /// How far a project's `created_at` may precede the attempt's start and still be its result;
 /// the API's clock and ours are not the same clock. Generous on purpose: an extra candidate
@@ -45,7 +45,7 @@ pub async fn settle_unknown(
             continue;
         };
         let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
-        if super::audit_settle::settle_from_audit_log(
+        match super::audit_settle::settle_from_audit_log(
             deps,
             &request,
             since - skew,
@@ -53,9 +53,14 @@ pub async fn settle_unknown(
             lookup == Lookup::StoredThenList,
             report,
         )
-        .await?
+        .await
         {
-            continue;
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                left_for_later(e)?;
+                continue;
+            }
         }
         let stored =
             store::stored_candidates(&deps.pool, &request.name, since - skew, since).await?;
@@ -68,7 +73,9 @@ pub async fn settle_unknown(
         {
             unsettled.push(request);
         } else {
-            settle_with(deps, &request, candidates, report).await?;
+            settle_with(deps, &request, candidates, report)
+                .await
+                .or_else(left_for_later)?;
         }
     }
     if unsettled.is_empty()
@@ -106,13 +113,29 @@ pub async fn settle_unknown(
             .into_iter()
             .filter(|c| !linked.contains(&c.project.id) && !existed_before(&c.project.id))
             .collect();
-        if free.is_empty() {
-            settle_not_found(deps, request, walk_started_at, report).await?;
+        let settled = if free.is_empty() {
+            settle_not_found(deps, request, walk_started_at, report).await
         } else {
-            settle_with(deps, request, free, report).await?;
-        }
+            settle_with(deps, request, free, report).await
+        };
+        settled.or_else(left_for_later)?;
     }
     Ok(())
+}
+
+/// Leaves a request that another session holds locked for a later pass, saying so; any other
+/// failure is returned. One operator's open transaction must not hold up every other request.
+pub(super) fn left_for_later(error: WorkerError) -> Result<(), WorkerError> {
+    match error {
+        WorkerError::Store(StoreError::RequestLocked(id)) => {
+            tracing::warn!(
+                id,
+                "the request is held locked by another session (a client left in an open transaction?); left for a later pass"
+            );
+            Ok(())
+        }
+        other => Err(other),
+    }
 }
 
 /// A stored project that may be the result of an earlier attempt of this request, which is

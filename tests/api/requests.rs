@@ -1020,3 +1020,191 @@ async fn an_operator_editing_a_creating_request_in_an_open_transaction_does_not_
         }
     );
 }
+
+// An operator's row lock on their own request, beyond the expired-lease case above.
+
+/// A login in `openai_ops` for this test, connected on a connection of its own.
+async fn ops_login(q: &Queue, prefix: &str) -> (String, sqlx::PgConnection) {
+    let suffix = q.db.url.rsplit('/').next().unwrap_or("x").to_owned();
+    let ops = format!("{prefix}_{suffix}");
+    sqlx::query(&format!("create role {ops} login in role openai_ops"))
+        .execute(&q.db.pool)
+        .await
+        .expect("create role");
+    let connection = <sqlx::PgConnection as sqlx::Connection>::connect(&q.db.url_as(&ops))
+        .await
+        .expect("the operator logs in");
+    (ops, connection)
+}
+
+async fn drop_login(q: &Queue, ops: &str, mut connection: sqlx::PgConnection) {
+    let _ = sqlx::query("rollback").execute(&mut connection).await;
+    drop(connection);
+    eventually("the operator's backend is gone", || async {
+        let (left,): (i64,) =
+            sqlx::query_as("select count(*) from pg_stat_activity where usename = $1")
+                .bind(ops)
+                .fetch_one(&q.db.pool)
+                .await
+                .expect("activity");
+        left == 0
+    })
+    .await;
+    sqlx::query(&format!("drop role {ops}"))
+        .execute(&q.db.pool)
+        .await
+        .expect("drop the test role");
+}
+
+#[tokio::test]
+async fn an_operator_locking_their_request_while_its_create_is_in_flight_does_not_stop_the_queue() {
+    let q = queue(0).await;
+    let (ops, mut operator) = ops_login(&q, "ops_inflight").await;
+    let (theirs,): (i64,) = sqlx::query_as(
+        "insert into openai.project_requests (name) values ('Slow one') returning id",
+    )
+    .fetch_one(&mut operator)
+    .await
+    .expect("ops inserts");
+    let fresh = request(&q.db.pool, "Someone else's request").await;
+    // A slow but answering server: the create takes 300 ms of the client's 400 ms.
+    slow_creates(&q.emulator, 300);
+    let deps = q.deps.clone();
+    let ticking = tokio::spawn(async move { worker::tick(&deps, &CancellationToken::new()).await });
+    eventually("the operator's request is being created", || async {
+        outcome(&q.db.pool, theirs).await.0 == "creating"
+    })
+    .await;
+    // The operator looks at their request in a client that locks what it shows (FOR SHARE is
+    // enough; the status column's update grant allows it) and leaves the transaction open.
+    sqlx::query("begin")
+        .execute(&mut operator)
+        .await
+        .expect("begin");
+    let locked = sqlx::query("select * from openai.project_requests where id = $1 for share")
+        .bind(theirs)
+        .execute(&mut operator)
+        .await
+        .expect("ops may lock their own creating request");
+    assert_eq!(locked.rows_affected(), 1);
+
+    let ticked = tokio::time::timeout(Duration::from_secs(5), ticking).await;
+    let fresh_status = outcome(&q.db.pool, fresh).await.0;
+    let created = q.emulator.stats().projects_created;
+    drop_login(&q, &ops, operator).await;
+    assert!(
+        ticked.is_ok() && fresh_status == "created",
+        "the worker waits on the operator's lock after the create returned ({} after 5 s; {created} project(s) made); \
+         someone else's request is still {fresh_status}",
+        if ticked.is_ok() {
+            "tick ended"
+        } else {
+            "tick still blocked"
+        }
+    );
+    // The outcome the lock kept from being written is not lost: once the lease runs out, the
+    // request is looked up and its one project adopted.
+    assert_eq!(outcome(&q.db.pool, theirs).await.0, "creating");
+    assert_eq!(settle(&q, theirs).await.0, "created");
+    assert_eq!(upstream_named(&q.emulator, "Slow one"), 1);
+}
+
+#[tokio::test]
+async fn an_operator_locking_their_unknown_request_does_not_stop_other_unknown_requests_settling() {
+    let q = queue(0).await;
+    let (ops, mut operator) = ops_login(&q, "ops_unknown").await;
+    // Two requests whose creates were lost long ago: the operator's, and someone else's. Each has
+    // had one fruitless walk a minute ago, so the next walk decides both.
+    let theirs = seed(&q.db.pool, "Operator's lost one", "unknown", "null").await;
+    let other = seed(&q.db.pool, "Someone else's lost one", "unknown", "null").await;
+    sqlx::query("update openai.project_requests set requested_by = $2 where id = $1")
+        .bind(theirs)
+        .bind(&ops)
+        .execute(&q.db.pool)
+        .await
+        .expect("the operator's request");
+    // The operator keeps their 'unknown' request open in a locking client (it stays unknown
+    // for at least the grace, 5 minutes by default: a wide window).
+    sqlx::query("begin")
+        .execute(&mut operator)
+        .await
+        .expect("begin");
+    sqlx::query("select * from openai.project_requests where id = $1 for share")
+        .bind(theirs)
+        .execute(&mut operator)
+        .await
+        .expect("ops may lock their own unknown request");
+
+    let ticked = tokio::time::timeout(Duration::from_secs(5), tick(&q)).await;
+    let other_status = outcome(&q.db.pool, other).await.0;
+    drop_login(&q, &ops, operator).await;
+    assert!(
+        ticked.is_ok() && other_status != "unknown",
+        "the reconciliation pass waits on the operator's lock ({}); someone else's request stays {other_status}",
+        if ticked.is_ok() {
+            "it ended"
+        } else {
+            "still blocked after 5 s"
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_operator_locking_their_unknown_request_with_a_stored_candidate_does_not_stop_the_worker()
+ {
+    let mut q = queue(0).await;
+    // The default grace's order of magnitude: the candidate is found within it.
+    q.deps.reconcile_grace = Duration::from_secs(60);
+    let (ops, mut operator) = ops_login(&q, "ops_cand").await;
+    let theirs = seed(&q.db.pool, "Landed late", "unknown", "null").await;
+    sqlx::query(
+        "update openai.project_requests set requested_by = $2, unknown_since = now(), \
+            first_fruitless_walk_at = null, reconcile_walks = 0 where id = $1",
+    )
+    .bind(theirs)
+    .bind(&ops)
+    .execute(&q.db.pool)
+    .await
+    .expect("the operator's request, unknown just now");
+    // Its project did land, and a sync stored it: a lone candidate within the grace.
+    let created = q
+        .deps
+        .client
+        .create_project(&openai_project_sync::client::CreateProject {
+            name: "Landed late".into(),
+            external_key_id: None,
+            geography: None,
+            residency: None,
+        })
+        .await;
+    assert!(matches!(
+        created,
+        openai_project_sync::client::CreateOutcome::Created(_)
+    ));
+    sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+    let fresh = request(&q.db.pool, "Someone else's request").await;
+    sqlx::query("begin")
+        .execute(&mut operator)
+        .await
+        .expect("begin");
+    sqlx::query("select * from openai.project_requests where id = $1 for share")
+        .bind(theirs)
+        .execute(&mut operator)
+        .await
+        .expect("ops may lock their own unknown request");
+
+    // The stored-candidate step runs before any list walk, so the daemon's worker loop
+    // (Lookup::StoredOnly) takes the same path as this tick.
+    let ticked = tokio::time::timeout(Duration::from_secs(5), tick(&q)).await;
+    let fresh_status = outcome(&q.db.pool, fresh).await.0;
+    drop_login(&q, &ops, operator).await;
+    assert!(
+        ticked.is_ok() && fresh_status == "created",
+        "the worker waits on the operator's lock noting the candidate ({}); someone else's new request is {fresh_status}",
+        if ticked.is_ok() {
+            "it ended"
+        } else {
+            "still blocked after 5 s"
+        }
+    );
+}
