@@ -26,9 +26,9 @@ pub struct Cli {
     /// A configuration file read after config/default.toml and config/local.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The folder holding default.toml and local.toml.
-    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
-    pub config_dir: PathBuf,
+    /// The folder holding default.toml and local.toml [default: config, which may be absent].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -228,8 +228,17 @@ pub fn main() -> ExitCode {
 }
 
 fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
+    // The default folder may be absent (the binary run from elsewhere); a folder given is not.
+    if let Some(dir) = &cli.config_dir
+        && !dir.is_dir()
+    {
+        return Err(Failure::from(ConfigError::Load(format!(
+            "the folder given with --config-dir, {}, does not exist or is not a folder",
+            dir.display()
+        ))));
+    }
     let settings = Settings::load(&Sources {
-        config_dir: Some(cli.config_dir.clone()),
+        config_dir: cli.config_dir.clone(),
         file: cli.config.clone(),
         env: None,
     })?;

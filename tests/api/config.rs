@@ -489,15 +489,17 @@ fn a_database_password_in_a_configuration_file_is_refused_without_echoing_it() {
 }
 
 #[test]
-fn a_configuration_folder_that_does_not_exist_is_refused_by_name() {
+fn a_configuration_folder_given_that_does_not_exist_is_refused_by_name() {
     let dir = temp_dir("no-such-folder").join("missing");
+    let missing = dir.to_string_lossy().to_string();
 
-    let refused = load(&dir, None, &[]).expect_err("refused");
+    let output = run_binary(&["check", "--config-dir", &missing], &[]);
 
-    let message = refused.to_string();
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(
-        message.contains("--config-dir") && message.contains("missing"),
-        "{message}"
+        text.contains("--config-dir") && text.contains("missing"),
+        "{text}"
     );
 }
 
