@@ -283,14 +283,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let shutdown = crate::shutdown::on_signal();
             // Starting waits on Postgres (another replica's migration, say): a signal meanwhile
             // stops it; a migration cut short is rolled back by its transaction.
-            let started = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    tracing::info!("stopped before the daemon had started");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                started = crate::app::start_daemon(settings, shutdown.clone()) => started,
-            };
+            // The start itself gives up waiting for Postgres on a signal; once it has spawned
+            // the worker, the daemon's tasks see the signal and are drained below, so that a
+            // create in flight is recorded.
+            let started = crate::app::start_daemon(settings, shutdown.clone()).await;
+            if started.is_err() && shutdown.is_cancelled() {
+                tracing::info!("stopped before the daemon had started");
+                return Ok(ExitCode::SUCCESS);
+            }
             let daemon = started.map_err(|e| match e.downcast::<ConfigError>() {
                 Ok(config) => Failure::from(config),
                 Err(other) => Failure::Runtime(other),
@@ -368,7 +368,10 @@ async fn sync(cli: &Cli, resource: Option<SyncResource>) -> Result<ExitCode, Fai
         progress.finish();
         match result {
             Ok(summary) => print_summary(&summary),
-            Err(e) if named => return Err(config_or_runtime(e)),
+            // A configuration problem would only be said again by every pass after this one.
+            Err(e) if named || e.downcast_ref::<ConfigError>().is_some() => {
+                return Err(config_or_runtime(e));
+            }
             Err(e) => note(&mut failed, "projects", e),
         }
     }
@@ -377,7 +380,9 @@ async fn sync(cli: &Cli, resource: Option<SyncResource>) -> Result<ExitCode, Fai
     if costs_wanted {
         match crate::app::sync_costs(&settings, &cancel).await {
             Ok(summary) => print_cost_summary(&summary),
-            Err(e) if named => return Err(config_or_runtime(e)),
+            Err(e) if named || e.downcast_ref::<ConfigError>().is_some() => {
+                return Err(config_or_runtime(e));
+            }
             Err(e) => note(&mut failed, "costs", e),
         }
     }

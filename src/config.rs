@@ -503,17 +503,41 @@ fn explain_load_error(message: &str) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
     );
+    /// The keys whose value is one of a few words, and those words.
+    const WORDS: [(&str, &str); 2] = [
+        ("requests.unresolved", "retry or hold"),
+        ("log.format", "text or json"),
+    ];
     if message.contains("unknown field") {
         format!(
             "{message}; remove or correct that key (keys are listed in config/default.toml; environment variables are APP_SECTION__KEY)"
         )
+    } else if message.contains("does not have variant constructor")
+        && let Some((key, words)) = WORDS
+            .iter()
+            .find(|(key, _)| message.contains(&format!("`{key}`")))
+    {
+        format!("`{key}` is not one of its words; give {words}")
     } else {
         message
     }
 }
 
 fn validate_database_url(url: &str) -> Result<(), ConfigError> {
-    let parsed = Url::parse(url).ok();
+    let parsed = Url::parse(url);
+    if parsed
+        .as_ref()
+        .is_err_and(|e| e.to_string() == "empty host")
+    {
+        // A Unix socket's URL with user info before an empty host: not echoed, it may hold a
+        // password.
+        return Err(ConfigError::Invalid {
+            key: "database.url",
+            problem: "names a user but no host (the URL's parser needs one, also when `?host=` names a socket folder)".into(),
+            fix: "for a Unix socket, give postgres://user@localhost/dbname?host=/var/run/postgresql, or postgres:///dbname?host=/var/run/postgresql&user=user",
+        });
+    }
+    let parsed = parsed.ok();
     let ok = parsed
         .as_ref()
         .is_some_and(|u| matches!(u.scheme(), "postgres" | "postgresql"));
@@ -596,8 +620,11 @@ pub fn validate_schedule_of(key: &'static str, schedule: &str) -> Result<(), Con
     if fields == 5 {
         return Err(ConfigError::Invalid {
             key,
-            problem: format!("{schedule:?} has 5 fields, like a crontab line"),
-            fix: "schedules have 6 fields with seconds first (UTC): put a 0 in front, e.g. \"0 */10 * * * *\"",
+            problem: format!(
+                "{schedule:?} has 5 fields, like a crontab line (the same times with seconds first: \"0 {}\")",
+                schedule.trim()
+            ),
+            fix: "schedules have 6 fields with seconds first (UTC): put a 0 in front",
         });
     }
     if fields != 6 {
@@ -732,6 +759,23 @@ fn process_environment() -> Result<Vec<(String, String)>, ConfigError> {
     Ok(vars)
 }
 
+/// Whether a database URL carries a password: in its user info (also where the URL parser
+/// refuses the rest, a socket URL say), or as a `password` parameter.
+fn url_has_password(url: &str) -> bool {
+    if let Ok(parsed) = Url::parse(url) {
+        return parsed.password().is_some_and(|p| !p.is_empty())
+            || parsed
+                .query_pairs()
+                .any(|(name, value)| name == "password" && !value.is_empty());
+    }
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let in_user_info = authority
+        .rsplit_once('@')
+        .and_then(|(user_info, _)| user_info.split_once(':'))
+        .is_some_and(|(_, password)| !password.is_empty());
+    in_user_info || url.contains("password=")
+}
+
 /// Refuses a configuration file that holds `openai.admin_key` or a `database.url` with a
 /// password; a missing file is fine.
 fn refuse_secrets_in_file(path: &std::path::Path) -> Result<(), ConfigError> {
@@ -753,8 +797,7 @@ fn refuse_secrets_in_file(path: &std::path::Path) -> Result<(), ConfigError> {
     let holds_password = file
         .get::<String>("database.url")
         .ok()
-        .and_then(|url| Url::parse(&url).ok())
-        .is_some_and(|url| url.password().is_some_and(|p| !p.is_empty()));
+        .is_some_and(|url| url_has_password(&url));
     if holds_password {
         return Err(ConfigError::PasswordInFile {
             path: path.to_owned(),

@@ -463,6 +463,14 @@ fn a_database_password_in_a_configuration_file_is_refused_without_echoing_it() {
         "{message}"
     );
     assert!(!message.contains("CANARY"), "{message}");
+    // Postgres also reads a password from the URL's query.
+    std::fs::write(
+        dir.join("local.toml"),
+        "[database]\nurl = \"postgres://sync@127.0.0.1:5432/openai?password=CANARY-placeholder\"\n",
+    )
+    .expect("write");
+    let refused = load(&dir, None, &[]).expect_err("a password in the query is refused too");
+    assert!(!refused.to_string().contains("CANARY"), "{refused}");
     // Without the password the same URL is fine; the environment may carry one.
     std::fs::write(
         dir.join("local.toml"),

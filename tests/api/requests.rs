@@ -543,6 +543,34 @@ async fn bad_input_is_refused_at_insert_ended_with_a_reason_or_created_faithfull
             Some("EU"),
             "request_gives_both_geography_and_residency",
         ),
+        (
+            "blank geography",
+            "Regions".into(),
+            Some(""),
+            None,
+            "request_geography_is_blank",
+        ),
+        (
+            "geography with spaces around it",
+            "Regions".into(),
+            Some(" EU "),
+            None,
+            "request_geography_has_surrounding_spaces",
+        ),
+        (
+            "blank residency",
+            "Regions".into(),
+            None,
+            Some("  "),
+            "request_residency_is_blank",
+        ),
+        (
+            "residency with a space after it",
+            "Regions".into(),
+            None,
+            Some("eu "),
+            "request_residency_has_surrounding_spaces",
+        ),
     ];
     for (label, name, geography, residency, constraint) in refused {
         let error = sqlx::query(
