@@ -26,9 +26,9 @@ pub use costs::{
 };
 pub use gauges::{GaugeFigures, gauge_figures};
 pub use requests::{
-    ClaimedRequest, Linked, StoredCandidate, another_request_in_flight, claim_next_request,
-    comparable_name, count_requests_by_status, database_now, defer_request, expire_leases,
-    fail_request, find_same_name, finish_created, linked_projects, mark_unknown,
+    ClaimedRequest, Linked, RowWait, StoredCandidate, another_request_in_flight,
+    claim_next_request, comparable_name, count_requests_by_status, database_now, defer_request,
+    expire_leases, fail_request, find_same_name, finish_created, linked_projects, mark_unknown,
     note_candidate_within_grace, note_fruitless_walk, reconcile_walk_due,
     renew_lease_before_sending, return_to_unknown_unsent, same_name_in_flight, stored_at,
     stored_candidates, unknown_requests, work_is_due,

@@ -9,28 +9,47 @@ use sqlx::{FromRow, PgPool};
 use super::StoreError;
 use super::walk::insert_unknown_sql;
 
-/// Bounds how long a write of a request's outcome waits for its row when another session holds
-/// it locked (an operator's client left in a transaction, say): past that the request is left
-/// for a later pass (`StoreError::RequestLocked`), so one lock never holds up the queue.
-const ROW_LOCK_WAIT: &str = "set local lock_timeout = '2s'";
-
-/// A transaction for one write of request rows, its lock waits bounded by `ROW_LOCK_WAIT`.
-async fn begin_bounded(
-    pool: &PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(ROW_LOCK_WAIT).execute(&mut *tx).await?;
-    Ok(tx)
+/// How a write of a request's outcome waits for the request's row when another session holds
+/// it locked (an operator's client left in a transaction, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowWait {
+    /// At most two seconds; past that `StoreError::RequestLocked`, nothing is written, and the
+    /// request is left for a later pass. For writes a later pass makes again from what it
+    /// finds: reconciliation, and an attempt's writes before its create is sent.
+    Bounded,
+    /// As long as the row is held: the outcome of a create that was sent, which nothing else
+    /// would record as surely.
+    UntilFree,
 }
 
-/// `RequestLocked` for a lock wait of request `request_id` that ran out, else the error itself.
-fn unless_locked(request_id: i64) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |error| match &error {
-        sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03") => {
-            StoreError::RequestLocked(request_id)
+/// Begins a write of request `request_id`'s row; with `RowWait::Bounded` the row is locked
+/// first, waiting at most two seconds. Only that wait is bounded: waits on other sessions'
+/// uncommitted links to the same project, say, end as they always do.
+async fn begin_write(
+    pool: &PgPool,
+    request_id: i64,
+    wait: RowWait,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    if wait == RowWait::Bounded {
+        sqlx::query("set local lock_timeout = '2s'")
+            .execute(&mut *tx)
+            .await?;
+        let locked = sqlx::query("select 1 from openai.project_requests where id = $1 for update")
+            .bind(request_id)
+            .execute(&mut *tx)
+            .await;
+        if let Err(sqlx::Error::Database(e)) = &locked
+            && e.code().as_deref() == Some("55P03")
+        {
+            return Err(StoreError::RequestLocked(request_id));
         }
-        _ => StoreError::Sql(error),
+        locked?;
+        sqlx::query("set local lock_timeout to default")
+            .execute(&mut *tx)
+            .await?;
     }
+    Ok(tx)
 }
 
 /// A request as the worker handles it; `attempt_id` fences every write of an attempt's outcome.
@@ -131,8 +150,9 @@ pub async fn finish_created(
     attempt_id: &str,
     project_id: &str,
     project_raw: &str,
+    wait: RowWait,
 ) -> Result<Linked, StoreError> {
-    let mut tx = begin_bounded(pool).await?;
+    let mut tx = begin_write(pool, request_id, wait).await?;
     let linked: Result<Option<(DateTime<Utc>,)>, _> = sqlx::query_as(
         "update openai.project_requests set status = 'created', project_id = $3, error = null, \
             finished_at = now(), lease_until = null, updated_at = now() \
@@ -156,7 +176,7 @@ pub async fn finish_created(
             tx.rollback().await?;
             return Ok(Linked::ProjectTaken);
         }
-        Err(e) => return Err(unless_locked(request_id)(e)),
+        Err(e) => return Err(e.into()),
     };
     // As a walk stores it: jsonb refuses `\u0000`, and the digest is of the API's own text.
     let storable = crate::json_text::jsonb_safe(project_raw);
@@ -199,7 +219,7 @@ pub async fn renew_lease_before_sending(
     attempt_id: &str,
     lease: Duration,
 ) -> Result<bool, StoreError> {
-    let mut tx = begin_bounded(pool).await?;
+    let mut tx = begin_write(pool, request_id, RowWait::Bounded).await?;
     let done = sqlx::query(
         "update openai.project_requests set lease_until = now() + make_interval(secs => $3), \
             updated_at = now() \
@@ -209,8 +229,7 @@ pub async fn renew_lease_before_sending(
     .bind(attempt_id)
     .bind(lease.as_secs_f64())
     .execute(&mut *tx)
-    .await
-    .map_err(unless_locked(request_id))?;
+    .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
@@ -221,8 +240,9 @@ pub async fn fail_request(
     request_id: i64,
     attempt_id: &str,
     error: &str,
+    wait: RowWait,
 ) -> Result<bool, StoreError> {
-    let mut tx = begin_bounded(pool).await?;
+    let mut tx = begin_write(pool, request_id, wait).await?;
     let done = sqlx::query(
         "update openai.project_requests set status = 'failed', error = $3, finished_at = now(), \
             lease_until = null, updated_at = now() \
@@ -232,8 +252,7 @@ pub async fn fail_request(
     .bind(attempt_id)
     .bind(crate::secrets::redact_keys(error))
     .execute(&mut *tx)
-    .await
-    .map_err(unless_locked(request_id))?;
+    .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
@@ -245,8 +264,9 @@ pub async fn defer_request(
     attempt_id: &str,
     delay: Duration,
     reason: &str,
+    wait: RowWait,
 ) -> Result<bool, StoreError> {
-    let mut tx = begin_bounded(pool).await?;
+    let mut tx = begin_write(pool, request_id, wait).await?;
     let done = sqlx::query(
         "update openai.project_requests set status = 'pending', \
             next_attempt_at = now() + make_interval(secs => $3), error = $4, \
@@ -259,8 +279,7 @@ pub async fn defer_request(
     .bind(delay.as_secs_f64())
     .bind(crate::secrets::redact_keys(reason))
     .execute(&mut *tx)
-    .await
-    .map_err(unless_locked(request_id))?;
+    .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
@@ -271,8 +290,9 @@ pub async fn mark_unknown(
     request_id: i64,
     attempt_id: &str,
     reason: &str,
+    wait: RowWait,
 ) -> Result<bool, StoreError> {
-    mark_unknown_counting(pool, request_id, attempt_id, reason, true).await
+    mark_unknown_counting(pool, request_id, attempt_id, reason, true, wait).await
 }
 
 /// Sends a claimed request back to `unknown` before its create was sent, because a project of an
@@ -283,7 +303,15 @@ pub async fn return_to_unknown_unsent(
     attempt_id: &str,
     reason: &str,
 ) -> Result<bool, StoreError> {
-    mark_unknown_counting(pool, request_id, attempt_id, reason, false).await
+    mark_unknown_counting(
+        pool,
+        request_id,
+        attempt_id,
+        reason,
+        false,
+        RowWait::Bounded,
+    )
+    .await
 }
 
 async fn mark_unknown_counting(
@@ -292,8 +320,9 @@ async fn mark_unknown_counting(
     attempt_id: &str,
     reason: &str,
     counts_as_attempt: bool,
+    wait: RowWait,
 ) -> Result<bool, StoreError> {
-    let mut tx = begin_bounded(pool).await?;
+    let mut tx = begin_write(pool, request_id, wait).await?;
     let done = sqlx::query(
         "update openai.project_requests set status = 'unknown', error = $3, lease_until = null, \
             attempts = attempts - case when $4 then 0 else 1 end, \
@@ -306,8 +335,7 @@ async fn mark_unknown_counting(
     .bind(crate::secrets::redact_keys(reason))
     .bind(counts_as_attempt)
     .execute(&mut *tx)
-    .await
-    .map_err(unless_locked(request_id))?;
+    .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
@@ -350,7 +378,7 @@ pub async fn note_fruitless_walk(
     attempt_id: &str,
     walk_started_at: DateTime<Utc>,
 ) -> Result<Option<(i32, DateTime<Utc>)>, StoreError> {
-    let mut tx = begin_bounded(pool).await?;
+    let mut tx = begin_write(pool, request_id, RowWait::Bounded).await?;
     let noted = sqlx::query_as(
         "update openai.project_requests set reconcile_walks = reconcile_walks + 1, \
             first_fruitless_walk_at = coalesce(first_fruitless_walk_at, $3), updated_at = now() \
@@ -361,8 +389,7 @@ pub async fn note_fruitless_walk(
     .bind(attempt_id)
     .bind(walk_started_at)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(unless_locked(request_id))?;
+    .await?;
     tx.commit().await?;
     Ok(noted)
 }
@@ -374,7 +401,7 @@ pub async fn note_candidate_within_grace(
     request_id: i64,
     attempt_id: &str,
 ) -> Result<(), StoreError> {
-    let mut tx = begin_bounded(pool).await?;
+    let mut tx = begin_write(pool, request_id, RowWait::Bounded).await?;
     sqlx::query(
         "update openai.project_requests set candidate_seen_at = now() \
          where id = $1 and attempt_id = $2::uuid and status = 'unknown'",
@@ -382,8 +409,7 @@ pub async fn note_candidate_within_grace(
     .bind(request_id)
     .bind(attempt_id)
     .execute(&mut *tx)
-    .await
-    .map_err(unless_locked(request_id))?;
+    .await?;
     tx.commit().await?;
     Ok(())
 }

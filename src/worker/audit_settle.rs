@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use super::candidates::Candidate;
 use super::{TickReport, WorkerDeps, WorkerError};
 use crate::client::ApiError;
-use crate::store::{self, ClaimedRequest, Linked};
+use crate::store::{self, ClaimedRequest, Linked, RowWait};
 
 /// Adopts the project the daemon's own key created for this request, if the audit log shows
 /// exactly one; `true` when the request was settled (or must wait for a same-name request, or,
@@ -62,6 +62,7 @@ pub(super) async fn settle_from_audit_log(
         attempt_id,
         project_id,
         &candidate.raw,
+        RowWait::Bounded,
     )
     .await?
     {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client::{AdminClient, CreateOutcome, CreateProject};
-use crate::store::{self, ClaimedRequest, Linked, StoreError};
+use crate::store::{self, ClaimedRequest, Linked, RowWait, StoreError};
 
 pub use candidates::{comparable_name, region_family};
 pub use listener::spawn_listener;
@@ -244,8 +244,9 @@ async fn attempt_catching_panics(
         let reason = format!(
             "the worker failed while handling attempt {attempts} ({message}); the create may have been sent, so the daemon is looking for the project"
         );
-        report.unknown +=
-            u32::from(store::mark_unknown(&deps.pool, id, &attempt_id, &reason).await?);
+        report.unknown += u32::from(
+            store::mark_unknown(&deps.pool, id, &attempt_id, &reason, RowWait::Bounded).await?,
+        );
     }
     Ok(report)
 }
@@ -275,7 +276,8 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         let error = format!(
             "duplicate name: {clash}; set allow_duplicate_name to create another one anyway"
         );
-        if store::fail_request(&deps.pool, request.id, attempt_id, &error).await? {
+        if store::fail_request(&deps.pool, request.id, attempt_id, &error, RowWait::Bounded).await?
+        {
             report.failed += 1;
             count_outcome("failed");
         }
@@ -313,6 +315,7 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
                 attempt_id,
                 project_id,
                 &created.raw,
+                RowWait::UntilFree,
             )
             .await?
             {
@@ -330,8 +333,14 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
                          but another request of the same name had already adopted it. Check that request and the projects \
                          of this name in the OpenAI dashboard: a project exists, so do not request it again"
                     );
-                    let done =
-                        store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?;
+                    let done = store::fail_request(
+                        &deps.pool,
+                        request.id,
+                        attempt_id,
+                        &reason,
+                        RowWait::UntilFree,
+                    )
+                    .await?;
                     report.failed += u32::from(done);
                     done
                 }
@@ -343,6 +352,7 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
                 request.id,
                 attempt_id,
                 &format!("the API refused it: {error}"),
+                RowWait::UntilFree,
             )
             .await?;
             report.failed += u32::from(done);
@@ -361,7 +371,14 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
                         request.attempts
                     )
                 };
-                let done = store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?;
+                let done = store::fail_request(
+                    &deps.pool,
+                    request.id,
+                    attempt_id,
+                    &reason,
+                    RowWait::UntilFree,
+                )
+                .await?;
                 report.failed += u32::from(done);
                 done
             } else {
@@ -371,8 +388,15 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
                     "attempt {} was refused for now ({error}); trying again",
                     request.attempts
                 );
-                let done =
-                    store::defer_request(&deps.pool, request.id, attempt_id, wait, &reason).await?;
+                let done = store::defer_request(
+                    &deps.pool,
+                    request.id,
+                    attempt_id,
+                    wait,
+                    &reason,
+                    RowWait::UntilFree,
+                )
+                .await?;
                 report.deferred += u32::from(done);
                 done
             }
@@ -380,7 +404,14 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         CreateOutcome::Ambiguous(error) => {
             let reason =
                 format!("the create may have reached the API ({error}); looking for the project");
-            let done = store::mark_unknown(&deps.pool, request.id, attempt_id, &reason).await?;
+            let done = store::mark_unknown(
+                &deps.pool,
+                request.id,
+                attempt_id,
+                &reason,
+                RowWait::UntilFree,
+            )
+            .await?;
             report.unknown += u32::from(done);
             done
         }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::candidates::{Candidate, comparable_name, created_since};
 use super::{TickReport, Unresolved, WorkerDeps, WorkerError};
 use crate::client::ApiError;
-use crate::store::{self, ClaimedRequest, Linked, StoreError};
+use crate::store::{self, ClaimedRequest, Linked, RowWait, StoreError};
 
 /// How far a project's `created_at` may precede the attempt's start and still be its result;
 /// the API's clock and ours are not the same clock. Generous on purpose: an extra candidate
@@ -186,6 +186,7 @@ async fn settle_with(
                 attempt_id,
                 &only.project.id,
                 &only.raw,
+                RowWait::Bounded,
             )
             .await?
             {
@@ -214,7 +215,9 @@ async fn settle_with(
                 return Ok(());
             }
             let error = describe_candidates(request, &candidates);
-            if store::fail_request(&deps.pool, request.id, attempt_id, &error).await? {
+            if store::fail_request(&deps.pool, request.id, attempt_id, &error, RowWait::Bounded)
+                .await?
+            {
                 report.failed += 1;
                 count("ambiguous");
                 tracing::warn!(
@@ -359,6 +362,7 @@ async fn settle_not_found(
                 attempt_id,
                 deps.retry_base_delay,
                 &reason,
+                RowWait::Bounded,
             )
             .await?
         }
@@ -367,13 +371,27 @@ async fn settle_not_found(
                 "gave up after {} attempts whose outcome was never confirmed; {looked}. Insert a new request to try again",
                 request.attempts
             );
-            store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?
+            store::fail_request(
+                &deps.pool,
+                request.id,
+                attempt_id,
+                &reason,
+                RowWait::Bounded,
+            )
+            .await?
         }
         Unresolved::Hold => {
             let reason = format!(
                 "{looked}; held for a person (requests.unresolved = hold): insert a new request to try again"
             );
-            store::fail_request(&deps.pool, request.id, attempt_id, &reason).await?
+            store::fail_request(
+                &deps.pool,
+                request.id,
+                attempt_id,
+                &reason,
+                RowWait::Bounded,
+            )
+            .await?
         }
     };
     if settled {

@@ -1085,7 +1085,8 @@ async fn drop_login(q: &Queue, ops: &str, mut connection: sqlx::PgConnection) {
 }
 
 #[tokio::test]
-async fn an_operator_locking_their_request_while_its_create_is_in_flight_does_not_stop_the_queue() {
+async fn a_created_projects_outcome_waits_for_a_row_an_operator_holds_and_is_written_once_they_let_go()
+ {
     let q = queue(0).await;
     let (ops, mut operator) = ops_login(&q, "ops_inflight").await;
     let (theirs,): (i64,) = sqlx::query_as(
@@ -1094,46 +1095,73 @@ async fn an_operator_locking_their_request_while_its_create_is_in_flight_does_no
     .fetch_one(&mut operator)
     .await
     .expect("ops inserts");
-    let fresh = request(&q.db.pool, "Someone else's request").await;
-    // A slow but answering server: the create takes 300 ms of the client's 400 ms.
-    slow_creates(&q.emulator, 300);
-    let deps = q.deps.clone();
-    let ticking = tokio::spawn(async move { worker::tick(&deps, &CancellationToken::new()).await });
-    eventually("the operator's request is being created", || async {
-        outcome(&q.db.pool, theirs).await.0 == "creating"
-    })
-    .await;
-    // The operator looks at their request in a client that locks what it shows (FOR SHARE is
-    // enough; the status column's update grant allows it) and leaves the transaction open.
+    let now = store::database_now(&q.db.pool).await.expect("now");
+    let claimed = store::claim_next_request(&q.db.pool, q.deps.lease, now)
+        .await
+        .expect("claim")
+        .expect("the operator's request is claimed");
+    let attempt = claimed.attempt_id.clone().expect("an attempt");
+    // Its create is sent and made the project; meanwhile the operator looks at the request in
+    // a client that locks what it shows (FOR SHARE is enough; the status column's update grant
+    // allows it) and leaves the transaction open.
+    let project = q.emulator.create("Slow one");
+    let raw = q
+        .deps
+        .client
+        .retrieve_project_raw(&project.id)
+        .await
+        .expect("the project's JSON");
     sqlx::query("begin")
         .execute(&mut operator)
         .await
         .expect("begin");
-    let locked = sqlx::query("select * from openai.project_requests where id = $1 for share")
+    sqlx::query("select * from openai.project_requests where id = $1 for share")
         .bind(theirs)
         .execute(&mut operator)
         .await
         .expect("ops may lock their own creating request");
-    assert_eq!(locked.rows_affected(), 1);
+    let finishing = {
+        let (pool, id) = (q.db.pool.clone(), project.id.clone());
+        tokio::spawn(async move {
+            store::finish_created(
+                &pool,
+                theirs,
+                &attempt,
+                &id,
+                &raw,
+                store::RowWait::UntilFree,
+            )
+            .await
+        })
+    };
 
-    let ticked = tokio::time::timeout(Duration::from_secs(5), ticking).await;
-    let fresh_status = outcome(&q.db.pool, fresh).await.0;
-    let created = q.emulator.stats().projects_created;
-    drop_login(&q, &ops, operator).await;
-    assert!(
-        ticked.is_ok() && fresh_status == "created",
-        "the worker waits on the operator's lock after the create returned ({} after 5 s; {created} project(s) made); \
-         someone else's request is still {fresh_status}",
-        if ticked.is_ok() {
-            "tick ended"
-        } else {
-            "tick still blocked"
-        }
-    );
-    // The outcome the lock kept from being written is not lost: once the lease runs out, the
-    // request is looked up and its one project adopted.
+    // The outcome is the only record that the project was made: it waits past any bound.
+    eventually(
+        "the outcome has waited for the row longer than any bound",
+        || async {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' \
+             and datname = current_database() and now() - query_start > interval '2500 ms'",
+            )
+            .fetch_one(&q.db.pool)
+            .await
+            .expect("activity");
+            waiting > 0
+        },
+    )
+    .await;
     assert_eq!(outcome(&q.db.pool, theirs).await.0, "creating");
-    assert_eq!(settle(&q, theirs).await.0, "created");
+    sqlx::query("rollback")
+        .execute(&mut operator)
+        .await
+        .expect("the operator lets go");
+    let finished = finishing.await.expect("join");
+    drop_login(&q, &ops, operator).await;
+
+    assert!(matches!(finished, Ok(store::Linked::Done)), "{finished:?}");
+    let (status, linked, _) = outcome(&q.db.pool, theirs).await;
+    assert_eq!(status, "created");
+    assert_eq!(linked.as_deref(), Some(project.id.as_str()));
     assert_eq!(upstream_named(&q.emulator, "Slow one"), 1);
 }
 
@@ -1235,4 +1263,75 @@ async fn an_operator_locking_their_unknown_request_with_a_stored_candidate_does_
             "still blocked after 5 s"
         }
     );
+}
+
+#[tokio::test]
+async fn a_project_another_session_is_linking_is_answered_as_taken_however_long_that_session_takes()
+{
+    use sqlx::Connection;
+    let q = queue(0).await;
+    // Each way of waiting for a request's row: only the wait for the row itself is bounded,
+    // never the wait for another session's uncommitted link of the same project.
+    for wait in [store::RowWait::UntilFree, store::RowWait::Bounded] {
+        let name = format!("Linked elsewhere {wait:?}");
+        let other_request = seed(&q.db.pool, &name, "unknown", "null").await;
+        let ours = seed(&q.db.pool, &name, "creating", "now() + interval '1 hour'").await;
+        let (attempt,): (String,) =
+            sqlx::query_as("select attempt_id::text from openai.project_requests where id = $1")
+                .bind(ours)
+                .fetch_one(&q.db.pool)
+                .await
+                .expect("attempt");
+        let project = q.emulator.create(&name);
+        let raw = q
+            .deps
+            .client
+            .retrieve_project_raw(&project.id)
+            .await
+            .expect("the project's JSON");
+        // Another session links the project to the other request and takes its time.
+        let mut other = sqlx::PgConnection::connect(&q.db.url)
+            .await
+            .expect("connect");
+        sqlx::query("begin")
+            .execute(&mut other)
+            .await
+            .expect("begin");
+        sqlx::query(
+            "update openai.project_requests set status = 'created', project_id = $2, \
+                lease_until = null, finished_at = now() where id = $1",
+        )
+        .bind(other_request)
+        .bind(&project.id)
+        .execute(&mut other)
+        .await
+        .expect("the other session links the project");
+        let finishing = {
+            let (pool, id) = (q.db.pool.clone(), project.id.clone());
+            tokio::spawn(async move {
+                store::finish_created(&pool, ours, &attempt, &id, &raw, wait).await
+            })
+        };
+        eventually("our write has waited past the row's bound", || async {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' \
+                 and datname = current_database() and now() - query_start > interval '2500 ms'",
+            )
+            .fetch_one(&q.db.pool)
+            .await
+            .expect("activity");
+            waiting > 0
+        })
+        .await;
+        sqlx::query("commit")
+            .execute(&mut other)
+            .await
+            .expect("commit");
+
+        let finished = finishing.await.expect("join");
+        assert!(
+            matches!(finished, Ok(store::Linked::ProjectTaken)),
+            "{wait:?}: a wait for another session's link ended {finished:?}, not as the project taken"
+        );
+    }
 }

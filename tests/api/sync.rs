@@ -1679,9 +1679,16 @@ async fn a_created_project_is_recorded_at_once_while_a_long_walk_writes_the_same
     } = created_during_a_walk(&f, "Made while a walk runs").await;
 
     let started = std::time::Instant::now();
-    let linked = store::finish_created(&f.db.pool, 1, &attempt, &made.id, &raw)
-        .await
-        .expect("recorded");
+    let linked = store::finish_created(
+        &f.db.pool,
+        1,
+        &attempt,
+        &made.id,
+        &raw,
+        store::RowWait::UntilFree,
+    )
+    .await
+    .expect("recorded");
 
     assert_eq!(linked, store::Linked::Done);
     assert!(!walk.is_finished(), "recorded while the walk still runs");
@@ -1733,9 +1740,16 @@ async fn a_created_project_whose_walk_rolled_back_still_stops_a_second_request_o
         raw,
         walk,
     } = created_during_a_walk(&f, "Guarded name").await;
-    let linked = store::finish_created(&f.db.pool, 1, &attempt, &made.id, &raw)
-        .await
-        .expect("recorded");
+    let linked = store::finish_created(
+        &f.db.pool,
+        1,
+        &attempt,
+        &made.id,
+        &raw,
+        store::RowWait::UntilFree,
+    )
+    .await
+    .expect("recorded");
     assert_eq!(linked, store::Linked::Done);
     // The walk that holds the project's history row then fails, and takes the row with it.
     sqlx::query(
