@@ -1084,6 +1084,34 @@ async fn drop_login(q: &Queue, ops: &str, mut connection: sqlx::PgConnection) {
         .expect("drop the test role");
 }
 
+/// Opens a transaction on the operator's connection and locks request `id` in it, as a client
+/// that locks what it shows does (FOR SHARE; the status column's update grant allows it).
+async fn hold_for_share(operator: &mut sqlx::PgConnection, id: i64) {
+    sqlx::query("begin")
+        .execute(&mut *operator)
+        .await
+        .expect("begin");
+    let locked = sqlx::query("select * from openai.project_requests where id = $1 for share")
+        .bind(id)
+        .execute(&mut *operator)
+        .await
+        .expect("ops may lock their own request");
+    assert_eq!(locked.rows_affected(), 1, "the operator holds the row");
+}
+
+/// Whether some session of the test's database has waited for a lock for longer than the
+/// queue's bounded waits (2 s).
+async fn a_lock_wait_outlasted_the_bound(pool: &PgPool) -> bool {
+    let (waiting,): (i64,) = sqlx::query_as(
+        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' \
+         and datname = current_database() and now() - query_start > interval '2500 ms'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("activity");
+    waiting > 0
+}
+
 #[tokio::test]
 async fn a_created_projects_outcome_waits_for_a_row_an_operator_holds_and_is_written_once_they_let_go()
  {
@@ -1111,15 +1139,7 @@ async fn a_created_projects_outcome_waits_for_a_row_an_operator_holds_and_is_wri
         .retrieve_project_raw(&project.id)
         .await
         .expect("the project's JSON");
-    sqlx::query("begin")
-        .execute(&mut operator)
-        .await
-        .expect("begin");
-    sqlx::query("select * from openai.project_requests where id = $1 for share")
-        .bind(theirs)
-        .execute(&mut operator)
-        .await
-        .expect("ops may lock their own creating request");
+    hold_for_share(&mut operator, theirs).await;
     let finishing = {
         let (pool, id) = (q.db.pool.clone(), project.id.clone());
         tokio::spawn(async move {
@@ -1138,16 +1158,7 @@ async fn a_created_projects_outcome_waits_for_a_row_an_operator_holds_and_is_wri
     // The outcome is the only record that the project was made: it waits past any bound.
     eventually(
         "the outcome has waited for the row longer than any bound",
-        || async {
-            let (waiting,): (i64,) = sqlx::query_as(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' \
-             and datname = current_database() and now() - query_start > interval '2500 ms'",
-            )
-            .fetch_one(&q.db.pool)
-            .await
-            .expect("activity");
-            waiting > 0
-        },
+        || a_lock_wait_outlasted_the_bound(&q.db.pool),
     )
     .await;
     assert_eq!(outcome(&q.db.pool, theirs).await.0, "creating");
@@ -1181,15 +1192,7 @@ async fn an_operator_locking_their_unknown_request_does_not_stop_other_unknown_r
         .expect("the operator's request");
     // The operator keeps their 'unknown' request open in a locking client (it stays unknown
     // for at least the grace, 5 minutes by default: a wide window).
-    sqlx::query("begin")
-        .execute(&mut operator)
-        .await
-        .expect("begin");
-    sqlx::query("select * from openai.project_requests where id = $1 for share")
-        .bind(theirs)
-        .execute(&mut operator)
-        .await
-        .expect("ops may lock their own unknown request");
+    hold_for_share(&mut operator, theirs).await;
 
     let ticked = tokio::time::timeout(Duration::from_secs(5), tick(&q)).await;
     let other_status = outcome(&q.db.pool, other).await.0;
@@ -1239,15 +1242,7 @@ async fn an_operator_locking_their_unknown_request_with_a_stored_candidate_does_
     ));
     sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
     let fresh = request(&q.db.pool, "Someone else's request").await;
-    sqlx::query("begin")
-        .execute(&mut operator)
-        .await
-        .expect("begin");
-    sqlx::query("select * from openai.project_requests where id = $1 for share")
-        .bind(theirs)
-        .execute(&mut operator)
-        .await
-        .expect("ops may lock their own unknown request");
+    hold_for_share(&mut operator, theirs).await;
 
     // The stored-candidate step runs before any list walk, so the daemon's worker loop
     // (Lookup::StoredOnly) takes the same path as this tick.
@@ -1312,15 +1307,8 @@ async fn a_project_another_session_is_linking_is_answered_as_taken_however_long_
                 store::finish_created(&pool, ours, &attempt, &id, &raw, wait).await
             })
         };
-        eventually("our write has waited past the row's bound", || async {
-            let (waiting,): (i64,) = sqlx::query_as(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' \
-                 and datname = current_database() and now() - query_start > interval '2500 ms'",
-            )
-            .fetch_one(&q.db.pool)
-            .await
-            .expect("activity");
-            waiting > 0
+        eventually("our write has waited past the row's bound", || {
+            a_lock_wait_outlasted_the_bound(&q.db.pool)
         })
         .await;
         sqlx::query("commit")
