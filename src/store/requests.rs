@@ -15,26 +15,34 @@ use super::walk::insert_unknown_sql;
 pub enum RowWait {
     /// At most two seconds; past that `StoreError::RequestLocked`, nothing is written, and the
     /// request is left for a later pass. For writes a later pass makes again from what it
-    /// finds: reconciliation, and an attempt's writes before its create is sent.
+    /// finds, or the lease's end makes for it: reconciliation, a possibly sent create's
+    /// `unknown`.
     Bounded,
-    /// As long as the row is held: the outcome of a create that was sent, which nothing else
-    /// would record as surely.
+    /// As long as the row is held: an attempt's writes before its create is sent (left
+    /// unwritten, the request would later count as possibly sent) and the outcome of a create
+    /// that was sent, which nothing else would record as surely.
     UntilFree,
 }
 
 /// Begins a write of request `request_id`'s row; with `RowWait::Bounded` the row is locked
-/// first, waiting at most two seconds. Only that wait is bounded: waits on other sessions'
-/// uncommitted links to the same project, say, end as they always do.
+/// first, waiting at most two seconds. Nothing else in the write is bounded, whatever the role,
+/// the database or the URL sets: a wait on another session's uncommitted link of the same
+/// project must end as the project taken, and a write that timed out could lose the record that
+/// a create was sent.
 async fn begin_write(
     pool: &PgPool,
     request_id: i64,
     wait: RowWait,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
     let mut tx = pool.begin().await?;
+    let row_wait = if wait == RowWait::Bounded { "2s" } else { "0" };
+    sqlx::query(
+        "select set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true)",
+    )
+    .bind(row_wait)
+    .execute(&mut *tx)
+    .await?;
     if wait == RowWait::Bounded {
-        sqlx::query("set local lock_timeout = '2s'")
-            .execute(&mut *tx)
-            .await?;
         let locked = sqlx::query("select 1 from openai.project_requests where id = $1 for update")
             .bind(request_id)
             .execute(&mut *tx)
@@ -45,7 +53,7 @@ async fn begin_write(
             return Err(StoreError::RequestLocked(request_id));
         }
         locked?;
-        sqlx::query("set local lock_timeout to default")
+        sqlx::query("select set_config('lock_timeout', '0', true)")
             .execute(&mut *tx)
             .await?;
     }
@@ -219,7 +227,7 @@ pub async fn renew_lease_before_sending(
     attempt_id: &str,
     lease: Duration,
 ) -> Result<bool, StoreError> {
-    let mut tx = begin_write(pool, request_id, RowWait::Bounded).await?;
+    let mut tx = begin_write(pool, request_id, RowWait::UntilFree).await?;
     let done = sqlx::query(
         "update openai.project_requests set lease_until = now() + make_interval(secs => $3), \
             updated_at = now() \
@@ -309,7 +317,7 @@ pub async fn return_to_unknown_unsent(
         attempt_id,
         reason,
         false,
-        RowWait::Bounded,
+        RowWait::UntilFree,
     )
     .await
 }

@@ -276,7 +276,14 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
         let error = format!(
             "duplicate name: {clash}; set allow_duplicate_name to create another one anyway"
         );
-        if store::fail_request(&deps.pool, request.id, attempt_id, &error, RowWait::Bounded).await?
+        if store::fail_request(
+            &deps.pool,
+            request.id,
+            attempt_id,
+            &error,
+            RowWait::UntilFree,
+        )
+        .await?
         {
             report.failed += 1;
             count_outcome("failed");
@@ -409,7 +416,7 @@ async fn attempt(deps: WorkerDeps, request: ClaimedRequest) -> Result<TickReport
                 request.id,
                 attempt_id,
                 &reason,
-                RowWait::UntilFree,
+                RowWait::Bounded,
             )
             .await?;
             report.unknown += u32::from(done);

@@ -40,10 +40,17 @@ pub async fn settle_unknown(
     } else {
         store::own_key_ids(&deps.pool).await?
     };
+    // Names of requests left for later because someone holds them locked: a request of the
+    // same name must not take, in the meantime, the project that may be theirs.
+    let mut left = std::collections::HashSet::new();
     for request in unknown {
         let Some(since) = candidates_since(&request) else {
             continue;
         };
+        let name = comparable_name(&request.name);
+        if left.contains(&name) {
+            continue;
+        }
         let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
         match super::audit_settle::settle_from_audit_log(
             deps,
@@ -59,6 +66,7 @@ pub async fn settle_unknown(
             Ok(false) => {}
             Err(e) => {
                 left_for_later(e)?;
+                left.insert(name);
                 continue;
             }
         }
@@ -72,10 +80,9 @@ pub async fn settle_unknown(
             || stored_state_predates_the_grace(deps, &request, &candidates).await?
         {
             unsettled.push(request);
-        } else {
-            settle_with(deps, &request, candidates, report)
-                .await
-                .or_else(left_for_later)?;
+        } else if let Err(e) = settle_with(deps, &request, candidates, report).await {
+            left_for_later(e)?;
+            left.insert(name);
         }
     }
     if unsettled.is_empty()
@@ -101,6 +108,10 @@ pub async fn settle_unknown(
     let linked = store::linked_projects(&deps.pool, &ids).await?;
     let stored_at = store::stored_at(&deps.pool, &ids).await?;
     for (request, candidates) in unsettled.iter().zip(found) {
+        let name = comparable_name(&request.name);
+        if left.contains(&name) {
+            continue;
+        }
         // A project stored before the attempt began existed before it: not its result.
         let began = candidates_since(request);
         let existed_before = |id: &str| {
@@ -118,7 +129,10 @@ pub async fn settle_unknown(
         } else {
             settle_with(deps, request, free, report).await
         };
-        settled.or_else(left_for_later)?;
+        if let Err(e) = settled {
+            left_for_later(e)?;
+            left.insert(name);
+        }
     }
     Ok(())
 }

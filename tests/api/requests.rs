@@ -1261,10 +1261,31 @@ async fn an_operator_locking_their_unknown_request_with_a_stored_candidate_does_
 }
 
 #[tokio::test]
-async fn a_project_another_session_is_linking_is_answered_as_taken_however_long_that_session_takes()
-{
+async fn a_project_another_session_is_linking_is_answered_as_taken_however_long_that_session_takes_whatever_timeout_the_database_sets()
+ {
     use sqlx::Connection;
     let q = queue(0).await;
+    // Whatever the database sets for its sessions (here a lock timeout shorter than the wait).
+    let database =
+        q.db.url
+            .rsplit('/')
+            .next()
+            .expect("a database name")
+            .to_owned();
+    sqlx::query(&format!(
+        "alter database \"{database}\" set lock_timeout = '1s'"
+    ))
+    .execute(&q.db.pool)
+    .await
+    .expect("a database-wide lock timeout");
+    let pool = PgPool::connect(&q.db.url)
+        .await
+        .expect("a pool of new sessions");
+    let (timeout,): (String,) = sqlx::query_as("show lock_timeout")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(timeout, "1s");
     // Each way of waiting for a request's row: only the wait for the row itself is bounded,
     // never the wait for another session's uncommitted link of the same project.
     for wait in [store::RowWait::UntilFree, store::RowWait::Bounded] {
@@ -1302,7 +1323,7 @@ async fn a_project_another_session_is_linking_is_answered_as_taken_however_long_
         .await
         .expect("the other session links the project");
         let finishing = {
-            let (pool, id) = (q.db.pool.clone(), project.id.clone());
+            let (pool, id) = (pool.clone(), project.id.clone());
             tokio::spawn(async move {
                 store::finish_created(&pool, ours, &attempt, &id, &raw, wait).await
             })
@@ -1322,4 +1343,34 @@ async fn a_project_another_session_is_linking_is_answered_as_taken_however_long_
             "{wait:?}: a wait for another session's link ended {finished:?}, not as the project taken"
         );
     }
+}
+
+#[tokio::test]
+async fn a_request_left_locked_keeps_its_project_from_a_same_name_request_settled_in_the_same_pass()
+{
+    let q = queue(0).await;
+    let (ops, mut operator) = ops_login(&q, "ops_peer").await;
+    // Two requests of one name whose creates were lost a minute ago; one project of that name
+    // has appeared since, and a walk stored it: a lone candidate for each.
+    let theirs = seed(&q.db.pool, "Shared name", "unknown", "null").await;
+    let peer = seed(&q.db.pool, "Shared name", "unknown", "null").await;
+    sqlx::query("update openai.project_requests set requested_by = $2 where id = $1")
+        .bind(theirs)
+        .bind(&ops)
+        .execute(&q.db.pool)
+        .await
+        .expect("the operator's request");
+    q.emulator.create("Shared name");
+    sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
+    hold_for_share(&mut operator, theirs).await;
+
+    let ticked = tokio::time::timeout(Duration::from_secs(10), tick(&q)).await;
+    let peer_outcome = outcome(&q.db.pool, peer).await;
+    drop_login(&q, &ops, operator).await;
+
+    assert!(ticked.is_ok(), "the tick waited on the operator's lock");
+    assert_eq!(
+        peer_outcome.0, "unknown",
+        "a request of the same name settled while the first was locked: {peer_outcome:?}"
+    );
 }
