@@ -24,8 +24,8 @@ pub enum RowWait {
     UntilFree,
 }
 
-/// Begins a write of request `request_id`'s row; with `RowWait::Bounded` the row is locked
-/// first, waiting at most two seconds. Nothing else in the write is bounded, whatever the role,
+/// Begins a write of request `request_id`'s row, which it locks first; with `RowWait::Bounded`
+/// waiting at most two seconds for it. Nothing else in the write is bounded, whatever the role,
 /// the database or the URL sets: a wait on another session's uncommitted link of the same
 /// project must end as the project taken, and a write that timed out could lose the record that
 /// a create was sent.
@@ -42,17 +42,19 @@ async fn begin_write(
     .bind(row_wait)
     .execute(&mut *tx)
     .await?;
+    // The row is locked before the write, so that the write's own clock (`clock_timestamp()`)
+    // reads the time after any wait for it.
+    let locked = sqlx::query("select 1 from openai.project_requests where id = $1 for update")
+        .bind(request_id)
+        .execute(&mut *tx)
+        .await;
+    if let Err(sqlx::Error::Database(e)) = &locked
+        && e.code().as_deref() == Some("55P03")
+    {
+        return Err(StoreError::RequestLocked(request_id));
+    }
+    locked?;
     if wait == RowWait::Bounded {
-        let locked = sqlx::query("select 1 from openai.project_requests where id = $1 for update")
-            .bind(request_id)
-            .execute(&mut *tx)
-            .await;
-        if let Err(sqlx::Error::Database(e)) = &locked
-            && e.code().as_deref() == Some("55P03")
-        {
-            return Err(StoreError::RequestLocked(request_id));
-        }
-        locked?;
         sqlx::query("select set_config('lock_timeout', '0', true)")
             .execute(&mut *tx)
             .await?;
@@ -212,7 +214,14 @@ pub async fn finish_created(
                 .execute(&mut *tx)
                 .await?;
         }
-        Err(e) => return Err(e.into()),
+        // Any other failure of the history (a deadlock, a refused gap) must not take the link
+        // with it: the next walk records the history.
+        Err(e) => {
+            tracing::warn!(error = %e, project_id, "could not put the created project into the history now; the next walk will");
+            sqlx::query("rollback to savepoint history")
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     tx.commit().await?;
     Ok(Linked::Done)
@@ -229,7 +238,9 @@ pub async fn renew_lease_before_sending(
 ) -> Result<bool, StoreError> {
     let mut tx = begin_write(pool, request_id, RowWait::UntilFree).await?;
     let done = sqlx::query(
-        "update openai.project_requests set lease_until = now() + make_interval(secs => $3), \
+        // The clock now, not the transaction's start: time spent waiting for the row must not
+        // come off the lease of a create about to be sent.
+        "update openai.project_requests set lease_until = clock_timestamp() + make_interval(secs => $3), \
             updated_at = now() \
          where id = $1 and attempt_id = $2::uuid and status = 'creating'",
     )

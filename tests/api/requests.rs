@@ -1374,3 +1374,50 @@ async fn a_request_left_locked_keeps_its_project_from_a_same_name_request_settle
         "a request of the same name settled while the first was locked: {peer_outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn a_lease_renewed_before_sending_counts_from_when_the_row_was_free_not_from_the_wait() {
+    use sqlx::Connection;
+    let q = queue(0).await;
+    let id = request(&q.db.pool, "Renewed late").await;
+    let now = store::database_now(&q.db.pool).await.expect("now");
+    let claimed = store::claim_next_request(&q.db.pool, q.deps.lease, now)
+        .await
+        .expect("claim")
+        .expect("the request is claimed");
+    let attempt = claimed.attempt_id.clone().expect("an attempt");
+    // Someone holds the row while the attempt renews its lease just before sending.
+    let mut other = sqlx::PgConnection::connect(&q.db.url)
+        .await
+        .expect("connect");
+    hold_for_share(&mut other, id).await;
+    let renewing = {
+        let pool = q.db.pool.clone();
+        tokio::spawn(async move {
+            store::renew_lease_before_sending(&pool, id, &attempt, Duration::from_secs(3)).await
+        })
+    };
+    eventually("the renewal has waited for the row", || {
+        a_lock_wait_outlasted_the_bound(&q.db.pool)
+    })
+    .await;
+    sqlx::query("rollback")
+        .execute(&mut other)
+        .await
+        .expect("let go");
+    let renewed = renewing.await.expect("join").expect("renew");
+
+    let (left,): (f64,) = sqlx::query_as(
+        "select extract(epoch from lease_until - clock_timestamp())::float8 \
+         from openai.project_requests where id = $1",
+    )
+    .bind(id)
+    .fetch_one(&q.db.pool)
+    .await
+    .expect("lease");
+    assert!(renewed, "the attempt still owns its request");
+    assert!(
+        left > 2.0,
+        "the lease of a create about to be sent has {left:.1} s left of 3 s: the wait came off it"
+    );
+}
