@@ -497,6 +497,49 @@ fn a_database_password_in_a_configuration_file_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn refusals_say_what_would_be_accepted() {
+    let dir = temp_dir("refusal-words");
+    let words = load(&dir, None, &[("APP_REQUESTS__UNRESOLVED", "never")])
+        .expect_err("not one of its words")
+        .to_string();
+    assert!(
+        words.contains("requests.unresolved") && words.contains("retry or hold"),
+        "{words}"
+    );
+    let crontab = load(&dir, None, &[("APP_COSTS__SCHEDULE", "15 * * * *")])
+        .expect_err("a crontab line")
+        .to_string();
+    assert!(crontab.contains("\"0 15 * * * *\""), "{crontab}");
+    let socket = load(
+        &dir,
+        None,
+        &[(
+            "DATABASE_URL",
+            "postgres://sync:CANARY-placeholder@/openai?host=/run/postgresql",
+        )],
+    )
+    .expect_err("a user but no host")
+    .to_string();
+    assert!(
+        socket.contains("Unix socket") && !socket.contains("CANARY"),
+        "{socket}"
+    );
+}
+
+#[test]
+fn sync_says_a_configuration_problem_once_not_once_per_pass() {
+    let output = run_binary(&["sync"], &[("OPENAI_ADMIN_KEY", "sk-admin-placeholder")]);
+
+    let text = output_text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert_eq!(
+        text.matches("no database is configured").count(),
+        1,
+        "{text}"
+    );
+}
+
+#[test]
 fn a_configuration_folder_given_that_does_not_exist_is_refused_by_name() {
     let dir = temp_dir("no-such-folder").join("missing");
     let missing = dir.to_string_lossy().to_string();
