@@ -525,10 +525,7 @@ fn explain_load_error(message: &str) -> String {
 
 fn validate_database_url(url: &str) -> Result<(), ConfigError> {
     let parsed = Url::parse(url);
-    if parsed
-        .as_ref()
-        .is_err_and(|e| e.to_string() == "empty host")
-    {
+    if parsed == Err(::url::ParseError::EmptyHost) {
         // A Unix socket's URL with user info before an empty host: not echoed, it may hold a
         // password.
         return Err(ConfigError::Invalid {

@@ -206,22 +206,18 @@ pub async fn finish_created(
     .bind(storable.as_deref().unwrap_or(project_raw))
     .execute(&mut *tx)
     .await;
-    match recorded {
-        Ok(_) => {}
-        // A walk listed the project and holds its row uncommitted; it records the history.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-            sqlx::query("rollback to savepoint history")
-                .execute(&mut *tx)
-                .await?;
+    // No failure of the history takes the link with it; the next walk records the history.
+    if let Err(error) = recorded {
+        // A walk that listed the project and holds its row uncommitted is expected; anything
+        // else (a deadlock, a refused gap) is worth a warning.
+        let walk_holds_it =
+            matches!(&error, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"));
+        if !walk_holds_it {
+            tracing::warn!(%error, project_id, "could not put the created project into the history now; the next walk will");
         }
-        // Any other failure of the history (a deadlock, a refused gap) must not take the link
-        // with it: the next walk records the history.
-        Err(e) => {
-            tracing::warn!(error = %e, project_id, "could not put the created project into the history now; the next walk will");
-            sqlx::query("rollback to savepoint history")
-                .execute(&mut *tx)
-                .await?;
-        }
+        sqlx::query("rollback to savepoint history")
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(Linked::Done)

@@ -123,8 +123,9 @@ async fn tick_looking(
             break;
         };
         report.claimed += 1;
-        // A request someone holds locked keeps its lease: once it runs out, the request is
-        // looked up like one whose worker died, so an outcome not written is never lost.
+        // Only a write the lease's end makes anyway (`unknown`) is left unwritten when someone
+        // holds the row: once the lease runs out, the request is looked up like one whose
+        // worker died.
         match attempt_catching_panics(deps, request).await {
             Ok(outcome) => report.add(&outcome),
             Err(e) => reconcile::left_for_later(e)?,

@@ -40,15 +40,12 @@ pub async fn settle_unknown(
     } else {
         store::own_key_ids(&deps.pool).await?
     };
-    // Names of requests left for later because someone holds them locked: a request of the
-    // same name must not take, in the meantime, the project that may be theirs.
-    let mut left = std::collections::HashSet::new();
+    let mut left = LeftLocked::default();
     for request in unknown {
         let Some(since) = candidates_since(&request) else {
             continue;
         };
-        let name = comparable_name(&request.name);
-        if left.contains(&name) {
+        if left.holds_up(&request) {
             continue;
         }
         let skew = chrono::Duration::seconds(CLOCK_SKEW_SECS);
@@ -65,8 +62,7 @@ pub async fn settle_unknown(
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => {
-                left_for_later(e)?;
-                left.insert(name);
+                left.absorb(&request, Err(e))?;
                 continue;
             }
         }
@@ -80,9 +76,9 @@ pub async fn settle_unknown(
             || stored_state_predates_the_grace(deps, &request, &candidates).await?
         {
             unsettled.push(request);
-        } else if let Err(e) = settle_with(deps, &request, candidates, report).await {
-            left_for_later(e)?;
-            left.insert(name);
+        } else {
+            let settled = settle_with(deps, &request, candidates, report).await;
+            left.absorb(&request, settled)?;
         }
     }
     if unsettled.is_empty()
@@ -108,8 +104,7 @@ pub async fn settle_unknown(
     let linked = store::linked_projects(&deps.pool, &ids).await?;
     let stored_at = store::stored_at(&deps.pool, &ids).await?;
     for (request, candidates) in unsettled.iter().zip(found) {
-        let name = comparable_name(&request.name);
-        if left.contains(&name) {
+        if left.holds_up(request) {
             continue;
         }
         // A project stored before the attempt began existed before it: not its result.
@@ -129,12 +124,36 @@ pub async fn settle_unknown(
         } else {
             settle_with(deps, request, free, report).await
         };
-        if let Err(e) = settled {
-            left_for_later(e)?;
-            left.insert(name);
-        }
+        left.absorb(request, settled)?;
     }
     Ok(())
+}
+
+/// The comparable names of requests one pass left for later because someone holds them
+/// locked: a request of the same name must not take, meanwhile, the project that may be theirs.
+#[derive(Default)]
+struct LeftLocked(std::collections::HashSet<String>);
+
+impl LeftLocked {
+    /// Whether `request` waits for a same-name request left for later in this pass.
+    fn holds_up(&self, request: &ClaimedRequest) -> bool {
+        self.0.contains(&comparable_name(&request.name))
+    }
+
+    /// Passes on how settling `request` went, but for its row being held locked: then the
+    /// request, and its name for the rest of the pass, are left for later.
+    fn absorb(
+        &mut self,
+        request: &ClaimedRequest,
+        settled: Result<(), WorkerError>,
+    ) -> Result<(), WorkerError> {
+        let Err(error) = settled else {
+            return Ok(());
+        };
+        left_for_later(error)?;
+        self.0.insert(comparable_name(&request.name));
+        Ok(())
+    }
 }
 
 /// Leaves a request that another session holds locked for a later pass, saying so; any other

@@ -1084,6 +1084,16 @@ async fn drop_login(q: &Queue, ops: &str, mut connection: sqlx::PgConnection) {
         .expect("drop the test role");
 }
 
+/// Makes request `id` one that login `ops` inserted.
+async fn owned_by(pool: &PgPool, id: i64, ops: &str) {
+    sqlx::query("update openai.project_requests set requested_by = $2 where id = $1")
+        .bind(id)
+        .bind(ops)
+        .execute(pool)
+        .await
+        .expect("the operator's request");
+}
+
 /// Opens a transaction on the operator's connection and locks request `id` in it, as a client
 /// that locks what it shows does (FOR SHARE; the status column's update grant allows it).
 async fn hold_for_share(operator: &mut sqlx::PgConnection, id: i64) {
@@ -1184,12 +1194,7 @@ async fn an_operator_locking_their_unknown_request_does_not_stop_other_unknown_r
     // had one fruitless walk a minute ago, so the next walk decides both.
     let theirs = seed(&q.db.pool, "Operator's lost one", "unknown", "null").await;
     let other = seed(&q.db.pool, "Someone else's lost one", "unknown", "null").await;
-    sqlx::query("update openai.project_requests set requested_by = $2 where id = $1")
-        .bind(theirs)
-        .bind(&ops)
-        .execute(&q.db.pool)
-        .await
-        .expect("the operator's request");
+    owned_by(&q.db.pool, theirs, &ops).await;
     // The operator keeps their 'unknown' request open in a locking client (it stays unknown
     // for at least the grace, 5 minutes by default: a wide window).
     hold_for_share(&mut operator, theirs).await;
@@ -1354,12 +1359,7 @@ async fn a_request_left_locked_keeps_its_project_from_a_same_name_request_settle
     // has appeared since, and a walk stored it: a lone candidate for each.
     let theirs = seed(&q.db.pool, "Shared name", "unknown", "null").await;
     let peer = seed(&q.db.pool, "Shared name", "unknown", "null").await;
-    sqlx::query("update openai.project_requests set requested_by = $2 where id = $1")
-        .bind(theirs)
-        .bind(&ops)
-        .execute(&q.db.pool)
-        .await
-        .expect("the operator's request");
+    owned_by(&q.db.pool, theirs, &ops).await;
     q.emulator.create("Shared name");
     sync(&sync_deps(&q.db, q.deps.client.clone(), 100)).await;
     hold_for_share(&mut operator, theirs).await;
